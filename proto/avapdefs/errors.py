@@ -1,0 +1,75 @@
+"""Every error the shared core raises, in one hierarchy.
+
+    AvapDefsError
+     ├── SnapshotError                 a snapshot file cannot be used (carries .path)
+     │    ├── NotASnapshotError        wrong magic: not a snapshot file at all
+     │    ├── UnsupportedFormatError   a snapshot of a format version this code does not read
+     │    └── CorruptSnapshotError     header, sizes, zstd frame or content hash do not agree
+     │         └── TruncatedSnapshotError   the file ends before its header says it does
+     └── CatalogOrderError             commands given to a writer out of order or twice
+
+Foreign errors (zstandard's ZstdError, protobuf's DecodeError, OSError while
+reading) are translated once, in ``snapshot.py``, with the original chained.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+class AvapDefsError(Exception):
+    """Base class of every error raised by ``avapdefs``."""
+
+
+class SnapshotError(AvapDefsError):
+    """A snapshot file cannot be used.
+
+    Attributes:
+        path: the file, when the snapshot came from one (else None).
+        reason: what is wrong, in words.
+    """
+
+    def __init__(self, reason: str, *, path: Path | str | None = None) -> None:
+        self.path = Path(path) if path is not None else None
+        self.reason = reason
+        where = f"{self.path}: " if self.path is not None else ""
+        super().__init__(f"{where}{reason}")
+
+
+class NotASnapshotError(SnapshotError):
+    """The file does not start with the snapshot magic."""
+
+
+class UnsupportedFormatError(SnapshotError):
+    """The file is a snapshot of a format version this code cannot read.
+
+    Attributes:
+        format_version: the version the file declares.
+    """
+
+    def __init__(self, reason: str, *, format_version: int, path: Path | str | None = None) -> None:
+        self.format_version = format_version
+        super().__init__(reason, path=path)
+
+
+class CorruptSnapshotError(SnapshotError):
+    """The header, the sizes, the zstd frame or the content hash do not agree."""
+
+
+class TruncatedSnapshotError(CorruptSnapshotError):
+    """The file is shorter than its header says."""
+
+
+class CatalogOrderError(AvapDefsError):
+    """Commands were given to a snapshot writer out of name order, or a name twice.
+
+    Attributes:
+        name: the offending command name.
+        previous: the name written just before it.
+    """
+
+    def __init__(self, name: str, previous: str) -> None:
+        self.name = name
+        self.previous = previous
+        what = "duplicate command name" if name == previous else "command names out of order"
+        super().__init__(f"{what}: {name!r} after {previous!r}")

@@ -1,0 +1,102 @@
+"""A snapshot folder: file names, listing, and atomic installation of new files.
+
+Used by everything that writes snapshot files (the exporter publishing, a
+client installing a synced copy) and everything that looks for them (the
+server). A snapshot of catalog version N is named ``catalog-<N, 10 digits>.avsnap``;
+files being written are hidden (``.tmp-...``) and never match that pattern,
+so a reader never sees a partial file.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import secrets
+from collections.abc import Iterator
+from pathlib import Path
+from typing import BinaryIO
+
+SNAPSHOT_SUFFIX = ".avsnap"
+TEMP_PREFIX = ".tmp-"
+_NAME = re.compile(r"^catalog-(\d{10,})\.avsnap$")
+
+
+def snapshot_name(version: int) -> str:
+    """The file name of catalog version ``version``."""
+    return f"catalog-{version:010d}{SNAPSHOT_SUFFIX}"
+
+
+def parse_version(name: str) -> int | None:
+    """The catalog version in a snapshot file name, or None for any other name."""
+    match = _NAME.match(name)
+    return int(match.group(1)) if match else None
+
+
+def list_snapshots(folder: Path) -> list[tuple[int, Path]]:
+    """Every snapshot file in ``folder`` as (version, path), oldest first.
+
+    A missing folder holds no snapshots.
+    """
+    try:
+        names = os.listdir(folder)
+    except FileNotFoundError:
+        return []
+    found = [(version, folder / name) for name in names if (version := parse_version(name)) is not None]
+    return sorted(found)
+
+
+def newest_version(folder: Path) -> int:
+    """The highest version in ``folder``, 0 when it holds none."""
+    snapshots = list_snapshots(folder)
+    return snapshots[-1][0] if snapshots else 0
+
+
+def fsync_folder(folder: Path) -> None:
+    """Make a rename in ``folder`` durable."""
+    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+@contextlib.contextmanager
+def atomic_file(final_path: Path) -> Iterator[BinaryIO]:
+    """Write a file that appears at ``final_path`` whole or not at all.
+
+    Yields a binary file under a hidden temporary name in the same folder.
+    When the block ends normally the file is flushed, fsynced, renamed onto
+    ``final_path`` and the folder fsynced; when it raises, the temporary file
+    is removed and ``final_path`` is untouched.
+    """
+    folder = final_path.parent
+    temp_path = folder / f"{TEMP_PREFIX}{final_path.name}.{os.getpid()}.{secrets.token_hex(4)}"
+    try:
+        with open(temp_path, "w+b") as file:
+            yield file
+            file.flush()
+            os.fsync(file.fileno())
+        os.replace(temp_path, final_path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            temp_path.unlink()
+        raise
+    fsync_folder(folder)
+
+
+def remove_temp_files(folder: Path) -> list[Path]:
+    """Delete temporary files left in ``folder`` by writers that died.
+
+    Call only while no other writer can be using the folder (for the exporter,
+    while holding its lock).
+
+    Returns:
+        The paths removed.
+    """
+    removed = []
+    for path in folder.glob(f"{TEMP_PREFIX}*"):
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
+            removed.append(path)
+    return removed

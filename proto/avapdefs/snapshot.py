@@ -1,0 +1,416 @@
+"""The snapshot file format, both directions: write, read, verify.
+
+A snapshot file is (see docs/snapshot-format.md for the byte-by-byte layout)::
+
+    preamble   20 bytes  magic b"AVAPSNAP", format version (u16 BE), flags (u16 BE, 0),
+                         header size H (u32 BE), CRC-32 of the header (u32 BE)
+    header     H bytes   a serialized avapdefs.v1.SnapshotHeader
+    frame      one zstd frame (content checksum on) of the serialized avapdefs.v1.Catalog
+
+The content hash is the sha256 of the *uncompressed* serialized Catalog, so a
+version's identity does not depend on compression settings. Commands are
+written in ascending order of their UTF-8 names, so the same commands always
+give the same payload bytes.
+
+Thread safety: a ``SnapshotWriter`` belongs to one thread. The read functions
+create their own ``ZstdDecompressor`` per call (zstandard's decompressors are
+not thread safe), so they may be called from any thread.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import struct
+import time
+import zlib
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO, Literal
+
+import zstandard
+from google.protobuf.message import DecodeError
+
+from avapdefs.errors import (
+    CatalogOrderError,
+    CorruptSnapshotError,
+    NotASnapshotError,
+    SnapshotError,
+    TruncatedSnapshotError,
+    UnsupportedFormatError,
+)
+from avapdefs.v1.definitions_pb2 import Catalog, Command, SnapshotHeader
+
+MAGIC = b"AVAPSNAP"
+FORMAT_VERSION = 1
+PREAMBLE = struct.Struct(">8sHHII")  # magic, format version, flags, header size, header CRC-32
+MAX_HEADER_BYTES = 64 * 1024
+DEFAULT_LEVEL = 3
+HASH_BYTES = 32
+
+_CATALOG_ENTRY_TAG = b"\x0a"  # Catalog.commands: field 1, length-delimited
+_CONTENT_HASH_TAG = b"\x7a\x20"  # Command.content_hash: field 15, length-delimited, 32 bytes
+_WRITE_BUFFER_BYTES = 1 << 20
+_READ_SLICE_BYTES = 1 << 20
+
+
+@dataclass(frozen=True)
+class SnapshotInfo:
+    """What a snapshot's preamble and header say about it."""
+
+    version: int
+    content_hash: bytes
+    compressed_size: int
+    uncompressed_size: int
+    command_count: int
+    created_at_unix_ms: int
+    source: str
+    header_size: int
+    format_version: int = FORMAT_VERSION
+
+    @property
+    def payload_offset(self) -> int:
+        """Where the zstd frame starts in the file."""
+        return PREAMBLE.size + self.header_size
+
+    @property
+    def file_size(self) -> int:
+        """The exact size of a well-formed file with this header."""
+        return self.payload_offset + self.compressed_size
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """A verified snapshot: its header and its uncompressed payload."""
+
+    info: SnapshotInfo
+    payload: bytes
+
+    def catalog(self) -> Catalog:
+        """Parse the payload into a Catalog message (costly for large catalogs)."""
+        catalog = Catalog()
+        catalog.ParseFromString(self.payload)
+        return catalog
+
+
+def seal_command(command: Command) -> bytes:
+    """Set ``command.content_hash`` and return the command serialized.
+
+    The hash is the sha256 of the command serialized without it. Field 15 is
+    the highest field number, so the sealed bytes are the unsealed bytes plus
+    the hash field: serialized once, not twice.
+    """
+    command.ClearField("content_hash")
+    body = command.SerializeToString()
+    digest = hashlib.sha256(body).digest()
+    command.content_hash = digest
+    return body + _CONTENT_HASH_TAG + digest
+
+
+def _varint(value: int) -> bytes:
+    out = bytearray()
+    while value > 0x7F:
+        out.append((value & 0x7F) | 0x80)
+        value >>= 7
+    out.append(value)
+    return bytes(out)
+
+
+def _header_message(info: SnapshotInfo) -> SnapshotHeader:
+    return SnapshotHeader(
+        catalog_version=info.version,
+        content_hash=info.content_hash,
+        compressed_size=info.compressed_size,
+        uncompressed_size=info.uncompressed_size,
+        command_count=info.command_count,
+        created_at_unix_ms=info.created_at_unix_ms,
+        source=info.source,
+    )
+
+
+def encode_prefix(info: SnapshotInfo) -> bytes:
+    """The preamble and header of a snapshot, as they are on disk."""
+    header = _header_message(info).SerializeToString()
+    return PREAMBLE.pack(MAGIC, FORMAT_VERSION, 0, len(header), zlib.crc32(header)) + header
+
+
+class SnapshotWriter:
+    """Streams commands, in name order, into one snapshot file.
+
+    The preamble and header are reserved first (their size does not depend on
+    the payload, because every header field is fixed-width), the payload is
+    hashed and compressed as commands arrive, and ``finish`` fills the header
+    in place. Memory stays at the compressor's window plus one buffer.
+
+    Args:
+        file: a seekable binary file positioned where the snapshot starts.
+        version: the catalog version to record.
+        source: where the commands came from, recorded in the header.
+        created_at_unix_ms: creation time; now when None.
+        level: zstd compression level.
+    """
+
+    def __init__(
+        self,
+        file: BinaryIO,
+        *,
+        version: int,
+        source: str,
+        created_at_unix_ms: int | None = None,
+        level: int = DEFAULT_LEVEL,
+    ) -> None:
+        self._file = file
+        self._start = file.tell()
+        created = created_at_unix_ms if created_at_unix_ms is not None else int(time.time() * 1000)
+        self._info = SnapshotInfo(version, bytes(HASH_BYTES), 0, 0, 0, created, source, 0)
+        self._prefix_size = len(encode_prefix(self._info))
+        file.write(bytes(self._prefix_size))
+        compressor = zstandard.ZstdCompressor(level=level, write_checksum=True, write_content_size=False)
+        self._stream = compressor.stream_writer(file, closefd=False)
+        self._hasher = hashlib.sha256()
+        self._buffer = bytearray()
+        self._uncompressed_size = 0
+        self._count = 0
+        self._previous: bytes | None = None
+        self._previous_name = ""
+
+    def add(self, command: Command) -> None:
+        """Seal ``command`` (set its content hash) and append it."""
+        self.add_serialized(command.name, seal_command(command))
+
+    def add_serialized(self, name: str, serialized: bytes) -> None:
+        """Append one already serialized (and sealed) Command named ``name``.
+
+        Raises:
+            CatalogOrderError: ``name`` does not sort after the previous name.
+        """
+        key = name.encode("utf-8")
+        if self._previous is not None and key <= self._previous:
+            raise CatalogOrderError(name, self._previous_name)
+        self._previous, self._previous_name = key, name
+        entry = _CATALOG_ENTRY_TAG + _varint(len(serialized))
+        self._buffer += entry
+        self._buffer += serialized
+        self._count += 1
+        if len(self._buffer) >= _WRITE_BUFFER_BYTES:
+            self._drain()
+
+    def _drain(self) -> None:
+        self._hasher.update(self._buffer)
+        self._stream.write(self._buffer)
+        self._uncompressed_size += len(self._buffer)
+        self._buffer.clear()
+
+    @property
+    def command_count(self) -> int:
+        """Commands added so far."""
+        return self._count
+
+    @property
+    def uncompressed_size(self) -> int:
+        """Payload bytes added so far."""
+        return self._uncompressed_size + len(self._buffer)
+
+    def finish(self) -> SnapshotInfo:
+        """End the frame, write the final header, and return it.
+
+        The file is left positioned at the end of the snapshot. Nothing is
+        fsynced: publishing is the caller's job.
+        """
+        self._drain()
+        self._stream.flush(zstandard.FLUSH_FRAME)
+        end = self._file.tell()
+        info = SnapshotInfo(
+            version=self._info.version,
+            content_hash=self._hasher.digest(),
+            compressed_size=end - self._start - self._prefix_size,
+            uncompressed_size=self._uncompressed_size,
+            command_count=self._count,
+            created_at_unix_ms=self._info.created_at_unix_ms,
+            source=self._info.source,
+            header_size=self._prefix_size - PREAMBLE.size,
+        )
+        prefix = encode_prefix(info)
+        assert len(prefix) == self._prefix_size, "snapshot header size must not depend on the payload"
+        self._file.seek(self._start)
+        self._file.write(prefix)
+        self._file.seek(end)
+        return info
+
+
+def write_snapshot(
+    file: BinaryIO,
+    commands: Iterable[Command],
+    *,
+    version: int,
+    source: str,
+    created_at_unix_ms: int | None = None,
+    level: int = DEFAULT_LEVEL,
+) -> SnapshotInfo:
+    """Write ``commands`` (sorted by name here) as one snapshot into ``file``."""
+    writer = SnapshotWriter(file, version=version, source=source, created_at_unix_ms=created_at_unix_ms, level=level)
+    for command in sorted(commands, key=lambda c: c.name.encode("utf-8")):
+        writer.add(command)
+    return writer.finish()
+
+
+def encode_snapshot(commands: Iterable[Command], **kwargs: object) -> tuple[SnapshotInfo, bytes]:
+    """The bytes of a snapshot of ``commands``; keyword arguments as ``write_snapshot``."""
+    buffer = io.BytesIO()
+    info = write_snapshot(buffer, commands, **kwargs)  # type: ignore[arg-type]
+    return info, buffer.getvalue()
+
+
+def read_info(data: bytes | memoryview, *, path: Path | str | None = None) -> SnapshotInfo:
+    """Parse and check the preamble and header at the start of ``data``.
+
+    ``data`` may be just the file's first bytes; sizes are checked against the
+    whole file by ``verify``.
+
+    Raises:
+        NotASnapshotError: the magic is wrong.
+        UnsupportedFormatError: the format version is not one this code reads.
+        CorruptSnapshotError: the header cannot be parsed or is incomplete.
+        TruncatedSnapshotError: ``data`` ends inside the preamble or header.
+    """
+    view = memoryview(data)
+    if len(view) < len(MAGIC) or bytes(view[: len(MAGIC)]) != MAGIC:
+        if len(view) < len(MAGIC) and MAGIC.startswith(bytes(view)):
+            raise TruncatedSnapshotError(f"file is {len(view)} bytes, shorter than the preamble", path=path)
+        raise NotASnapshotError("not a snapshot file (bad magic)", path=path)
+    if len(view) < PREAMBLE.size:
+        raise TruncatedSnapshotError(f"file is {len(view)} bytes, shorter than the preamble", path=path)
+    _, format_version, flags, header_size, header_crc = PREAMBLE.unpack_from(view)
+    if format_version != FORMAT_VERSION:
+        raise UnsupportedFormatError(
+            f"snapshot format version {format_version}; this code reads version {FORMAT_VERSION}",
+            format_version=format_version,
+            path=path,
+        )
+    if flags != 0 or not 0 < header_size <= MAX_HEADER_BYTES:
+        raise CorruptSnapshotError(f"bad preamble (flags {flags}, header size {header_size})", path=path)
+    if len(view) < PREAMBLE.size + header_size:
+        raise TruncatedSnapshotError("file ends inside the snapshot header", path=path)
+    header_bytes = view[PREAMBLE.size : PREAMBLE.size + header_size]
+    if zlib.crc32(header_bytes) != header_crc:
+        raise CorruptSnapshotError("snapshot header checksum mismatch", path=path)
+    header = SnapshotHeader()
+    try:
+        header.ParseFromString(bytes(header_bytes))
+    except DecodeError as exc:
+        raise CorruptSnapshotError(f"snapshot header does not parse: {exc}", path=path) from exc
+    return _info_from_header(header, header_size, path)
+
+
+_REQUIRED_HEADER_FIELDS: tuple[
+    Literal["catalog_version", "compressed_size", "uncompressed_size", "command_count", "created_at_unix_ms"], ...
+] = ("catalog_version", "compressed_size", "uncompressed_size", "command_count", "created_at_unix_ms")
+
+
+def _info_from_header(header: SnapshotHeader, header_size: int, path: Path | str | None) -> SnapshotInfo:
+    missing = [name for name in _REQUIRED_HEADER_FIELDS if not header.HasField(name)]
+    if missing or len(header.content_hash) != HASH_BYTES:
+        raise CorruptSnapshotError(f"snapshot header incomplete (missing {missing or ['content_hash']})", path=path)
+    return SnapshotInfo(
+        version=header.catalog_version,
+        content_hash=header.content_hash,
+        compressed_size=header.compressed_size,
+        uncompressed_size=header.uncompressed_size,
+        command_count=header.command_count,
+        created_at_unix_ms=header.created_at_unix_ms,
+        source=header.source,
+        header_size=header_size,
+    )
+
+
+def verify(data: bytes | memoryview, *, path: Path | str | None = None) -> Snapshot:
+    """Check a whole snapshot file's bytes and return its header and payload.
+
+    Checks the preamble, the header, the file size, the zstd frame and its
+    checksum, the uncompressed size, the content hash and the command count.
+
+    Raises:
+        SnapshotError: a subclass saying precisely what is wrong.
+    """
+    info = read_info(data, path=path)
+    if len(data) < info.file_size:
+        raise TruncatedSnapshotError(f"file is {len(data)} bytes, header says {info.file_size}", path=path)
+    if len(data) > info.file_size:
+        raise CorruptSnapshotError(f"file is {len(data)} bytes, header says {info.file_size}", path=path)
+    frame = memoryview(data)[info.payload_offset : info.file_size]
+    payload = _decompress(frame, info, path)
+    if hashlib.sha256(payload).digest() != info.content_hash:
+        raise CorruptSnapshotError("content hash mismatch", path=path)
+    count = sum(1 for _ in iter_command_bytes(payload, path=path))
+    if count != info.command_count:
+        raise CorruptSnapshotError(f"payload holds {count} commands, header says {info.command_count}", path=path)
+    return Snapshot(info, payload)
+
+
+def _decompress(frame: memoryview, info: SnapshotInfo, path: Path | str | None) -> bytes:
+    # Fed in slices so that memory follows the real content, never a size a
+    # damaged header claims; the frame's own checksum is checked by zstd.
+    decompressor = zstandard.ZstdDecompressor().decompressobj()
+    parts: list[bytes] = []
+    produced = 0
+    try:
+        for start in range(0, len(frame), _READ_SLICE_BYTES):
+            part = decompressor.decompress(frame[start : start + _READ_SLICE_BYTES])
+            produced += len(part)
+            if produced > info.uncompressed_size:
+                raise CorruptSnapshotError(
+                    f"payload exceeds the {info.uncompressed_size} bytes the header says", path=path
+                )
+            parts.append(part)
+    except zstandard.ZstdError as exc:
+        raise CorruptSnapshotError(f"zstd frame does not decompress: {exc}", path=path) from exc
+    if not decompressor.eof or decompressor.unused_data:
+        raise CorruptSnapshotError("zstd frame is incomplete or followed by other data", path=path)
+    if produced != info.uncompressed_size:
+        raise CorruptSnapshotError(f"payload is {produced} bytes, header says {info.uncompressed_size}", path=path)
+    return b"".join(parts)
+
+
+def read_file(path: Path | str) -> Snapshot:
+    """Read and verify the snapshot file at ``path``.
+
+    Raises:
+        SnapshotError: the file is not a valid snapshot (or cannot be read).
+    """
+    try:
+        data = Path(path).read_bytes()
+    except OSError as exc:
+        raise SnapshotError(f"cannot read snapshot: {exc.strerror or exc}", path=path) from exc
+    return verify(data, path=path)
+
+
+def iter_command_bytes(payload: bytes | memoryview, *, path: Path | str | None = None) -> Iterator[memoryview]:
+    """Yield each serialized Command of a payload, without parsing it.
+
+    Raises:
+        CorruptSnapshotError: the payload is not a sequence of Catalog.commands entries.
+    """
+    view = memoryview(payload)
+    end = len(view)
+    pos = 0
+    while pos < end:
+        if view[pos] != _CATALOG_ENTRY_TAG[0]:
+            raise CorruptSnapshotError(f"unexpected field tag {view[pos]} at payload offset {pos}", path=path)
+        length, pos = _read_varint(view, pos + 1, path)
+        if pos + length > end:
+            raise CorruptSnapshotError(f"command entry at payload offset {pos} runs past the end", path=path)
+        yield view[pos : pos + length]
+        pos += length
+
+
+def _read_varint(view: memoryview, pos: int, path: Path | str | None) -> tuple[int, int]:
+    value = shift = 0
+    while pos < len(view) and shift < 64:
+        byte = view[pos]
+        value |= (byte & 0x7F) << shift
+        pos += 1
+        if byte < 0x80:
+            return value, pos
+        shift += 7
+    raise CorruptSnapshotError(f"bad length prefix before payload offset {pos}", path=path)
