@@ -196,6 +196,52 @@ class SnapshotHeader(_message.Message):
 Global___SnapshotHeader: _TypeAlias = SnapshotHeader  # noqa: Y015
 
 @_typing.final
+class CatalogDelta(_message.Message):
+    """A record-level delta from one catalog version to another: the commands
+    added or changed, and the names removed. Applying it to the base payload
+    (avapdefs/delta.py) gives the target payload, whose content hash the target
+    header states. Stored zstd-compressed in a delta file (docs/snapshot-format.md).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    BASE_VERSION_FIELD_NUMBER: _builtins.int
+    BASE_CONTENT_HASH_FIELD_NUMBER: _builtins.int
+    TARGET_FIELD_NUMBER: _builtins.int
+    REMOVED_NAMES_FIELD_NUMBER: _builtins.int
+    UPSERTS_FIELD_NUMBER: _builtins.int
+    base_version: _builtins.int
+    base_content_hash: _builtins.bytes
+    @_builtins.property
+    def target(self) -> Global___SnapshotHeader:
+        """the header of the target snapshot"""
+
+    @_builtins.property
+    def removed_names(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """ascending"""
+
+    @_builtins.property
+    def upserts(self) -> _containers.RepeatedScalarFieldContainer[_builtins.bytes]:
+        """serialized (sealed) Command messages, ascending by name"""
+
+    def __init__(
+        self,
+        *,
+        base_version: _builtins.int = ...,
+        base_content_hash: _builtins.bytes = ...,
+        target: Global___SnapshotHeader | None = ...,
+        removed_names: _abc.Iterable[_builtins.str] | None = ...,
+        upserts: _abc.Iterable[_builtins.bytes] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["target", b"target"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["base_content_hash", b"base_content_hash", "base_version", b"base_version", "removed_names", b"removed_names", "target", b"target", "upserts", b"upserts"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CatalogDelta: _TypeAlias = CatalogDelta  # noqa: Y015
+
+@_typing.final
 class CatalogInfo(_message.Message):
     """What a server says about the catalog it serves."""
 
