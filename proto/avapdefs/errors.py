@@ -6,7 +6,8 @@
      │    ├── UnsupportedFormatError   a snapshot of a format version this code does not read
      │    └── CorruptSnapshotError     header, sizes, zstd frame or content hash do not agree
      │         └── TruncatedSnapshotError   the file ends before its header says it does
-     └── CatalogOrderError             commands given to a writer out of order or twice
+     ├── CatalogOrderError             commands given to a writer out of order or twice
+     └── DeltaMismatchError            a delta applied to the wrong base, or its result fails the target hash
 
 Foreign errors (zstandard's ZstdError, protobuf's DecodeError, OSError while
 reading) are translated once, in ``snapshot.py``, with the original chained.
@@ -73,3 +74,7 @@ class CatalogOrderError(AvapDefsError):
         self.previous = previous
         what = "duplicate command name" if name == previous else "command names out of order"
         super().__init__(f"{what}: {name!r} after {previous!r}")
+
+
+class DeltaMismatchError(AvapDefsError):
+    """A delta does not apply to the given base, or its result is not the target."""

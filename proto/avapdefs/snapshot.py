@@ -117,7 +117,8 @@ def _varint(value: int) -> bytes:
     return bytes(out)
 
 
-def _header_message(info: SnapshotInfo) -> SnapshotHeader:
+def header_message(info: SnapshotInfo) -> SnapshotHeader:
+    """The SnapshotHeader message of ``info``."""
     return SnapshotHeader(
         catalog_version=info.version,
         content_hash=info.content_hash,
@@ -131,7 +132,7 @@ def _header_message(info: SnapshotInfo) -> SnapshotHeader:
 
 def encode_prefix(info: SnapshotInfo) -> bytes:
     """The preamble and header of a snapshot, as they are on disk."""
-    header = _header_message(info).SerializeToString()
+    header = header_message(info).SerializeToString()
     return PREAMBLE.pack(MAGIC, FORMAT_VERSION, 0, len(header), zlib.crc32(header)) + header
 
 
@@ -179,7 +180,7 @@ class SnapshotWriter:
         """Seal ``command`` (set its content hash) and append it."""
         self.add_serialized(command.name, seal_command(command))
 
-    def add_serialized(self, name: str, serialized: bytes) -> None:
+    def add_serialized(self, name: str, serialized: bytes | memoryview) -> None:
         """Append one already serialized (and sealed) Command named ``name``.
 
         Raises:
@@ -300,7 +301,7 @@ def read_info(data: bytes | memoryview, *, path: Path | str | None = None) -> Sn
         header.ParseFromString(bytes(header_bytes))
     except DecodeError as exc:
         raise CorruptSnapshotError(f"snapshot header does not parse: {exc}", path=path) from exc
-    return _info_from_header(header, header_size, path)
+    return info_from_header(header, header_size, path)
 
 
 _REQUIRED_HEADER_FIELDS: tuple[
@@ -308,7 +309,12 @@ _REQUIRED_HEADER_FIELDS: tuple[
 ] = ("catalog_version", "compressed_size", "uncompressed_size", "command_count", "created_at_unix_ms")
 
 
-def _info_from_header(header: SnapshotHeader, header_size: int, path: Path | str | None) -> SnapshotInfo:
+def info_from_header(header: SnapshotHeader, header_size: int, path: Path | str | None) -> SnapshotInfo:
+    """Check a parsed SnapshotHeader is complete and return it as a SnapshotInfo.
+
+    Raises:
+        CorruptSnapshotError: a required field is missing or the hash is not 32 bytes.
+    """
     missing = [name for name in _REQUIRED_HEADER_FIELDS if not header.HasField(name)]
     if missing or len(header.content_hash) != HASH_BYTES:
         raise CorruptSnapshotError(f"snapshot header incomplete (missing {missing or ['content_hash']})", path=path)
@@ -414,3 +420,16 @@ def _read_varint(view: memoryview, pos: int, path: Path | str | None) -> tuple[i
             return value, pos
         shift += 7
     raise CorruptSnapshotError(f"bad length prefix before payload offset {pos}", path=path)
+
+
+def command_name(command: bytes | memoryview) -> bytes:
+    """The UTF-8 name of a serialized Command, read without parsing the rest.
+
+    ``name`` is field 1, so a serialized Command with a name starts with it.
+    Returns b"" for a command without a name.
+    """
+    view = memoryview(command)
+    if not view or view[0] != _CATALOG_ENTRY_TAG[0]:  # field 1, length-delimited: the same tag byte
+        return b""
+    length, start = _read_varint(view, 1, None)
+    return bytes(view[start : start + length])
