@@ -18,8 +18,10 @@ from pathlib import Path
 from typing import BinaryIO
 
 SNAPSHOT_SUFFIX = ".avsnap"
+DELTA_SUFFIX = ".avdelta"
 TEMP_PREFIX = ".tmp-"
 _NAME = re.compile(r"^catalog-(\d{10,})\.avsnap$")
+_DELTA_NAME = re.compile(r"^catalog-(\d{10,})\.from-(\d{10,})\.avdelta$")
 
 
 def snapshot_name(version: int) -> str:
@@ -31,6 +33,21 @@ def parse_version(name: str) -> int | None:
     """The catalog version in a snapshot file name, or None for any other name."""
     match = _NAME.match(name)
     return int(match.group(1)) if match else None
+
+
+def delta_name(base_version: int, target_version: int) -> str:
+    """The file name of the delta from ``base_version`` to ``target_version``."""
+    return f"catalog-{target_version:010d}.from-{base_version:010d}{DELTA_SUFFIX}"
+
+
+def list_deltas(folder: Path) -> list[tuple[int, int, Path]]:
+    """Every delta file in ``folder`` as (base version, target version, path), sorted."""
+    try:
+        names = os.listdir(folder)
+    except FileNotFoundError:
+        return []
+    found = [(int(m.group(2)), int(m.group(1)), folder / name) for name in names if (m := _DELTA_NAME.match(name))]
+    return sorted(found)
 
 
 def list_snapshots(folder: Path) -> list[tuple[int, Path]]:
