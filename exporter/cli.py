@@ -1,0 +1,265 @@
+"""``avap-export``: the command line. The only module that reads the environment or configures logging.
+
+    avap-export [options]                       export the tables into a new snapshot (the cron job)
+    avap-export inspect FILE [--diff OTHER]     verify and describe a snapshot; list changes to OTHER
+    avap-export load-sample [options]           create the legacy tables and load the sample catalog
+
+Exit codes (docs/exporter.md): 0 success (published, unchanged, or loaded),
+1 unexpected error, 2 invalid usage or setting, 3 database unreachable or
+failed, 4 table or column missing, 5 bad rows, 6 refused by a guard,
+7 another exporter holds the lock, 8 snapshot folder not writable,
+9 invalid snapshot file, 130 interrupted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import logging
+import os
+import sys
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from avapdefs.errors import SnapshotError
+from exporter import inspection
+from exporter.config import ExportConfig
+from exporter.errors import (
+    BadDataError,
+    ConfigError,
+    GuardError,
+    LockedError,
+    PublishError,
+    SchemaError,
+    SourceError,
+)
+from exporter.export import run_export
+from exporter.sample import load_sample
+from exporter.source import connect
+
+logger = logging.getLogger(__name__)
+
+PROG = "avap-export"
+EXIT_OK = 0
+EXIT_UNEXPECTED = 1
+EXIT_USAGE = 2
+EXIT_DATABASE = 3
+EXIT_SCHEMA = 4
+EXIT_BAD_DATA = 5
+EXIT_REFUSED = 6
+EXIT_LOCKED = 7
+EXIT_FOLDER = 8
+EXIT_BAD_SNAPSHOT = 9
+EXIT_INTERRUPTED = 130
+
+# Checked in order: a subclass before its base.
+_EXIT_CODES: tuple[tuple[type[Exception], int], ...] = (
+    (ConfigError, EXIT_USAGE),
+    (SchemaError, EXIT_SCHEMA),
+    (SourceError, EXIT_DATABASE),
+    (BadDataError, EXIT_BAD_DATA),
+    (GuardError, EXIT_REFUSED),
+    (LockedError, EXIT_LOCKED),
+    (PublishError, EXIT_FOLDER),
+    (SnapshotError, EXIT_BAD_SNAPSHOT),
+)
+
+
+def _flag(text: str) -> bool:
+    if text.strip().lower() in ("1", "true", "yes", "on"):
+        return True
+    if text.strip().lower() in ("0", "false", "no", "off", ""):
+        return False
+    raise ValueError(f"not a boolean: {text!r}")
+
+
+def _key_file(text: str) -> bytes:
+    try:
+        return Path(text).read_bytes().rstrip(b"\r\n")
+    except OSError as exc:
+        raise ValueError(f"cannot read the signing key file: {exc.strerror or exc}") from exc
+
+
+@dataclass(frozen=True)
+class _Option:
+    """One setting: its flag, its AVAP_* variable, how to parse it, and its ExportConfig field."""
+
+    flag: str
+    env: str
+    field: str
+    parse: Callable[[str], Any]
+    help: str
+    switch: bool = False  # a flag without a value (sets True)
+
+
+_EXPORT_OPTIONS = (
+    _Option("--snapshots", "AVAP_SNAPSHOTS", "snapshots", Path, "snapshot folder to publish into"),
+    _Option("--dsn", "AVAP_PG_DSN", "dsn", str, "libpq connection string; unset: libpq's PG* variables"),
+    _Option("--table", "AVAP_EXPORT_TABLE", "table", str, "command-definitions table ([schema.]name)"),
+    _Option("--bytecode-table", "AVAP_EXPORT_BYTECODE_TABLE", "bytecode_table", str, "packages table; '' for none"),
+    _Option("--keep", "AVAP_EXPORT_KEEP", "keep", int, "snapshots to keep; the newest is never deleted"),
+    _Option("--max-drop-percent", "AVAP_EXPORT_MAX_DROP_PERCENT", "max_drop_percent", float, "largest count drop"),
+    _Option("--allow-empty", "AVAP_EXPORT_ALLOW_EMPTY", "allow_empty", _flag, "publish an empty catalog", True),
+    _Option("--force", "AVAP_EXPORT_FORCE", "force", _flag, "publish despite the count-drop guard", True),
+    _Option("--level", "AVAP_EXPORT_LEVEL", "level", int, "zstd compression level"),
+    _Option("--connect-timeout-s", "AVAP_EXPORT_CONNECT_TIMEOUT_S", "connect_timeout_s", int, "connect timeout"),
+    _Option("--created-at-ms", "AVAP_EXPORT_CREATED_AT_MS", "created_at_unix_ms", int, "fixed creation time"),
+    _Option("--signing-key-file", "AVAP_SIGNING_KEY_FILE", "signing_key", _key_file, "HMAC key for signed packages"),
+    _Option("--fetch-rows", "AVAP_EXPORT_FETCH_ROWS", "fetch_rows", int, "rows per cursor round trip"),
+)
+_DEFAULTS = {field.name: field.default for field in dataclasses.fields(ExportConfig)}
+
+
+def _add_options(parser: argparse.ArgumentParser, options: Sequence[_Option]) -> None:
+    for option in options:
+        shown = _DEFAULTS.get(option.field)
+        default = "" if option.switch or shown in (None, "") else f"; default {shown}"
+        text = f"{option.help} (env {option.env}{default})"
+        if option.switch:
+            parser.add_argument(option.flag, dest=option.field, action="store_const", const=True, help=text)
+        else:
+            parser.add_argument(option.flag, dest=option.field, type=option.parse, help=text)
+
+
+def _resolve(args: argparse.Namespace, env: Mapping[str, str], options: Sequence[_Option]) -> dict[str, Any]:
+    """Each setting from its flag, else its variable; absent ones keep the dataclass default."""
+    values: dict[str, Any] = {}
+    for option in options:
+        value = getattr(args, option.field, None)
+        if value is None and option.env in env:
+            try:
+                value = option.parse(env[option.env])
+            except ValueError as exc:
+                raise ConfigError(f"{option.env}={env[option.env]!r}: {exc}") from exc
+        if value is not None:
+            values[option.field] = value
+    return values
+
+
+def _add_logging(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--log-level",
+        choices=("debug", "info", "warning", "error"),
+        help="log level on stderr (env AVAP_LOG_LEVEL; default warning)",
+    )
+
+
+def _export_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog=PROG,
+        description="Export the AVAP definitions tables into a new versioned snapshot, published atomically. "
+        "Other commands: 'avap-export inspect FILE [--diff OTHER]', 'avap-export load-sample'.",
+        epilog="Exit codes: 0 ok or unchanged, 2 usage, 3 database, 4 missing table/column, 5 bad rows, "
+        "6 refused by a guard, 7 locked by another exporter, 8 snapshot folder, 1 unexpected.",
+    )
+    _add_options(parser, _EXPORT_OPTIONS)
+    parser.add_argument(
+        "--no-progress",
+        action="store_true",
+        help="no progress bar even on a terminal (env AVAP_EXPORT_NO_PROGRESS); never drawn when stderr is not one",
+    )
+    _add_logging(parser)
+    return parser
+
+
+def _run_export(args: argparse.Namespace, env: Mapping[str, str]) -> int:
+    values = _resolve(args, env, _EXPORT_OPTIONS)
+    quiet = args.no_progress or _flag(env.get("AVAP_EXPORT_NO_PROGRESS", ""))
+    config = ExportConfig(**values, progress=not quiet and sys.stderr.isatty())
+    result = run_export(config, progress=sys.stderr if config.progress else None)
+    print(result.summary(), flush=True)
+    return EXIT_OK
+
+
+def _inspect_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog=f"{PROG} inspect",
+        description="Verify a snapshot file and describe it; with --diff, list the commands added (+), "
+        "removed (-) and changed (~) from FILE to OTHER. Exit code 9 when a file is not a valid snapshot.",
+    )
+    parser.add_argument("file", type=Path, metavar="FILE", help="the snapshot file")
+    parser.add_argument("--diff", type=Path, metavar="OTHER", help="a newer snapshot to compare FILE with")
+    _add_logging(parser)
+    return parser
+
+
+def _run_inspect(args: argparse.Namespace, env: Mapping[str, str]) -> int:
+    lines = inspection.diff(args.file, args.diff) if args.diff else inspection.describe(args.file)
+    print("\n".join(lines), flush=True)
+    return EXIT_OK
+
+
+_SAMPLE_OPTIONS = tuple(option for option in _EXPORT_OPTIONS if option.field in ("dsn", "connect_timeout_s"))
+
+
+def _sample_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog=f"{PROG} load-sample",
+        description="Create the legacy tables (exporter/schema.sql) if missing and load the sample catalog: "
+        "AVAP's own commands plus generated connector commands.",
+    )
+    _add_options(parser, _SAMPLE_OPTIONS)
+    what = parser.add_mutually_exclusive_group()
+    what.add_argument("--replace", action="store_true", help="empty both tables first")
+    what.add_argument("--if-empty", action="store_true", help="do nothing (exit 0) when the table has rows")
+    _add_logging(parser)
+    return parser
+
+
+def _run_load_sample(args: argparse.Namespace, env: Mapping[str, str]) -> int:
+    values = _resolve(args, env, _SAMPLE_OPTIONS)
+    config = ExportConfig(**values)
+    with connect(config.dsn, connect_timeout_s=config.connect_timeout_s) as conn:
+        loaded = load_sample(conn, replace=args.replace, if_empty=args.if_empty)
+    print(f"loaded {loaded} sample commands" if loaded else "table not empty; sample not loaded", flush=True)
+    return EXIT_OK
+
+
+_COMMANDS: dict[
+    str, tuple[Callable[[], argparse.ArgumentParser], Callable[[argparse.Namespace, Mapping[str, str]], int]]
+] = {
+    "inspect": (_inspect_parser, _run_inspect),
+    "load-sample": (_sample_parser, _run_load_sample),
+    "export": (_export_parser, _run_export),
+}
+
+
+def _exit_code(exc: Exception) -> int | None:
+    return next((code for kind, code in _EXIT_CODES if isinstance(exc, kind)), None)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run ``avap-export`` with ``argv`` (default ``sys.argv[1:]``) and return the exit code."""
+    words = list(sys.argv[1:] if argv is None else argv)
+    name = words.pop(0) if words and words[0] in _COMMANDS else "export"
+    make_parser, run = _COMMANDS[name]
+    try:
+        args = make_parser().parse_args(words)
+    except SystemExit as exc:  # argparse has printed the usage or the help
+        return exc.code if isinstance(exc.code, int) else EXIT_USAGE
+    handler = _configure_logging(args.log_level or os.environ.get("AVAP_LOG_LEVEL", "warning"))
+    try:
+        return run(args, os.environ)
+    except KeyboardInterrupt:
+        print(f"{PROG}: interrupted; nothing published", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except Exception as exc:
+        code = _exit_code(exc)
+        if code is None:
+            logger.exception("unexpected error")
+            return EXIT_UNEXPECTED
+        print(f"{PROG}: {exc}", file=sys.stderr, flush=True)
+        return code
+    finally:
+        logging.getLogger().removeHandler(handler)
+
+
+def _configure_logging(level: str) -> logging.Handler:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger()
+    root.addHandler(handler)
+    root.setLevel(level.upper())
+    return handler

@@ -1,0 +1,74 @@
+"""The exporter's settings: one frozen dataclass, built by ``cli.py`` from flags and AVAP_* variables."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import zstandard
+
+from exporter.errors import ConfigError
+
+DEFAULT_TABLE = "obex_dapl_functions"
+DEFAULT_BYTECODE_TABLE = "avap_bytecode"
+
+
+@dataclass(frozen=True)
+class ExportConfig:
+    """Everything one export run needs to know.
+
+    Attributes:
+        snapshots: the snapshot folder to publish into.
+        dsn: libpq connection string; "" lets libpq use its PG* variables.
+        table: the command-definitions table (``schema.table`` allowed).
+        bytecode_table: the precompiled-packages table joined on the name; "" for none.
+        keep: snapshots to keep after publishing (the newest is never deleted).
+        max_drop_percent: refuse a catalog with this much fewer commands than the newest.
+        allow_empty: publish an empty catalog instead of refusing it.
+        force: publish despite the count-drop guard.
+        level: zstd compression level of the snapshot's frame.
+        connect_timeout_s: give up connecting after this long.
+        created_at_unix_ms: creation time recorded in the header; now when None
+            (fix it to make a snapshot reproducible byte for byte).
+        signing_key: HMAC key for the legacy signed code packages; none built when None.
+        progress: draw a progress bar on stderr.
+        fetch_rows: rows fetched from the server-side cursor per round trip.
+        max_problems: bad-row problems listed in one error.
+    """
+
+    snapshots: Path = Path("snapshots")
+    dsn: str = ""
+    table: str = DEFAULT_TABLE
+    bytecode_table: str = DEFAULT_BYTECODE_TABLE
+    keep: int = 10
+    max_drop_percent: float = 50.0
+    allow_empty: bool = False
+    force: bool = False
+    level: int = 3
+    connect_timeout_s: int = 10
+    created_at_unix_ms: int | None = None
+    signing_key: bytes | None = field(default=None, repr=False)  # never in logs
+    progress: bool = False
+    fetch_rows: int = 2000
+    max_problems: int = 20
+
+    def __post_init__(self) -> None:
+        if self.keep < 1:
+            raise ConfigError(f"keep must be at least 1 (the newest snapshot is never deleted), not {self.keep}")
+        if not 0 <= self.max_drop_percent <= 100:
+            raise ConfigError(f"max drop percent must be between 0 and 100, not {self.max_drop_percent}")
+        if not 1 <= self.level <= zstandard.MAX_COMPRESSION_LEVEL:
+            raise ConfigError(f"zstd level must be between 1 and {zstandard.MAX_COMPRESSION_LEVEL}, not {self.level}")
+        if self.connect_timeout_s < 1:
+            raise ConfigError(f"connect timeout must be at least 1 second, not {self.connect_timeout_s}")
+        if not self.table:
+            raise ConfigError("the table name is empty")
+        if self.created_at_unix_ms is not None and self.created_at_unix_ms < 0:
+            raise ConfigError(f"created-at must not be negative, not {self.created_at_unix_ms}")
+        if self.signing_key is not None and not self.signing_key:
+            raise ConfigError("the signing key is empty")
+
+    @property
+    def source(self) -> str:
+        """The source string recorded in every snapshot header."""
+        return f"postgresql:{self.table}"

@@ -1,0 +1,137 @@
+"""One export run: lock the folder, read the tables, build and write the snapshot, guard, publish, prune."""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO, TextIO
+
+from avapdefs.errors import CatalogOrderError
+from avapdefs.folder import atomic_file, remove_temp_files, snapshot_name
+from avapdefs.snapshot import SnapshotInfo, SnapshotWriter
+from exporter.build import iter_sealed
+from exporter.config import ExportConfig
+from exporter.errors import PublishError, SourceError
+from exporter.progress import ProgressBar
+from exporter.publish import Newest, check_guards, find_newest, folder_lock, prune
+from exporter.source import Source, connect, open_source
+
+logger = logging.getLogger(__name__)
+
+_LOG_EVERY_COMMANDS = 10_000
+
+
+@dataclass(frozen=True)
+class ExportResult:
+    """What a run did.
+
+    Attributes:
+        published: whether a new snapshot was published (False: unchanged).
+        info: the header of the new snapshot, or of the newest one when unchanged.
+        path: that snapshot's file.
+        seconds: the run's wall time.
+        pruned: snapshots deleted by retention.
+    """
+
+    published: bool
+    info: SnapshotInfo
+    path: Path
+    seconds: float
+    pruned: tuple[Path, ...] = ()
+
+    def summary(self) -> str:
+        """The one line a run prints on success."""
+        info = self.info
+        if not self.published:
+            return f"unchanged at version {info.version}: {info.command_count} commands, {self.seconds:.2f} s"
+        ratio = info.uncompressed_size / info.compressed_size if info.compressed_size else 0.0
+        return (
+            f"published version {info.version} ({self.path.name}): {info.command_count} commands, "
+            f"{info.file_size} bytes ({info.uncompressed_size} uncompressed, ratio {ratio:.2f}), {self.seconds:.2f} s"
+        )
+
+
+class _Unchanged(Exception):
+    """Raised inside ``atomic_file`` so that it discards the temp file instead of publishing."""
+
+
+def run_export(config: ExportConfig, *, progress: TextIO | None = None) -> ExportResult:
+    """Export the tables into a new snapshot in ``config.snapshots``, or publish nothing if unchanged.
+
+    Args:
+        config: the settings.
+        progress: where to draw a progress bar (None for none).
+
+    Raises:
+        ExportError: a subclass saying what went wrong; nothing was published.
+    """
+    started = time.monotonic()
+    folder = config.snapshots
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with folder_lock(folder):
+            return _export_locked(config, progress, started)
+    except OSError as exc:
+        raise PublishError(f"snapshot folder {folder}: {exc.strerror or exc}") from exc
+
+
+def _export_locked(config: ExportConfig, progress: TextIO | None, started: float) -> ExportResult:
+    folder = config.snapshots
+    for path in remove_temp_files(folder):
+        logger.info("removed %s, left by an exporter that died", path.name)
+    newest = find_newest(folder)
+    path = folder / snapshot_name(newest.version + 1)
+    with (
+        connect(config.dsn, connect_timeout_s=config.connect_timeout_s) as conn,
+        open_source(
+            conn, table=config.table, bytecode_table=config.bytecode_table, fetch_rows=config.fetch_rows
+        ) as src,
+    ):
+        try:
+            info = _publish(path, src, config, newest, progress)
+        except _Unchanged:
+            assert newest.info is not None
+            pruned = prune(folder, config.keep)
+            unchanged_path = folder / snapshot_name(newest.info.version)
+            return ExportResult(False, newest.info, unchanged_path, time.monotonic() - started, tuple(pruned))
+    logger.info("published %s: %s commands", path.name, info.command_count)
+    pruned = prune(folder, config.keep)
+    return ExportResult(True, info, path, time.monotonic() - started, tuple(pruned))
+
+
+def _publish(path: Path, source: Source, config: ExportConfig, newest: Newest, progress: TextIO | None) -> SnapshotInfo:
+    # Every check happens inside atomic_file, so any refusal removes the temp
+    # file and the folder is as it was.
+    with atomic_file(path) as file:
+        info = _write(file, source, config, newest.version + 1, progress)
+        if newest.info is not None and info.content_hash == newest.info.content_hash:
+            raise _Unchanged
+        check_guards(
+            info,
+            newest.info,
+            allow_empty=config.allow_empty,
+            force=config.force,
+            max_drop_percent=config.max_drop_percent,
+        )
+    return info
+
+
+def _write(file: BinaryIO, source: Source, config: ExportConfig, version: int, progress: TextIO | None) -> SnapshotInfo:
+    writer = SnapshotWriter(
+        file, version=version, source=config.source, created_at_unix_ms=config.created_at_unix_ms, level=config.level
+    )
+    bar = ProgressBar(progress, source.count() if progress else None, unit="commands")
+    logger.debug("writing version %s into %s", version, file.name)
+    commands = iter_sealed(source.rows(), signing_key=config.signing_key, max_problems=config.max_problems)
+    try:
+        for command_name, serialized in commands:
+            writer.add_serialized(command_name, serialized)
+            bar.update(writer.command_count)
+            if writer.command_count % _LOG_EVERY_COMMANDS == 0:
+                logger.debug("%s commands written", writer.command_count)
+    except CatalogOrderError as exc:
+        raise SourceError(f"rows did not arrive in UTF-8 name order (is the database encoding UTF8?): {exc}") from exc
+    bar.close(writer.command_count)
+    return writer.finish()

@@ -1,0 +1,88 @@
+"""``avap-export inspect``: describe a snapshot file and list what changed between two."""
+
+from __future__ import annotations
+
+import collections
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+
+from avapdefs import snapshot
+from avapdefs.snapshot import Snapshot
+from avapdefs.v1.definitions_pb2 import Command
+
+
+def _timestamp(unix_ms: int) -> str:
+    moment = datetime.fromtimestamp(unix_ms / 1000, tz=UTC)
+    return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def describe(path: Path) -> list[str]:
+    """Read and verify the snapshot at ``path``; return lines describing it.
+
+    Raises:
+        SnapshotError: the file is not a valid snapshot.
+    """
+    loaded = snapshot.read_file(path)
+    info = loaded.info
+    types: collections.Counter[str] = collections.Counter()
+    with_bytecode = signed = 0
+    for entry in snapshot.iter_command_bytes(loaded.payload):
+        command = Command.FromString(bytes(entry))
+        types[command.type or "(none)"] += 1
+        with_bytecode += bool(command.bytecode)
+        signed += bool(command.signed_package)
+    ratio = info.uncompressed_size / info.compressed_size if info.compressed_size else 0.0
+    by_type = ", ".join(f"{name} {count}" for name, count in sorted(types.items())) or "-"
+    return [
+        f"file              {path}",
+        "verified          yes (header CRC, sizes, zstd checksum, content hash, command count)",
+        f"format version    {info.format_version}",
+        f"catalog version   {info.version}",
+        f"content hash      {info.content_hash.hex()}",
+        f"created at        {_timestamp(info.created_at_unix_ms)} ({info.created_at_unix_ms})",
+        f"source            {info.source}",
+        f"file size         {info.file_size} bytes",
+        f"compressed        {info.compressed_size} bytes",
+        f"uncompressed      {info.uncompressed_size} bytes (ratio {ratio:.2f})",
+        f"commands          {info.command_count}",
+        f"  by type         {by_type}",
+        f"  with bytecode   {with_bytecode}",
+        f"  signed package  {signed}",
+    ]
+
+
+def _entries(loaded: Snapshot) -> Iterator[tuple[bytes, bytes]]:
+    for entry in snapshot.iter_command_bytes(loaded.payload):
+        yield snapshot.command_name(entry), bytes(entry)
+
+
+def diff(old_path: Path, new_path: Path) -> list[str]:
+    """Lines listing the commands added (+), removed (-) and changed (~) from one snapshot to another.
+
+    Commands are compared by their sealed bytes, which include each command's content hash.
+
+    Raises:
+        SnapshotError: either file is not a valid snapshot.
+    """
+    old, new = snapshot.read_file(old_path), snapshot.read_file(new_path)
+    old_entries = dict(_entries(old))
+    marks: list[tuple[bytes, str]] = []
+    unchanged = 0
+    for name, entry in _entries(new):
+        previous = old_entries.pop(name, None)
+        if previous is None:
+            marks.append((name, "+"))
+        elif previous != entry:
+            marks.append((name, "~"))
+        else:
+            unchanged += 1
+    marks.extend((name, "-") for name in old_entries)
+    marks.sort()
+    counts = collections.Counter(mark for _, mark in marks)
+    return [
+        f"--- {old_path} (version {old.info.version}, {old.info.command_count} commands)",
+        f"+++ {new_path} (version {new.info.version}, {new.info.command_count} commands)",
+        f"added {counts['+']}, removed {counts['-']}, changed {counts['~']}, unchanged {unchanged}",
+        *(f"{mark} {name.decode('utf-8')}" for name, mark in marks),
+    ]
