@@ -120,7 +120,8 @@ def _add_options(parser: argparse.ArgumentParser, options: Sequence[_Option]) ->
         if option.switch:
             parser.add_argument(option.flag, dest=option.field, action="store_const", const=True, help=text)
         else:
-            parser.add_argument(option.flag, dest=option.field, type=option.parse, help=text)
+            metavar = option.flag.lstrip("-").upper().replace("-", "_")
+            parser.add_argument(option.flag, dest=option.field, type=option.parse, metavar=metavar, help=text)
 
 
 def _resolve(args: argparse.Namespace, env: Mapping[str, str], options: Sequence[_Option]) -> dict[str, Any]:
