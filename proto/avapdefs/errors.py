@@ -4,13 +4,19 @@
      ├── SnapshotError                 a snapshot file cannot be used (carries .path)
      │    ├── NotASnapshotError        wrong magic: not a snapshot file at all
      │    ├── UnsupportedFormatError   a snapshot of a format version this code does not read
-     │    └── CorruptSnapshotError     header, sizes, zstd frame or content hash do not agree
-     │         └── TruncatedSnapshotError   the file ends before its header says it does
+     │    ├── CorruptSnapshotError     header, sizes, zstd frame or content hash do not agree
+     │    │    └── TruncatedSnapshotError   the file ends before its header says it does
+     │    └── NoSnapshotError          a folder holds no snapshot that verifies
      ├── CatalogOrderError             commands given to a writer out of order or twice
-     └── DeltaMismatchError            a delta applied to the wrong base, or its result fails the target hash
+     ├── DeltaMismatchError            a delta applied to the wrong base, or its result fails the target hash
+     └── ServerError                   a call to a definition server failed (carries .code, .details)
+          ├── CommandNotFoundError     the server holds no command of that name (carries .name)
+          ├── ServerUnavailableError   the server could not be reached, retries included
+          └── SyncError                a sync stream ended early or its data did not verify
 
 Foreign errors (zstandard's ZstdError, protobuf's DecodeError, OSError while
-reading) are translated once, in ``snapshot.py``, with the original chained.
+reading) are translated once, in ``snapshot.py``, with the original chained;
+grpc's RpcError is translated once, in ``client.py``.
 """
 
 from __future__ import annotations
@@ -78,3 +84,49 @@ class CatalogOrderError(AvapDefsError):
 
 class DeltaMismatchError(AvapDefsError):
     """A delta does not apply to the given base, or its result is not the target."""
+
+
+class NoSnapshotError(SnapshotError):
+    """A snapshot folder holds no snapshot file that verifies.
+
+    Attributes:
+        skipped: the error of each snapshot file that was tried and refused, newest first.
+    """
+
+    def __init__(self, reason: str, *, path: Path | str | None = None, skipped: tuple[SnapshotError, ...] = ()) -> None:
+        self.skipped = skipped
+        super().__init__(reason, path=path)
+
+
+class ServerError(AvapDefsError):
+    """A call to a definition server failed.
+
+    Attributes:
+        code: the gRPC status code's name, e.g. ``"NOT_FOUND"``.
+        details: the server's message.
+    """
+
+    def __init__(self, code: str, details: str) -> None:
+        self.code = code
+        self.details = details
+        super().__init__(f"{code}: {details}")
+
+
+class CommandNotFoundError(ServerError):
+    """The server's catalog holds no command of that name.
+
+    Attributes:
+        name: the command asked for.
+    """
+
+    def __init__(self, name: str, details: str) -> None:
+        self.name = name
+        super().__init__("NOT_FOUND", details)
+
+
+class ServerUnavailableError(ServerError):
+    """The server could not be reached, after every retry."""
+
+
+class SyncError(ServerError):
+    """A sync stream ended early, or the data it delivered did not verify."""

@@ -10,12 +10,19 @@ so a reader never sees a partial file.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import re
 import secrets
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
+
+from avapdefs.errors import NoSnapshotError, SnapshotError
+from avapdefs.snapshot import Snapshot, verify
+
+logger = logging.getLogger(__name__)
 
 SNAPSHOT_SUFFIX = ".avsnap"
 DELTA_SUFFIX = ".avdelta"
@@ -67,6 +74,48 @@ def newest_version(folder: Path) -> int:
     """The highest version in ``folder``, 0 when it holds none."""
     snapshots = list_snapshots(folder)
     return snapshots[-1][0] if snapshots else 0
+
+
+@dataclass(frozen=True)
+class VerifiedFile:
+    """A snapshot file read whole into memory and verified."""
+
+    path: Path
+    data: bytes  # the file's bytes exactly as verified
+    snapshot: Snapshot
+
+
+def read_verified(path: Path) -> VerifiedFile:
+    """Read the snapshot file at ``path`` into memory and verify it.
+
+    Raises:
+        SnapshotError: the file cannot be read or is not a valid snapshot.
+    """
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise SnapshotError(f"cannot read snapshot: {exc.strerror or exc}", path=path) from exc
+    return VerifiedFile(path, data, verify(data, path=path))
+
+
+def read_newest(folder: Path) -> VerifiedFile:
+    """The newest snapshot in ``folder`` that verifies.
+
+    Each newer file that does not verify is skipped with one warning naming
+    the file and what is wrong with it.
+
+    Raises:
+        NoSnapshotError: no snapshot file in ``folder`` verifies (or there is none).
+    """
+    skipped: list[SnapshotError] = []
+    for _, path in reversed(list_snapshots(folder)):
+        try:
+            return read_verified(path)
+        except SnapshotError as exc:
+            logger.warning("skipping snapshot %s: %s", path, exc.reason)
+            skipped.append(exc)
+    what = f"none of its {len(skipped)} snapshot files verifies" if skipped else "it holds no snapshot file"
+    raise NoSnapshotError(f"no valid snapshot: {what}", path=folder, skipped=tuple(skipped))
 
 
 def fsync_folder(folder: Path) -> None:

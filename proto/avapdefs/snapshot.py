@@ -117,6 +117,17 @@ def _varint(value: int) -> bytes:
     return bytes(out)
 
 
+def encode_entry(command: bytes | memoryview) -> bytes:
+    """One payload entry: the serialized ``command`` framed as ``Catalog.commands``.
+
+    Field 1, length-delimited: the same bytes are a serialized message holding
+    ``command`` in any field number 1 (``GetCommandResponse.command``,
+    ``BatchGetCommandsResponse.commands``), which lets a server answer without
+    serializing per request.
+    """
+    return _CATALOG_ENTRY_TAG + _varint(len(command)) + bytes(command)
+
+
 def header_message(info: SnapshotInfo) -> SnapshotHeader:
     """The SnapshotHeader message of ``info``."""
     return SnapshotHeader(

@@ -1,0 +1,1 @@
+"""The AVAP definition server: serves the newest valid snapshot over gRPC."""

@@ -1,0 +1,53 @@
+"""The server's settings: one frozen dataclass, built by ``cli.py`` only."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+# SyncCatalog chunk size, measured on loopback (docs/server.md, "SyncCatalog
+# chunk size"): 1 MiB pre-framed chunks carried as many bytes per second as
+# 4 MiB ones, and more than 256 KiB ones, with a quarter of the per-message buffering.
+DEFAULT_CHUNK_BYTES = 1 << 20
+MIN_CHUNK_BYTES = 1 << 10
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything the server is told at start-up.
+
+    Attributes:
+        snapshots_dir: the folder whose newest valid snapshot is served.
+        host: the address to listen on.
+        port: the TCP port; 0 picks a free one.
+        grace_s: how long in-flight calls may run on after SIGTERM/SIGINT.
+        max_workers: threads answering calls (each open stream holds one).
+        chunk_bytes: SyncCatalog data bytes per message.
+        max_receive_bytes: the largest request message accepted.
+        max_send_bytes: the largest response message sent.
+    """
+
+    snapshots_dir: Path = Path("snapshots")
+    host: str = "127.0.0.1"
+    port: int = 50051
+    grace_s: float = 10.0
+    max_workers: int = 32
+    chunk_bytes: int = DEFAULT_CHUNK_BYTES
+    max_receive_bytes: int = 4 << 20
+    max_send_bytes: int = 64 << 20
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.port <= 65535:
+            raise ValueError(f"port {self.port} is not between 0 and 65535")
+        if self.grace_s < 0:
+            raise ValueError(f"grace_s {self.grace_s} is negative")
+        if self.max_workers < 1:
+            raise ValueError(f"max_workers {self.max_workers} is below 1")
+        if not MIN_CHUNK_BYTES <= self.chunk_bytes <= self.max_send_bytes // 2:
+            raise ValueError(f"chunk_bytes {self.chunk_bytes} is outside {MIN_CHUNK_BYTES}..{self.max_send_bytes // 2}")
+
+    @property
+    def address(self) -> str:
+        """``host:port`` as grpc wants it (IPv6 hosts in brackets)."""
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{host}:{self.port}"

@@ -1,0 +1,231 @@
+"""DefinitionService over the live snapshot; the only place errors become gRPC status codes.
+
+Every method is registered without serializers: answers are
+bytes prepared when the snapshot was loaded (``store.LoadedSnapshot``), so no
+protobuf message is built or serialized per call on the paths that matter
+(GetCommand, GetCatalogInfo, SyncCatalog). GetCommand also reads the request
+bytes itself when they take the usual shape, so a hit is one dict lookup.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import functools
+import logging
+from bisect import bisect_left
+from collections.abc import Callable, Iterator
+from typing import Any, TypeVar
+
+import grpc
+from google.protobuf.message import DecodeError
+
+from avapdefs.v1.definitions_pb2 import (
+    BatchGetCommandsRequest,
+    BatchGetCommandsResponse,
+    GetCatalogInfoRequest,
+    GetCommandRequest,
+    ListCommandsRequest,
+    ListCommandsResponse,
+    SyncCatalogRequest,
+    WatchCatalogRequest,
+)
+from server.store import LoadedSnapshot, SnapshotStore
+
+logger = logging.getLogger(__name__)
+
+SERVICE_NAME = "avapdefs.v1.DefinitionService"
+MAX_NAME_CHARS = 256
+MAX_BATCH_NAMES = 1000
+DEFAULT_PAGE_SIZE = 100
+MAX_PAGE_SIZE = 1000
+
+# A GetCommandRequest holding only a name of under 128 bytes is 0x0A, one
+# length byte, the name: the name's UTF-8 bytes are then the index key as they stand.
+_NAME_TAG = (GetCommandRequest.NAME_FIELD_NUMBER << 3) | 2
+# A stored answer is a Command framed as field 1; as field 2 it is one entry of
+# ListCommandsResponse.commands. Both tags are one byte, so only that byte changes.
+_LIST_COMMANDS_TAG = bytes([(ListCommandsResponse.COMMANDS_FIELD_NUMBER << 3) | 2])
+
+_Request = TypeVar("_Request")
+_Unary = Callable[[Any, grpc.ServicerContext], bytes]
+_Stream = Callable[[Any, grpc.ServicerContext], Iterator[bytes]]
+
+
+class _Status(Exception):
+    """Ends a call with ``code``; raised by handlers, turned into a status by ``_unary``/``_stream``."""
+
+    def __init__(self, code: grpc.StatusCode, details: str) -> None:
+        super().__init__(details)
+        self.code = code
+        self.details = details
+
+
+def _unary(method: _Unary) -> _Unary:
+    @functools.wraps(method)
+    def call(request: Any, context: grpc.ServicerContext) -> bytes:
+        try:
+            return method(request, context)
+        except _Status as status:
+            context.abort(status.code, status.details)
+        except Exception:
+            logger.exception("%s failed", method.__name__)
+            context.abort(grpc.StatusCode.INTERNAL, "internal error")
+
+    return call
+
+
+def _stream(method: _Stream) -> _Stream:
+    @functools.wraps(method)
+    def call(request: Any, context: grpc.ServicerContext) -> Iterator[bytes]:
+        try:
+            yield from method(request, context)
+        except _Status as status:
+            context.abort(status.code, status.details)
+        except Exception:
+            logger.exception("%s failed", method.__name__)
+            context.abort(grpc.StatusCode.INTERNAL, "internal error")
+
+    return call
+
+
+def _check_name(name: str) -> None:
+    if not name:
+        raise _Status(grpc.StatusCode.INVALID_ARGUMENT, "command name is empty")
+    if len(name) > MAX_NAME_CHARS:
+        raise _Status(grpc.StatusCode.INVALID_ARGUMENT, f"command name is over {MAX_NAME_CHARS} characters")
+
+
+def _parse(message_type: Callable[[bytes], _Request], request: bytes) -> _Request:
+    try:
+        return message_type(request)
+    except DecodeError as exc:
+        raise _Status(grpc.StatusCode.INVALID_ARGUMENT, f"request does not parse: {exc}") from exc
+
+
+def _page_start(token: str) -> str:
+    try:
+        return base64.urlsafe_b64decode(token.encode("ascii")).decode("utf-8")
+    except (UnicodeError, binascii.Error, ValueError) as exc:
+        raise _Status(grpc.StatusCode.INVALID_ARGUMENT, "page_token is not one this server gave") from exc
+
+
+def _page_token(name: str) -> str:
+    return base64.urlsafe_b64encode(name.encode("utf-8")).decode("ascii")
+
+
+class DefinitionService:
+    """Answers DefinitionService calls from ``store.current``.
+
+    Thread safety: each call reads ``store.current`` once and uses only that
+    immutable snapshot, so calls run on any number of threads without locks.
+    """
+
+    def __init__(self, store: SnapshotStore, *, max_send_bytes: int) -> None:
+        self._store = store
+        self._max_send_bytes = max_send_bytes
+
+    def _require(self) -> LoadedSnapshot:
+        snap = self._store.current
+        if snap is None:
+            raise _Status(grpc.StatusCode.UNAVAILABLE, "no catalog loaded yet")
+        return snap
+
+    def get_command(self, request: bytes, context: grpc.ServicerContext) -> bytes:
+        """GetCommand: the stored GetCommandResponse bytes; ``request`` is the raw request."""
+        snap = self._store.current
+        if snap is not None and len(request) > 2 and request[0] == _NAME_TAG and request[1] == len(request) - 2:
+            found = snap.responses.get(request[2:])
+            if found is not None:
+                return found
+        return self._get_command_by_parsing(request)
+
+    def _get_command_by_parsing(self, request: bytes) -> bytes:
+        # Every request the fast path did not answer: odd encodings, long names, misses, errors.
+        name = _parse(GetCommandRequest.FromString, request).name
+        _check_name(name)
+        found = self._require().responses.get(name.encode("utf-8"))
+        if found is None:
+            raise _Status(grpc.StatusCode.NOT_FOUND, f"command {name!r} not found")
+        return found
+
+    def batch_get_commands(self, data: bytes, context: grpc.ServicerContext) -> bytes:
+        """BatchGetCommands: found commands in request order, missing names reported."""
+        request = _parse(BatchGetCommandsRequest.FromString, data)
+        if len(request.names) > MAX_BATCH_NAMES:
+            raise _Status(grpc.StatusCode.INVALID_ARGUMENT, f"over {MAX_BATCH_NAMES} names in one batch")
+        snap = self._require()
+        found: list[bytes] = []
+        missing: list[str] = []
+        for name in request.names:
+            _check_name(name)
+            response = snap.responses.get(name.encode("utf-8"))
+            if response is None:
+                missing.append(name)
+            else:
+                found.append(response)
+        if sum(map(len, found)) > self._max_send_bytes // 2:
+            raise _Status(grpc.StatusCode.RESOURCE_EXHAUSTED, "the answer is too large: ask for fewer names at once")
+        # Serialized messages concatenate into one; the stored answers are already `commands` entries.
+        tail = BatchGetCommandsResponse(missing_names=missing, catalog_version=snap.info.version)
+        return b"".join(found) + tail.SerializeToString()
+
+    def list_commands(self, data: bytes, context: grpc.ServicerContext) -> bytes:
+        """ListCommands: one page of the ascending names starting with ``prefix``."""
+        request = _parse(ListCommandsRequest.FromString, data)
+        snap = self._require()
+        page_size = min(request.page_size or DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)
+        start = bisect_left(snap.names, max(request.prefix, _page_start(request.page_token)))
+        page: list[str] = []
+        for name in snap.names[start : start + page_size + 1]:
+            if not name.startswith(request.prefix):
+                break  # names with a prefix are contiguous in sorted order
+            page.append(name)
+        next_token = _page_token(page.pop()) if len(page) > page_size else ""
+        head = ListCommandsResponse(names=page, next_page_token=next_token, catalog_version=snap.info.version)
+        if not request.include_definitions:
+            return head.SerializeToString()
+        entries = (_LIST_COMMANDS_TAG + snap.responses[name.encode("utf-8")][1:] for name in page)
+        return head.SerializeToString() + b"".join(entries)
+
+    def get_catalog_info(self, data: bytes, context: grpc.ServicerContext) -> bytes:
+        """GetCatalogInfo: the stored CatalogInfo bytes."""
+        _parse(GetCatalogInfoRequest.FromString, data)
+        return self._require().catalog_info
+
+    def sync_catalog(self, data: bytes, context: grpc.ServicerContext) -> Iterator[bytes]:
+        """SyncCatalog: a header, then the file in pre-framed chunks (or only an up-to-date header)."""
+        request = _parse(SyncCatalogRequest.FromString, data)
+        snap = self._require()  # this version to the end of the stream, whatever is swapped in meanwhile
+        if request.have_version == snap.info.version and request.have_content_hash == snap.info.content_hash:
+            logger.debug("sync: client already holds version %s", snap.info.version)
+            yield snap.sync_up_to_date
+            return
+        yield snap.sync_full_header
+        for chunk in snap.sync_chunks:
+            # grpc stops pulling when the client goes away; the check also ends the
+            # stream when the server is stopping past its grace period.
+            if not context.is_active():
+                logger.debug("sync of version %s cancelled by the client", snap.info.version)
+                return
+            yield chunk
+
+    def watch_catalog(self, data: bytes, context: grpc.ServicerContext) -> Iterator[bytes]:
+        """WatchCatalog: not served yet."""
+        _parse(WatchCatalogRequest.FromString, data)
+        raise _Status(grpc.StatusCode.UNIMPLEMENTED, "WatchCatalog is not implemented by this server yet")
+
+    def handlers(self) -> dict[str, grpc.RpcMethodHandler[Any, Any]]:
+        """The method handlers, by method name, ready for ``add_registered_method_handlers``."""
+        # No (de)serializers at all: handlers take the raw request bytes (so a request
+        # that does not parse is INVALID_ARGUMENT here, not grpc's INTERNAL) and return bytes.
+        unary = grpc.unary_unary_rpc_method_handler
+        stream = grpc.unary_stream_rpc_method_handler
+        return {
+            "GetCommand": unary(_unary(self.get_command)),
+            "BatchGetCommands": unary(_unary(self.batch_get_commands)),
+            "ListCommands": unary(_unary(self.list_commands)),
+            "GetCatalogInfo": unary(_unary(self.get_catalog_info)),
+            "SyncCatalog": stream(_stream(self.sync_catalog)),
+            "WatchCatalog": stream(_stream(self.watch_catalog)),
+        }
