@@ -209,6 +209,7 @@ class DefinitionService:
                 logger.debug("sync of version %s cancelled by the client", snap.info.version)
                 return
             yield chunk
+        logger.debug("sync of version %s: sent the whole file", snap.info.version)
 
     def watch_catalog(self, data: bytes, context: grpc.ServicerContext) -> Iterator[bytes]:
         """WatchCatalog: not served yet."""

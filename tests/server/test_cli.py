@@ -1,0 +1,112 @@
+"""avap-server: exit codes, and a graceful shutdown of a real server process by signal."""
+
+from __future__ import annotations
+
+import re
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import grpc
+import pytest
+
+from avapdefs.v1.definitions_pb2 import GetCommandRequest, SyncCatalogRequest
+from avapdefs.v1.definitions_pb2_grpc import DefinitionServiceStub
+from server import cli
+from tests.conftest import MakeSnapshot
+from tests.server.helpers import big_commands
+
+SERVING_LINE = re.compile(r"serving catalog version (\d+) \((\d+) commands, loaded in \d+ ms\) on 127\.0\.0\.1:(\d+)")
+
+
+def test_no_valid_snapshot_exits_3_with_a_clear_message(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    folder = tmp_path / "empty"
+    folder.mkdir()
+    assert cli.main(["--snapshots", str(folder), "--port", "0"]) == 3
+    assert any("no valid snapshot" in record.getMessage() for record in caplog.records)
+
+
+def test_environment_variables_configure_and_flags_win(
+    make_snapshot: MakeSnapshot, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("AVAP_SNAPSHOTS", str(tmp_path / "nowhere"))
+    monkeypatch.setenv("AVAP_PORT", "0")
+    assert cli.main([]) == 3
+    monkeypatch.setenv("AVAP_PORT", "not-a-port")
+    assert cli.main([]) == 2
+    assert cli.main(["--port", "0"]) == 3
+
+
+@pytest.mark.parametrize("argv", [["--port", "70000"], ["--grace-s", "-1"], ["--no-such-flag"]])
+def test_bad_options_exit_2(argv: list[str]) -> None:
+    assert cli.main(argv) == 2
+
+
+def test_an_address_that_cannot_be_listened_on_exits_4(make_snapshot: MakeSnapshot) -> None:
+    path = make_snapshot()
+    # 192.0.2.1 (TEST-NET-1) is never an address of this machine.
+    assert cli.main(["--snapshots", str(path.parent), "--host", "192.0.2.1", "--port", "0"]) == 4
+
+
+def _lines(process: subprocess.Popen[str]) -> Iterator[str]:
+    assert process.stderr is not None
+    yield from process.stderr
+
+
+def _wait_for(lines: Iterator[str], pattern: str, seen: list[str]) -> re.Match[str]:
+    # Reading the server's log is the synchronisation: each line is a state it reached.
+    for line in lines:
+        seen.append(line)
+        match = re.search(pattern, line)
+        if match:
+            return match
+    raise AssertionError(f"the server ended without logging {pattern!r}:\n{''.join(seen)}")
+
+
+def _start(folder: Path) -> subprocess.Popen[str]:
+    argv = [sys.executable, "-m", "server", "--snapshots", str(folder), "--port", "0", "--log-level", "DEBUG"]
+    return subprocess.Popen(argv, stderr=subprocess.PIPE, text=True, cwd=Path(__file__).parents[2])
+
+
+def test_sigterm_lets_an_in_flight_sync_finish_then_exits_0(make_snapshot: MakeSnapshot) -> None:
+    path = make_snapshot(commands=big_commands(count=96))  # 12 MB: more than flow control lets through unread
+    expected = path.read_bytes()
+    process = _start(path.parent)
+    seen: list[str] = []
+    try:
+        lines = _lines(process)
+        port = _wait_for(lines, SERVING_LINE.pattern, seen).group(3)
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+            call = DefinitionServiceStub(channel).SyncCatalog(SyncCatalogRequest(), timeout=30)
+            first = [next(call), next(call)]
+            process.send_signal(signal.SIGTERM)
+            _wait_for(lines, "shutting down", seen)
+            data = b"".join(message.chunk for message in [*first, *call])
+        _wait_for(lines, "stopped", seen)
+        assert process.wait(timeout=30) == 0
+    finally:
+        process.kill()
+        process.wait()
+    assert data == expected
+    log = "".join(seen)
+    assert log.index("shutting down") < log.index("sent the whole file"), "the sync was not in flight"
+
+
+def test_sigint_on_an_idle_server_exits_0(make_snapshot: MakeSnapshot) -> None:
+    path = make_snapshot(version=5)
+    process = _start(path.parent)
+    seen: list[str] = []
+    try:
+        lines = _lines(process)
+        match = _wait_for(lines, SERVING_LINE.pattern, seen)
+        assert match.group(1, 2) == ("5", "3")
+        with grpc.insecure_channel(f"127.0.0.1:{match.group(3)}") as channel:
+            stub = DefinitionServiceStub(channel)
+            assert stub.GetCommand(GetCommandRequest(name="if"), timeout=5).command.name == "if"
+        process.send_signal(signal.SIGINT)
+        assert process.wait(timeout=30) == 0
+    finally:
+        process.kill()
+        process.wait()

@@ -1,0 +1,172 @@
+"""Every DefinitionService call and every status it answers with, over a real server."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import grpc
+import pytest
+
+from avapdefs import snapshot
+from avapdefs.v1.definitions_pb2 import (
+    BatchGetCommandsRequest,
+    GetCatalogInfoRequest,
+    GetCommandRequest,
+    ListCommandsRequest,
+    SyncCatalogRequest,
+    SyncHeader,
+    WatchCatalogRequest,
+)
+from server.service import MAX_BATCH_NAMES, MAX_NAME_CHARS
+from tests.conftest import MakeSnapshot
+from tests.factories import sample_command
+from tests.server.conftest import NAMES, Served
+from tests.server.helpers import running_server, stub_for
+
+SORTED = sorted(NAMES, key=lambda name: name.encode("utf-8"))
+
+
+def _code(call: object) -> grpc.StatusCode:
+    with pytest.raises(grpc.RpcError) as caught:
+        call()  # type: ignore[operator]
+    return caught.value.code()
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_get_command_answers_the_stored_bytes(served: Served, name: str) -> None:
+    raw = served.channel.unary_unary("/avapdefs.v1.DefinitionService/GetCommand")
+    answer = raw(GetCommandRequest(name=name).SerializeToString(), timeout=5)
+    stored = snapshot.verify(served.path.read_bytes()).catalog()
+    expected = next(command for command in stored.commands if command.name == name)
+    assert answer == snapshot.encode_entry(expected.SerializeToString())
+    assert served.stub.GetCommand(GetCommandRequest(name=name), timeout=5).command == expected
+
+
+def test_get_command_not_found_names_the_command(served: Served) -> None:
+    with pytest.raises(grpc.RpcError) as caught:
+        served.stub.GetCommand(GetCommandRequest(name="noSuchCommand"), timeout=5)
+    assert caught.value.code() == grpc.StatusCode.NOT_FOUND
+    assert "noSuchCommand" in caught.value.details()
+
+
+@pytest.mark.parametrize("name", ["", "y" * (MAX_NAME_CHARS + 1)])
+def test_get_command_refuses_empty_and_over_long_names(served: Served, name: str) -> None:
+    assert _code(lambda: served.stub.GetCommand(GetCommandRequest(name=name), timeout=5)) == (
+        grpc.StatusCode.INVALID_ARGUMENT
+    )
+
+
+@pytest.mark.parametrize("request_bytes", [b"\x0a\x05ab", b"\x0a\x02\xff\xfe", b"\xff\xff\xff"])
+def test_requests_that_do_not_parse_are_invalid_arguments(served: Served, request_bytes: bytes) -> None:
+    raw = served.channel.unary_unary("/avapdefs.v1.DefinitionService/GetCommand")
+    assert _code(lambda: raw(request_bytes, timeout=5)) == grpc.StatusCode.INVALID_ARGUMENT
+    raw_list = served.channel.unary_unary("/avapdefs.v1.DefinitionService/ListCommands")
+    assert _code(lambda: raw_list(request_bytes, timeout=5)) == grpc.StatusCode.INVALID_ARGUMENT
+
+
+def test_batch_get_reports_missing_names_in_request_order(served: Served) -> None:
+    request = BatchGetCommandsRequest(names=["if", "nope", "addVar", "if", "gone"])
+    response = served.stub.BatchGetCommands(request, timeout=5)
+    assert [command.name for command in response.commands] == ["if", "addVar", "if"]
+    assert list(response.missing_names) == ["nope", "gone"]
+    assert response.catalog_version == 3
+
+
+def test_batch_get_refuses_bad_batches(served: Served) -> None:
+    too_many = BatchGetCommandsRequest(names=["if"] * (MAX_BATCH_NAMES + 1))
+    assert _code(lambda: served.stub.BatchGetCommands(too_many, timeout=5)) == grpc.StatusCode.INVALID_ARGUMENT
+    empty_name = BatchGetCommandsRequest(names=["if", ""])
+    assert _code(lambda: served.stub.BatchGetCommands(empty_name, timeout=5)) == grpc.StatusCode.INVALID_ARGUMENT
+
+
+def test_batch_get_refuses_an_answer_over_the_message_limit(make_snapshot: MakeSnapshot) -> None:
+    commands = [sample_command(f"c{index}", code="x" * 20_000) for index in range(4)]
+    path = make_snapshot(commands=commands)
+    limits = {"max_send_bytes": 64 * 1024, "chunk_bytes": 16 * 1024}
+    with running_server(path.parent, **limits) as server, stub_for(server) as stub:
+        assert len(stub.BatchGetCommands(BatchGetCommandsRequest(names=["c0"]), timeout=5).commands) == 1
+        request = BatchGetCommandsRequest(names=["c0", "c1", "c2"])
+        assert _code(lambda: stub.BatchGetCommands(request, timeout=5)) == grpc.StatusCode.RESOURCE_EXHAUSTED
+
+
+def test_list_commands_pages_through_every_name(served: Served) -> None:
+    names: list[str] = []
+    token = ""
+    while True:
+        page = served.stub.ListCommands(ListCommandsRequest(page_size=3, page_token=token), timeout=5)
+        assert len(page.names) <= 3 and page.catalog_version == 3
+        names += page.names
+        token = page.next_page_token
+        if not token:
+            break
+    assert names == SORTED
+
+
+def test_list_commands_by_prefix_with_definitions(served: Served) -> None:
+    first = served.stub.ListCommands(ListCommandsRequest(prefix="add", page_size=2, include_definitions=True))
+    assert list(first.names) == ["addParam", "addResult"]
+    assert [command.name for command in first.commands] == ["addParam", "addResult"]
+    assert first.commands[0].code == sample_command("addParam").code
+    rest = served.stub.ListCommands(ListCommandsRequest(prefix="add", page_size=2, page_token=first.next_page_token))
+    assert list(rest.names) == ["addVar"] and rest.next_page_token == ""
+    assert list(served.stub.ListCommands(ListCommandsRequest(prefix="zzz")).names) == []
+
+
+def test_list_commands_defaults_and_bad_token(served: Served) -> None:
+    assert list(served.stub.ListCommands(ListCommandsRequest(), timeout=5).names) == SORTED
+    bad = ListCommandsRequest(page_token="%%% not a token")
+    assert _code(lambda: served.stub.ListCommands(bad, timeout=5)) == grpc.StatusCode.INVALID_ARGUMENT
+
+
+def test_get_catalog_info(served: Served) -> None:
+    info = served.stub.GetCatalogInfo(GetCatalogInfoRequest(), timeout=5)
+    header = snapshot.read_info(served.path.read_bytes())
+    assert info.version == 3 and info.command_count == len(NAMES)
+    assert info.content_hash == header.content_hash
+    assert (info.compressed_size, info.uncompressed_size) == (header.compressed_size, header.uncompressed_size)
+    assert info.file_size == served.path.stat().st_size and info.format_version == snapshot.FORMAT_VERSION
+    assert info.loaded_at_unix_ms >= info.created_at_unix_ms and info.source == "test"
+
+
+def test_sync_catalog_sends_the_file_byte_for_byte(served: Served) -> None:
+    messages = list(served.stub.SyncCatalog(SyncCatalogRequest(), timeout=10))
+    header = messages[0].header
+    data = b"".join(message.chunk for message in messages[1:])
+    assert header.kind == SyncHeader.KIND_FULL and header.catalog.version == 3
+    assert data == served.path.read_bytes() and header.data_size == len(data)
+    assert snapshot.verify(data).info.version == 3
+
+
+def test_sync_catalog_up_to_date_sends_no_data(served: Served) -> None:
+    info = snapshot.read_info(served.path.read_bytes())
+    request = SyncCatalogRequest(have_version=3, have_content_hash=info.content_hash)
+    messages = list(served.stub.SyncCatalog(request, timeout=10))
+    assert len(messages) == 1 and messages[0].header.kind == SyncHeader.KIND_UP_TO_DATE
+    other_hash = SyncCatalogRequest(have_version=3, have_content_hash=bytes(32))
+    first, *_ = served.stub.SyncCatalog(other_hash, timeout=10)
+    assert first.header.kind == SyncHeader.KIND_FULL
+
+
+def test_watch_catalog_is_unimplemented(served: Served) -> None:
+    assert _code(lambda: list(served.stub.WatchCatalog(WatchCatalogRequest(), timeout=5))) == (
+        grpc.StatusCode.UNIMPLEMENTED
+    )
+
+
+def test_before_the_first_load_calls_are_unavailable(make_snapshot: MakeSnapshot) -> None:
+    path = make_snapshot()
+    with running_server(path.parent, load=False) as server, stub_for(server) as stub:
+        assert _code(lambda: stub.GetCommand(GetCommandRequest(name="if"), timeout=5)) == grpc.StatusCode.UNAVAILABLE
+        assert _code(lambda: list(stub.SyncCatalog(SyncCatalogRequest(), timeout=5))) == grpc.StatusCode.UNAVAILABLE
+        server.load()
+        assert stub.GetCommand(GetCommandRequest(name="if"), timeout=5).command.name == "if"
+
+
+def test_an_unexpected_error_is_internal_and_logged(served: Served, caplog: pytest.LogCaptureFixture) -> None:
+    # A store whose names list a command its index lacks: a bug a call can only report.
+    live = served.server.store.current
+    assert live is not None
+    served.server.store.current = dataclasses.replace(live, responses={})
+    request = ListCommandsRequest(include_definitions=True)
+    assert _code(lambda: served.stub.ListCommands(request, timeout=5)) == grpc.StatusCode.INTERNAL
+    assert any(record.exc_info for record in caplog.records if record.name == "server.service")
