@@ -1,0 +1,167 @@
+"""``avap-sync`` (bring a local snapshot cache up to date) and ``avap-get`` (print one command).
+
+``--server`` defaults to the ``AVAP_SERVER`` variable, else 127.0.0.1:50051;
+``avap-sync --dest`` to ``AVAP_DEST``.
+
+Exit codes, for both programs:
+
+    0  success (avap-sync: installed a new version, or already up to date)
+    1  avap-get: the server has no command of that name
+    2  bad usage
+    3  the server could not be reached (retries and deadline included)
+    4  the server refused the call (any other gRPC status)
+    5  avap-sync: the stream broke or its data did not verify; the cache is unchanged
+    6  avap-sync: the destination folder cannot be written
+    130 interrupted (Ctrl-C); the cache is unchanged
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TextIO
+
+from google.protobuf import json_format
+
+from avapdefs.client import DEFAULT_SERVER, DefinitionClient, Progress, SyncResult
+from avapdefs.errors import CommandNotFoundError, ServerError, ServerUnavailableError, SyncError
+from avapdefs.v1.definitions_pb2 import Command
+
+EXIT_OK = 0
+EXIT_NOT_FOUND = 1
+EXIT_USAGE = 2
+EXIT_UNAVAILABLE = 3
+EXIT_SERVER_ERROR = 4
+EXIT_SYNC_FAILED = 5
+EXIT_CANNOT_WRITE = 6
+EXIT_INTERRUPTED = 130
+_MB = 1_000_000
+
+
+def _parse(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> argparse.Namespace | int:
+    try:
+        return parser.parse_args(argv)
+    except SystemExit as exc:
+        return exc.code if isinstance(exc.code, int) else EXIT_USAGE
+
+
+def _server_error_exit(exc: ServerError) -> int:
+    logging.getLogger(__name__).error("%s", exc)
+    return EXIT_UNAVAILABLE if isinstance(exc, ServerUnavailableError) else EXIT_SERVER_ERROR
+
+
+class _ProgressBar:
+    """A one-line progress bar redrawn on a terminal, at most once per percent."""
+
+    def __init__(self, stream: TextIO, width: int = 30) -> None:
+        self._stream = stream
+        self._width = width
+        self._shown = -1
+
+    def __call__(self, received: int, total: int) -> None:
+        percent = received * 100 // total if total else 100
+        if percent == self._shown:
+            return
+        self._shown = percent
+        filled = self._width * percent // 100
+        bar = "#" * filled + "-" * (self._width - filled)
+        self._stream.write(f"\r[{bar}] {percent:3d}% {received / _MB:.1f}/{total / _MB:.1f} MB")
+        self._stream.flush()
+
+    def finish(self) -> None:
+        if self._shown >= 0:
+            self._stream.write("\n")
+
+
+def _summary(result: SyncResult, dest: Path) -> str:
+    if result.up_to_date:
+        return f"catalog version {result.info.version} in {dest} is up to date"
+    rate = result.bytes_received / _MB / result.seconds if result.seconds > 0 else 0.0
+    return (
+        f"synced catalog version {result.info.version} ({result.info.command_count} commands): "
+        f"{result.bytes_received / _MB:.2f} MB in {result.seconds:.2f} s, {rate:.1f} MB/s -> {result.path}"
+    )
+
+
+def _sync_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="avap-sync", description="Bring a local snapshot cache up to date.")
+    parser.add_argument(
+        "--server", default=os.environ.get("AVAP_SERVER", DEFAULT_SERVER), help="HOST:PORT [AVAP_SERVER]"
+    )
+    dest = os.environ.get("AVAP_DEST")
+    parser.add_argument("--dest", type=Path, default=dest, required=dest is None, help="cache folder [AVAP_DEST]")
+    parser.add_argument("--timeout-s", type=float, default=600.0, help="deadline of the transfer (default 600)")
+    return parser
+
+
+def sync_main(argv: Sequence[str] | None = None) -> int:
+    """``avap-sync``: sync the server's newest catalog into ``--dest``; returns the exit code."""
+    args = _parse(_sync_parser(), argv)
+    if isinstance(args, int):
+        return args
+    logging.basicConfig(level=logging.WARNING, format="avap-sync: %(levelname)s: %(message)s")
+    bar = _ProgressBar(sys.stderr) if sys.stderr.isatty() else None
+    progress: Progress | None = bar
+    try:
+        with DefinitionClient(args.server) as client:
+            result = client.sync(args.dest, progress=progress, timeout_s=args.timeout_s)
+    except KeyboardInterrupt:
+        return EXIT_INTERRUPTED
+    except SyncError as exc:
+        logging.getLogger(__name__).error("%s", exc)
+        return EXIT_SYNC_FAILED
+    except ServerError as exc:
+        return _server_error_exit(exc)
+    except OSError as exc:
+        logging.getLogger(__name__).error("cannot write %s: %s", args.dest, exc)
+        return EXIT_CANNOT_WRITE
+    finally:
+        if bar is not None:
+            bar.finish()
+    print(_summary(result, args.dest))
+    return EXIT_OK
+
+
+def _text(command: Command) -> str:
+    lines = [f"{command.name} ({command.type})", f"interface: {command.interface_json}"]
+    if command.description:
+        lines.append(f"description: {command.description}")
+    lines += ["code:", command.code.rstrip("\n")]
+    return "\n".join(lines)
+
+
+def _get_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="avap-get", description="Print one command definition.")
+    parser.add_argument("name", help="the command name, e.g. addVar")
+    parser.add_argument(
+        "--server", default=os.environ.get("AVAP_SERVER", DEFAULT_SERVER), help="HOST:PORT [AVAP_SERVER]"
+    )
+    parser.add_argument("--json", action="store_true", help="print the whole Command message as JSON")
+    parser.add_argument("--timeout-s", type=float, default=5.0, help="deadline, retries included (default 5)")
+    return parser
+
+
+def get_main(argv: Sequence[str] | None = None) -> int:
+    """``avap-get``: print the definition of one command; returns the exit code."""
+    args = _parse(_get_parser(), argv)
+    if isinstance(args, int):
+        return args
+    logging.basicConfig(level=logging.WARNING, format="avap-get: %(levelname)s: %(message)s")
+    try:
+        with DefinitionClient(args.server, timeout_s=args.timeout_s) as client:
+            command = client.get_command(args.name)
+    except CommandNotFoundError as exc:
+        logging.getLogger(__name__).error("%s", exc.details)
+        return EXIT_NOT_FOUND
+    except ServerError as exc:
+        return _server_error_exit(exc)
+    if args.json:
+        print(json.dumps(json_format.MessageToDict(command, preserving_proto_field_name=True), indent=2))
+    else:
+        print(_text(command))
+    return EXIT_OK
