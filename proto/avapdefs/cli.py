@@ -96,6 +96,9 @@ def _sync_parser() -> argparse.ArgumentParser:
     dest = os.environ.get("AVAP_DEST")
     parser.add_argument("--dest", type=Path, default=dest, required=dest is None, help="cache folder [AVAP_DEST]")
     parser.add_argument("--timeout-s", type=float, default=600.0, help="deadline of the transfer (default 600)")
+    parser.add_argument(
+        "--connect-timeout-s", type=float, default=10.0, help="how long to retry reaching the server (default 10)"
+    )
     return parser
 
 
@@ -108,7 +111,7 @@ def sync_main(argv: Sequence[str] | None = None) -> int:
     bar = _ProgressBar(sys.stderr) if sys.stderr.isatty() else None
     progress: Progress | None = bar
     try:
-        with DefinitionClient(args.server) as client:
+        with DefinitionClient(args.server, timeout_s=args.connect_timeout_s) as client:
             result = client.sync(args.dest, progress=progress, timeout_s=args.timeout_s)
     except KeyboardInterrupt:
         return EXIT_INTERRUPTED

@@ -59,6 +59,10 @@ CHANNEL_OPTIONS: list[tuple[str, int]] = [
     ("grpc.keepalive_timeout_ms", 10_000),
     ("grpc.keepalive_permit_without_calls", 1),
     ("grpc.http2.max_pings_without_data", 0),
+    # Reconnect sooner than grpc's default first backoff (1 s) after a server
+    # restart, but back off to 10 s so a fleet does not hammer a server that is down.
+    ("grpc.initial_reconnect_backoff_ms", 250),
+    ("grpc.max_reconnect_backoff_ms", 10_000),
 ]
 _RETRYABLE = (grpc.StatusCode.UNAVAILABLE,)
 _T = TypeVar("_T")
@@ -150,13 +154,16 @@ class DefinitionClient:
     def __exit__(self, *exc_info: object) -> None:
         self.close()
 
-    def _retrying(self, call: Callable[[float], _T], name: str | None = None) -> _T:
-        # `call` gets the seconds left before the overall deadline.
+    def _retrying(self, call: Callable[[float, bool], _T], name: str | None = None) -> _T:
+        # `call(seconds_left, wait_for_ready)`. The first attempt fails fast; a
+        # retry waits, within the deadline, for the channel to reconnect, so a
+        # restarting server is reached as soon as it is back instead of each
+        # retry failing at once while grpc waits out its own reconnect backoff.
         deadline = time.monotonic() + self._timeout_s
         delay = self._backoff_s
         for attempt in range(self._retries + 1):
             try:
-                return call(max(deadline - time.monotonic(), 0.0))
+                return call(max(deadline - time.monotonic(), 0.0), attempt > 0)
             except grpc.RpcError as exc:
                 error = _translate(exc, name)
                 code = exc.code() if isinstance(exc, grpc.Call) else None
@@ -177,7 +184,9 @@ class DefinitionClient:
             ServerError: the server refused the call (e.g. INVALID_ARGUMENT for an empty name).
         """
         request = GetCommandRequest(name=name)
-        response = self._retrying(lambda left: self._stub.GetCommand(request, timeout=left), name)
+        response = self._retrying(
+            lambda left, wait: self._stub.GetCommand(request, timeout=left, wait_for_ready=wait), name
+        )
         return response.command
 
     def catalog_info(self) -> CatalogInfo:
@@ -187,13 +196,16 @@ class DefinitionClient:
             ServerError: as for ``get_command``.
         """
         request = GetCatalogInfoRequest()
-        return self._retrying(lambda left: self._stub.GetCatalogInfo(request, timeout=left))
+        return self._retrying(lambda left, wait: self._stub.GetCatalogInfo(request, timeout=left, wait_for_ready=wait))
 
     def _open_sync(
         self, request: SyncCatalogRequest, timeout_s: float
     ) -> tuple[grpc._CallIterator[SyncCatalogResponse], SyncHeader]:
-        def start(left: float) -> tuple[grpc._CallIterator[SyncCatalogResponse], SyncHeader]:
-            # The whole transfer gets `timeout_s`; only reaching the server retries.
+        def start(left: float, wait: bool) -> tuple[grpc._CallIterator[SyncCatalogResponse], SyncHeader]:
+            if wait:
+                # The stream's deadline is the whole transfer's, too long to wait for a
+                # reconnect: a small call waits for the server within the retry deadline.
+                self._stub.GetCatalogInfo(GetCatalogInfoRequest(), timeout=left, wait_for_ready=True)
             call = self._stub.SyncCatalog(request, timeout=timeout_s)
             first = next(call, None)
             if first is None or first.WhichOneof("message") != "header":
@@ -217,7 +229,7 @@ class DefinitionClient:
             dest_dir: the cache folder (created when missing).
             progress: called after each chunk with bytes received and total.
             timeout_s: the deadline of the whole transfer.
-            keep: how many cached versions to keep (older ones are removed).
+            keep: how many cached versions to keep, the new one included (older ones are removed).
 
         Raises:
             ServerUnavailableError: the server could not be reached.
@@ -240,7 +252,7 @@ class DefinitionClient:
             path, info = self._install(call, header, dest_dir, progress)
         finally:
             call.cancel()  # a no-op once the stream has ended; otherwise the server stops sending
-        _prune(dest_dir, keep)
+        _prune(dest_dir, keep, info.version)
         return SyncResult(path, info, False, header.data_size, time.perf_counter() - started)
 
     def _install(
@@ -289,9 +301,11 @@ def _check(data: bytes, header: SyncHeader, path: Path) -> SnapshotInfo:
     return info
 
 
-def _prune(dest_dir: Path, keep: int) -> None:
-    # Only older versions go; a local avap-server reads its file once at load,
-    # so removing one it serves is harmless (server/store.py).
-    for _, path in list_snapshots(dest_dir)[: -max(keep, 1)]:
+def _prune(dest_dir: Path, keep: int, installed_version: int) -> None:
+    # Only versions older than the one just installed go, the newest `keep - 1`
+    # of them stay. A local avap-server reads its file once at load, so removing
+    # one it serves is harmless (server/store.py).
+    older = [path for version, path in list_snapshots(dest_dir) if version < installed_version]
+    for path in older[: max(len(older) - (keep - 1), 0)]:
         path.unlink(missing_ok=True)
         logger.debug("removed old cached snapshot %s", path)

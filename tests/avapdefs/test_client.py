@@ -1,0 +1,192 @@
+"""The client against a real server: get_command, retries, sync into a cache, offline load, the CLIs."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+
+import pytest
+
+from avapdefs import cli, snapshot
+from avapdefs.client import DefinitionClient, load_cached
+from avapdefs.errors import CommandNotFoundError, NoSnapshotError, ServerError, ServerUnavailableError
+from avapdefs.folder import TEMP_PREFIX, list_snapshots, snapshot_name
+from avapdefs.v1.definitions_pb2 import GetCommandRequest
+from server.app import DefinitionServer
+from tests.conftest import MakeSnapshot
+from tests.server.helpers import big_commands, running_server, stub_for
+
+
+class Interrupted(Exception):
+    """Raised from a progress callback to stop a sync mid-way."""
+
+
+@pytest.fixture
+def served(make_snapshot: MakeSnapshot) -> tuple[DefinitionServer, Path]:
+    """A server on a 3 MB catalog (several sync chunks), and its file."""
+    path = make_snapshot(version=4, commands=big_commands(count=24))
+    with running_server(path.parent) as server:
+        yield server, path  # type: ignore[misc]
+
+
+@pytest.fixture
+def cache(tmp_path: Path) -> Path:
+    """A local cache folder (not yet created)."""
+    return tmp_path / "cache"
+
+
+def _client(server: DefinitionServer, **kwargs: object) -> DefinitionClient:
+    return DefinitionClient(f"127.0.0.1:{server.port}", **kwargs)  # type: ignore[arg-type]
+
+
+def _dead_address() -> str:
+    # A port a server listened on and gave back: nothing answers there now.
+    with running_server(Path("unused"), load=False) as server:
+        port = server.port
+    return f"127.0.0.1:{port}"
+
+
+def test_get_command_and_its_errors(served: tuple[DefinitionServer, Path]) -> None:
+    server, _ = served
+    with _client(server) as client:
+        assert client.get_command("big.0002").bytecode_version == 1
+        with pytest.raises(CommandNotFoundError) as missing:
+            client.get_command("nope")
+        assert missing.value.name == "nope" and "nope" in missing.value.details
+        with pytest.raises(ServerError) as invalid:
+            client.get_command("")
+        assert invalid.value.code == "INVALID_ARGUMENT"
+        assert client.catalog_info().version == 4
+
+
+def test_unavailable_is_retried_with_growing_backoff_then_raised(make_snapshot: MakeSnapshot) -> None:
+    path = make_snapshot()
+    pauses: list[float] = []
+    # A server that has not loaded its catalog yet answers UNAVAILABLE.
+    with (
+        running_server(path.parent, load=False) as server,
+        _client(server, retries=3, backoff_s=0.01, sleep=pauses.append) as client,
+        pytest.raises(ServerUnavailableError) as caught,
+    ):
+        client.get_command("if")
+    assert caught.value.code == "UNAVAILABLE" and "no catalog loaded" in caught.value.details
+    assert len(pauses) == 3 and pauses[0] <= 0.01 < pauses[2] <= 0.04
+
+
+def test_a_retry_reaches_a_server_once_it_serves(make_snapshot: MakeSnapshot) -> None:
+    path = make_snapshot()
+    with running_server(path.parent, load=False) as server:
+
+        def load_instead_of_sleeping(pause: float) -> None:
+            server.load()
+
+        with _client(server, retries=1, backoff_s=0.01, sleep=load_instead_of_sleeping) as client:
+            assert client.get_command("if").name == "if"
+
+
+def test_an_unreachable_server_is_unavailable_within_the_deadline() -> None:
+    with DefinitionClient(_dead_address(), timeout_s=0.5, retries=5, backoff_s=0.01) as client:
+        started = time.monotonic()
+        with pytest.raises(ServerUnavailableError):
+            client.get_command("if")
+    assert time.monotonic() - started < 3
+
+
+def test_sync_round_trip_is_byte_identical_and_servable(served: tuple[DefinitionServer, Path], cache: Path) -> None:
+    server, path = served
+    seen: list[tuple[int, int]] = []
+    with _client(server) as client:
+        result = client.sync(cache, progress=lambda got, total: seen.append((got, total)))
+    assert not result.up_to_date and result.path == cache / path.name
+    assert result.path.read_bytes() == path.read_bytes()
+    assert snapshot.read_file(result.path).info.version == 4
+    assert len(seen) > 1 and seen[-1] == (path.stat().st_size, path.stat().st_size)
+    with running_server(cache) as replica, stub_for(server) as original, stub_for(replica) as copy:
+        request = GetCommandRequest(name="big.0007")
+        assert copy.GetCommand(request, timeout=5) == original.GetCommand(request, timeout=5)
+
+
+def test_a_second_sync_is_up_to_date(served: tuple[DefinitionServer, Path], cache: Path) -> None:
+    server, path = served
+    with _client(server) as client:
+        client.sync(cache)
+        again = client.sync(cache, progress=lambda got, total: pytest.fail("no data expected"))
+    assert again.up_to_date and again.bytes_received == 0 and again.path == cache / path.name
+
+
+def test_an_interrupted_sync_leaves_nothing_and_the_next_one_succeeds(
+    served: tuple[DefinitionServer, Path], cache: Path
+) -> None:
+    server, path = served
+
+    def stop_after_first_chunk(got: int, total: int) -> None:
+        raise Interrupted
+
+    with _client(server) as client:
+        with pytest.raises(Interrupted):
+            client.sync(cache, progress=stop_after_first_chunk)
+        assert os.listdir(cache) == []
+        result = client.sync(cache)
+    assert result.path.read_bytes() == path.read_bytes()
+    assert not [name for name in os.listdir(cache) if name.startswith(TEMP_PREFIX)]
+
+
+def test_sync_replaces_an_older_cache_and_prunes_it(
+    served: tuple[DefinitionServer, Path], make_snapshot: MakeSnapshot, cache: Path
+) -> None:
+    server, _ = served
+    for version in (1, 2, 3):
+        make_snapshot(folder=cache, version=version)
+    (cache / snapshot_name(9)).write_bytes(b"a damaged newer file is ignored")
+    with _client(server) as client:
+        result = client.sync(cache, keep=2)
+    assert result.info.version == 4 and not result.up_to_date
+    assert [version for version, _ in list_snapshots(cache)] == [3, 4, 9]
+
+
+def test_load_cached_works_offline(served: tuple[DefinitionServer, Path], cache: Path) -> None:
+    server, _ = served
+    with pytest.raises(NoSnapshotError):
+        load_cached(cache)
+    with _client(server) as client:
+        client.sync(cache)
+    server.stop(0)
+    cached = load_cached(cache)
+    assert cached.info.version == 4 and len(cached.catalog().commands) == 24
+
+
+def test_sync_from_a_dead_server_raises_unavailable(cache: Path) -> None:
+    with (
+        DefinitionClient(_dead_address(), timeout_s=0.5, backoff_s=0.01) as client,
+        pytest.raises(ServerUnavailableError),
+    ):
+        client.sync(cache)
+    assert os.listdir(cache) == []
+
+
+def test_avap_sync_cli(served: tuple[DefinitionServer, Path], cache: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    server, path = served
+    argv = ["--server", f"127.0.0.1:{server.port}", "--dest", str(cache)]
+    assert cli.sync_main(argv) == 0
+    summary = capsys.readouterr().out
+    assert summary.startswith("synced catalog version 4") and "MB/s" in summary
+    assert (cache / path.name).read_bytes() == path.read_bytes()
+    assert cli.sync_main(argv) == 0
+    assert "is up to date" in capsys.readouterr().out
+    dead = ["--server", _dead_address(), "--dest", str(cache), "--connect-timeout-s", "0.3"]
+    assert cli.sync_main(dead) == 3
+    assert cli.sync_main([]) == 2
+
+
+def test_avap_get_cli(served: tuple[DefinitionServer, Path], capsys: pytest.CaptureFixture[str]) -> None:
+    server, _ = served
+    address = f"127.0.0.1:{server.port}"
+    assert cli.get_main(["big.0001", "--server", address]) == 0
+    assert capsys.readouterr().out.startswith("big.0001 (function)")
+    assert cli.get_main(["big.0001", "--server", address, "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["name"] == "big.0001"
+    assert cli.get_main(["nope", "--server", address]) == 1
+    assert cli.get_main(["", "--server", address]) == 4
+    assert cli.get_main(["if", "--server", _dead_address(), "--timeout-s", "0.3"]) == 3
