@@ -146,8 +146,13 @@ _VALID = _encode([sample_command(n, code="v = 1\n" * 200) for n in NAMES])[1]
 def test_any_flipped_bit_is_refused(position: int, bit: int) -> None:
     flipped = bytearray(_VALID)
     flipped[position] ^= 1 << bit
-    with pytest.raises(SnapshotError):
-        snapshot.verify(bytes(flipped))
+    try:
+        loaded = snapshot.verify(bytes(flipped))
+    except SnapshotError:
+        return
+    # A few bits of the zstd frame header (the window size) change nothing that is
+    # decoded: such a file passes only because it is the same snapshot.
+    assert loaded == snapshot.verify(_VALID)
 
 
 @settings(max_examples=200, deadline=None)
