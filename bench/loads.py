@@ -1,0 +1,256 @@
+"""Load generators: a threaded grpcio unary load, repeated streaming syncs, and h2load.
+
+Each works on raw bytes (request and response serializers are None), so the
+same code drives any server whose request messages have the same bytes.
+Every loop is bounded by a deadline and a call count, and stops by itself.
+"""
+
+from __future__ import annotations
+
+import random
+import re
+import shutil
+import statistics
+import subprocess
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import grpc
+
+CHANNEL_OPTIONS = [("grpc.max_receive_message_length", 64 << 20)]
+_MAX_CALLS_PER_THREAD = 2_000_000
+_MAX_SYNCS = 10_000
+
+
+@dataclass
+class UnaryResult:
+    """What one timed round of unary load measured."""
+
+    seconds: float
+    latencies_ns: list[int] = field(default_factory=list)
+    errors: Counter[str] = field(default_factory=Counter)
+    all_calls: int = 0  # warm-up included
+
+    @property
+    def ok(self) -> int:
+        return len(self.latencies_ns)
+
+    @property
+    def rps(self) -> float:
+        return (self.ok + sum(self.errors.values())) / self.seconds
+
+    def percentile_ms(self, fraction: float) -> float:
+        if not self.latencies_ns:
+            return float("nan")
+        ordered = sorted(self.latencies_ns)
+        return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))] / 1e6
+
+
+def open_channels(address: str, count: int) -> list[grpc.Channel]:
+    """``count`` channels to ``address``, each on its own connection, ready to use."""
+    # A local subchannel pool stops grpcio from sharing one connection between channels.
+    options = [*CHANNEL_OPTIONS, ("grpc.use_local_subchannel_pool", 1)] if count > 1 else CHANNEL_OPTIONS
+    channels = [grpc.insecure_channel(address, options=options) for _ in range(count)]
+    for channel in channels:
+        grpc.channel_ready_future(channel).result(timeout=10)
+    return channels
+
+
+def run_unary(
+    address: str,
+    method: str,
+    requests: Sequence[bytes],
+    *,
+    threads: int,
+    channels: int,
+    duration_s: float,
+    warmup_s: float,
+    seed: int = 1,
+    timeout_s: float = 5.0,
+) -> UnaryResult:
+    """``threads`` threads call ``method`` with random ``requests`` for ``warmup_s + duration_s``.
+
+    Threads are spread round-robin over ``channels`` channels. Only calls that
+    start after the warm-up are counted.
+    """
+    opened = open_channels(address, channels)
+    try:
+        calls = [ch.unary_unary(method, request_serializer=None, response_deserializer=None) for ch in opened]
+        start_ns = time.perf_counter_ns()
+        measure_ns = start_ns + int(warmup_s * 1e9)
+        end_ns = measure_ns + int(duration_s * 1e9)
+        results: list[UnaryResult] = []
+        workers = []
+        for i in range(threads):
+            rng = random.Random(seed * 1000 + i)
+            work = (calls[i % channels], requests, rng, measure_ns, end_ns, timeout_s, results)
+            workers.append(threading.Thread(target=_unary_worker, args=work, daemon=True))
+        for worker in workers:
+            worker.start()
+        for worker in workers:
+            worker.join(warmup_s + duration_s + timeout_s + 10)
+    finally:
+        for channel in opened:
+            channel.close()
+    total = UnaryResult(seconds=duration_s)
+    for part in results:
+        total.latencies_ns += part.latencies_ns
+        total.errors += part.errors
+        total.all_calls += part.all_calls
+    return total
+
+
+def _unary_worker(
+    call: grpc.UnaryUnaryMultiCallable,
+    requests: Sequence[bytes],
+    rng: random.Random,
+    measure_ns: int,
+    end_ns: int,
+    timeout_s: float,
+    results: list[UnaryResult],
+) -> None:
+    mine = UnaryResult(seconds=0.0)
+    latencies, errors, clock, choice = mine.latencies_ns, mine.errors, time.perf_counter_ns, rng.choice
+    for calls in range(_MAX_CALLS_PER_THREAD):
+        t0 = clock()
+        if t0 >= end_ns:
+            mine.all_calls = calls
+            break
+        try:
+            call(choice(requests), timeout=timeout_s)
+        except grpc.RpcError as exc:
+            if t0 >= measure_ns:
+                errors[exc.code().name] += 1
+            continue
+        if t0 >= measure_ns:
+            latencies.append(clock() - t0)
+    else:
+        mine.all_calls = _MAX_CALLS_PER_THREAD
+    results.append(mine)  # list.append is atomic under the GIL
+
+
+@dataclass(frozen=True)
+class Synced:
+    """A received catalog, decoded and checked by a server-specific decoder."""
+
+    catalog_bytes: int  # the uncompressed serialized catalog
+    commands: int
+
+
+@dataclass(frozen=True)
+class SyncSample:
+    wire_bytes: int  # gRPC message bytes received
+    wire_s: float  # first request byte to last response message
+    total_s: float  # wire_s plus decompress, verify and parse
+    catalog_bytes: int
+    commands: int
+
+    @property
+    def wire_mb_s(self) -> float:
+        return self.wire_bytes / self.wire_s / 1e6
+
+    @property
+    def catalog_mb_s(self) -> float:
+        return self.catalog_bytes / self.total_s / 1e6
+
+    @property
+    def commands_per_s(self) -> float:
+        return self.commands / self.total_s
+
+
+def run_sync(
+    address: str, method: str, request: bytes, decode: Callable[[list[bytes]], Synced], *, duration_s: float
+) -> list[SyncSample]:
+    """Full syncs one after another for ``duration_s`` (at least one, after one untimed warm-up sync).
+
+    Raises:
+        Exception: whatever ``decode`` raises when a received catalog does not check out.
+    """
+    (channel,) = open_channels(address, 1)
+    try:
+        call = channel.unary_stream(method, request_serializer=None, response_deserializer=None)
+        _sync_once(call, request, decode)
+        samples: list[SyncSample] = []
+        deadline = time.perf_counter() + duration_s
+        while not samples or (time.perf_counter() < deadline and len(samples) < _MAX_SYNCS):
+            samples.append(_sync_once(call, request, decode))
+        return samples
+    finally:
+        channel.close()
+
+
+def _sync_once(
+    call: grpc.UnaryStreamMultiCallable, request: bytes, decode: Callable[[list[bytes]], Synced]
+) -> SyncSample:
+    t0 = time.perf_counter()
+    messages = list(call(request, timeout=120))
+    t1 = time.perf_counter()
+    synced = decode(messages)
+    t2 = time.perf_counter()
+    wire = sum(len(m) for m in messages)
+    return SyncSample(wire, t1 - t0, t2 - t0, synced.catalog_bytes, synced.commands)
+
+
+def grpc_frame(message: bytes) -> bytes:
+    """``message`` as one length-prefixed gRPC frame (uncompressed), the body of a unary POST."""
+    return b"\x00" + len(message).to_bytes(4, "big") + message
+
+
+@dataclass(frozen=True)
+class H2Result:
+    rps: float
+    succeeded: int
+    failed: int
+    errored: int
+    mean_ms: float
+    output: str
+
+
+def h2load_path() -> str | None:
+    return shutil.which("h2load")
+
+
+def run_h2load(
+    url: str, body: Path, *, clients: int, streams: int, threads: int, duration_s: float, warmup_s: float
+) -> H2Result:
+    """POST ``body`` to ``url`` with h2load as a gRPC call, for ``duration_s`` after ``warmup_s``."""
+    argv = [
+        "h2load", "-c", str(clients), "-m", str(streams), "-t", str(threads),
+        "-D", f"{round(duration_s * 1000)}ms", "--warm-up-time", f"{round(warmup_s * 1000)}ms", "-d", str(body),
+        "-H", "content-type: application/grpc", "-H", "te: trailers", url,
+    ]  # fmt: skip
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=duration_s + warmup_s + 60)
+    out = done.stdout
+    rps = re.search(r"finished in [\d.]+m?s, ([\d.]+) req/s", out)
+    counts = re.search(r"requests: \d+ total, \d+ started, \d+ done, (\d+) succeeded, (\d+) failed, (\d+) errored", out)
+    mean = re.search(r"time for request:\s+\S+\s+\S+\s+(\S+)", out)
+    if not rps or not counts:
+        raise RuntimeError(f"cannot read h2load output (exit {done.returncode}):\n{out}{done.stderr}")
+    return H2Result(
+        float(rps.group(1)), *(int(g) for g in counts.groups()), _ms(mean.group(1)) if mean else float("nan"), out
+    )
+
+
+def _ms(text: str) -> float:
+    for unit, scale in (("us", 1e-3), ("ms", 1.0), ("s", 1e3)):
+        if text.endswith(unit):
+            return float(text[: -len(unit)]) * scale
+    return float("nan")
+
+
+def raw_grpc_status(url: str, body: Path) -> str | None:
+    """The grpc-status trailer of one POST of ``body`` with nghttp, or None without nghttp."""
+    if shutil.which("nghttp") is None:
+        return None
+    argv = ["nghttp", "-v", "-d", str(body), "-H", "content-type: application/grpc", "-H", "te: trailers", url]
+    out = subprocess.run(argv, capture_output=True, timeout=20).stdout.decode(errors="replace")
+    found = re.findall(r"grpc-status: (\d+)", out)
+    return found[-1] if found else "missing"
+
+
+def median(values: Sequence[float]) -> float:
+    return statistics.median(values) if values else float("nan")
