@@ -130,6 +130,15 @@ def sync_main(argv: Sequence[str] | None = None) -> int:
     return EXIT_OK
 
 
+def _print(text: str) -> None:
+    try:
+        print(text, flush=True)
+    except BrokenPipeError:
+        # The reader went away (`avap-get x | head`): not an error. Point stdout at
+        # /dev/null so the interpreter's final flush does not report it either.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+
+
 def _text(command: Command) -> str:
     lines = [f"{command.name} ({command.type})", f"interface: {command.interface_json}"]
     if command.description:
@@ -164,7 +173,7 @@ def get_main(argv: Sequence[str] | None = None) -> int:
     except ServerError as exc:
         return _server_error_exit(exc)
     if args.json:
-        print(json.dumps(json_format.MessageToDict(command, preserving_proto_field_name=True), indent=2))
+        _print(json.dumps(json_format.MessageToDict(command, preserving_proto_field_name=True), indent=2))
     else:
-        print(_text(command))
+        _print(_text(command))
     return EXIT_OK
