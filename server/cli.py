@@ -21,38 +21,22 @@ from server.config import Settings
 EXIT_USAGE = 2
 
 
+# flag, variable, type, default, help
+_OPTIONS: tuple[tuple[str, str, type, object, str], ...] = (
+    ("--snapshots", "AVAP_SNAPSHOTS", Path, Settings.snapshots_dir, "snapshot folder to serve"),
+    ("--host", "AVAP_HOST", str, Settings.host, "address to listen on"),
+    ("--port", "AVAP_PORT", int, Settings.port, "TCP port, 0 for any free one"),
+    ("--grace-s", "AVAP_GRACE_S", float, Settings.grace_s, "seconds in-flight calls may run on after SIGTERM/SIGINT"),
+    ("--max-workers", "AVAP_MAX_WORKERS", int, Settings.max_workers, "threads answering calls; a stream holds one"),
+)
+
+
 def _parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
-    defaults = Settings()
-    parser = argparse.ArgumentParser(prog="avap-server", description=__doc__.splitlines()[0].strip("`: "))
-    parser.add_argument(
-        "--snapshots",
-        type=Path,
-        default=Path(env.get("AVAP_SNAPSHOTS", defaults.snapshots_dir)),
-        help="snapshot folder to serve [AVAP_SNAPSHOTS; default ./snapshots]",
-    )
-    parser.add_argument(
-        "--host",
-        default=env.get("AVAP_HOST", defaults.host),
-        help="address to listen on [AVAP_HOST; default 127.0.0.1]",
-    )
-    parser.add_argument(
-        "--port",
-        type=int,
-        default=env.get("AVAP_PORT", defaults.port),
-        help="TCP port, 0 for any free one [AVAP_PORT; default 50051]",
-    )
-    parser.add_argument(
-        "--grace-s",
-        type=float,
-        default=env.get("AVAP_GRACE_S", defaults.grace_s),
-        help="seconds in-flight calls may run on after SIGTERM/SIGINT [AVAP_GRACE_S; default 10]",
-    )
-    parser.add_argument(
-        "--max-workers",
-        type=int,
-        default=env.get("AVAP_MAX_WORKERS", defaults.max_workers),
-        help="threads answering calls; each open stream holds one [AVAP_MAX_WORKERS; default 32]",
-    )
+    parser = argparse.ArgumentParser(prog="avap-server", description="Serve the newest valid snapshot over gRPC.")
+    for flag, variable, kind, default, text in _OPTIONS:
+        # argparse applies `type` to a string default, so a bad variable is a usage error like a bad flag.
+        shown = f"{text} [{variable}; default %(default)s]"
+        parser.add_argument(flag, type=kind, default=env.get(variable, default), help=shown)
     parser.add_argument(
         "--log-level",
         default=env.get("AVAP_LOG_LEVEL", "INFO"),
