@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -24,11 +25,11 @@ class Interrupted(Exception):
 
 
 @pytest.fixture
-def served(make_snapshot: MakeSnapshot) -> tuple[DefinitionServer, Path]:
+def served(make_snapshot: MakeSnapshot) -> Iterator[tuple[DefinitionServer, Path]]:
     """A server on a 3 MB catalog (several sync chunks), and its file."""
     path = make_snapshot(version=4, commands=big_commands(count=24))
     with running_server(path.parent) as server:
-        yield server, path  # type: ignore[misc]
+        yield server, path
 
 
 @pytest.fixture
