@@ -52,7 +52,9 @@ def _ratio(metric: Metric, labels: Sequence[str]) -> str:
     if math.isnan(mine) or math.isnan(base) or base == 0:
         return "-"
     ratio = mine / base
-    better = (ratio > 1) == metric.higher_is_better if ratio != 1 else True
+    if abs(ratio - 1) < 0.02:
+        return f"{ratio:.2f}x same"
+    better = (ratio > 1) == metric.higher_is_better
     return f"{ratio:.2f}x {'better' if better else 'worse'}"
 
 
