@@ -104,7 +104,7 @@ def check_target(target: targets.Target, names: list[str]) -> None:
     """A few real GetCommand calls with the benchmark's own request bytes, and one unknown name."""
     (channel,) = loads.open_channels(target.address, 1)
     try:
-        call = channel.unary_unary(target.method("GetCommand"), request_serializer=None, response_deserializer=None)
+        call = loads.raw_unary(channel, target.method("GetCommand"))
         targets.check_get_command(call, target, random.Random(7).sample(names, min(20, len(names))))
         try:
             call(targets.request_bytes("no.such.command"), timeout=10)

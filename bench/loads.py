@@ -50,6 +50,16 @@ class UnaryResult:
         return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))] / 1e6
 
 
+def raw_unary(channel: grpc.Channel, method: str) -> grpc.UnaryUnaryMultiCallable[bytes, bytes]:
+    """A unary call on ``channel`` that sends and returns message bytes as they are on the wire."""
+    return channel.unary_unary(method, request_serializer=None, response_deserializer=None)
+
+
+def raw_stream(channel: grpc.Channel, method: str) -> grpc.UnaryStreamMultiCallable[bytes, bytes]:
+    """A server-streaming call on ``channel`` that sends and yields message bytes as they are."""
+    return channel.unary_stream(method, request_serializer=None, response_deserializer=None)
+
+
 def open_channels(address: str, count: int) -> list[grpc.Channel]:
     """``count`` channels to ``address``, each on its own connection, ready to use."""
     # A local subchannel pool stops grpcio from sharing one connection between channels.
@@ -79,7 +89,7 @@ def run_unary(
     """
     opened = open_channels(address, channels)
     try:
-        calls = [ch.unary_unary(method, request_serializer=None, response_deserializer=None) for ch in opened]
+        calls = [raw_unary(ch, method) for ch in opened]
         start_ns = time.perf_counter_ns()
         measure_ns = start_ns + int(warmup_s * 1e9)
         end_ns = measure_ns + int(duration_s * 1e9)
@@ -105,7 +115,7 @@ def run_unary(
 
 
 def _unary_worker(
-    call: grpc.UnaryUnaryMultiCallable,
+    call: grpc.UnaryUnaryMultiCallable[bytes, bytes],
     requests: Sequence[bytes],
     rng: random.Random,
     measure_ns: int,
@@ -172,7 +182,7 @@ def run_sync(
     """
     (channel,) = open_channels(address, 1)
     try:
-        call = channel.unary_stream(method, request_serializer=None, response_deserializer=None)
+        call = raw_stream(channel, method)
         _sync_once(call, request, decode)
         samples: list[SyncSample] = []
         deadline = time.perf_counter() + duration_s
@@ -184,7 +194,7 @@ def run_sync(
 
 
 def _sync_once(
-    call: grpc.UnaryStreamMultiCallable, request: bytes, decode: Callable[[list[bytes]], Synced]
+    call: grpc.UnaryStreamMultiCallable[bytes, bytes], request: bytes, decode: Callable[[list[bytes]], Synced]
 ) -> SyncSample:
     t0 = time.perf_counter()
     messages = list(call(request, timeout=120))
@@ -230,9 +240,9 @@ def run_h2load(
     mean = re.search(r"time for request:\s+\S+\s+\S+\s+(\S+)", out)
     if not rps or not counts:
         raise RuntimeError(f"cannot read h2load output (exit {done.returncode}):\n{out}{done.stderr}")
-    return H2Result(
-        float(rps.group(1)), *(int(g) for g in counts.groups()), _ms(mean.group(1)) if mean else float("nan"), out
-    )
+    succeeded, failed, errored = (int(group) for group in counts.groups())
+    mean_ms = _ms(mean.group(1)) if mean else float("nan")
+    return H2Result(float(rps.group(1)), succeeded, failed, errored, mean_ms, out)
 
 
 def _ms(text: str) -> float:

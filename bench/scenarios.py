@@ -151,7 +151,7 @@ def _check_h2load_body(target: targets.Target, name: str, body: Path, notes: lis
     """The exact bytes h2load sends, once through grpcio and once through nghttp."""
     (channel,) = loads.open_channels(target.address, 1)
     try:
-        call = channel.unary_unary(target.method("GetCommand"), request_serializer=None, response_deserializer=None)
+        call = loads.raw_unary(channel, target.method("GetCommand"))
         got = target.command_name(call(body.read_bytes()[5:], timeout=10))
     finally:
         channel.close()
@@ -171,7 +171,7 @@ def measure_startup(
     tag = f"start-up ({len(names):,} cmds)"
     (channel,) = loads.open_channels(target.address, 1)
     try:
-        call = channel.unary_unary(target.method("GetCommand"), request_serializer=None, response_deserializer=None)
+        call = loads.raw_unary(channel, target.method("GetCommand"))
         targets.check_get_command(call, target, [names[-1]])
         first_s = time.perf_counter() - process.started_at
         rss, pss = procs.memory_bytes(process.pid)
