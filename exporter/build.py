@@ -11,7 +11,7 @@ import json
 from collections.abc import Iterable, Iterator
 from typing import NamedTuple
 
-from avapdefs.package import build_package
+from avapdefs.package import build_package, is_package
 from avapdefs.snapshot import seal_command
 from avapdefs.v1.definitions_pb2 import Command
 from exporter.errors import BadDataError, RowProblem
@@ -59,6 +59,14 @@ def _check_interface(row: SourceRow) -> str:
     return text
 
 
+def _signed_package(bytecode: bytes, code: str, signing_key: bytes | None) -> bytes:
+    # A package already stored in avap_bytecode is served as is (it was signed
+    # where it was built); otherwise one is signed from the code, given a key.
+    if is_package(bytecode):
+        return bytecode
+    return build_package(code, signing_key) if signing_key else b""
+
+
 def build_command(row: SourceRow, *, signing_key: bytes | None = None) -> Command:
     """The Command a row exports as (not yet sealed).
 
@@ -88,7 +96,7 @@ def build_command(row: SourceRow, *, signing_key: bytes | None = None) -> Comman
         bytecode=row.bytecode or b"",
         bytecode_version=row.bytecode_version or 0,
         bytecode_source_hash=row.bytecode_source_hash or "",
-        signed_package=build_package(code, signing_key) if signing_key else b"",
+        signed_package=_signed_package(row.bytecode or b"", code, signing_key),
     )
 
 

@@ -106,7 +106,13 @@ _EXPORT_OPTIONS = (
     _Option("--level", "AVAP_EXPORT_LEVEL", "level", int, "zstd compression level"),
     _Option("--connect-timeout-s", "AVAP_EXPORT_CONNECT_TIMEOUT_S", "connect_timeout_s", int, "connect timeout"),
     _Option("--created-at-ms", "AVAP_EXPORT_CREATED_AT_MS", "created_at_unix_ms", int, "fixed creation time"),
-    _Option("--signing-key-file", "AVAP_SIGNING_KEY_FILE", "signing_key", _key_file, "HMAC key for signed packages"),
+    _Option(
+        "--signing-key-file",
+        "AVAP_SIGNING_KEY_FILE",
+        "signing_key",
+        _key_file,
+        "HMAC key file for signed packages (or the key itself in AVAP_SIGNING_KEY)",
+    ),
     _Option("--fetch-rows", "AVAP_EXPORT_FETCH_ROWS", "fetch_rows", int, "rows per cursor round trip"),
 )
 _DEFAULTS = {field.name: field.default for field in dataclasses.fields(ExportConfig)}
@@ -167,6 +173,9 @@ def _export_parser() -> argparse.ArgumentParser:
 
 def _run_export(args: argparse.Namespace, env: Mapping[str, str]) -> int:
     values = _resolve(args, env, _EXPORT_OPTIONS)
+    if "signing_key" not in values and env.get("AVAP_SIGNING_KEY"):
+        # The key itself only ever comes from the environment or a file, never a flag that shows in ps.
+        values["signing_key"] = env["AVAP_SIGNING_KEY"].encode("utf-8")
     quiet = args.no_progress or _flag(env.get("AVAP_EXPORT_NO_PROGRESS", ""))
     config = ExportConfig(**values, progress=not quiet and sys.stderr.isatty())
     result = run_export(config, progress=sys.stderr if config.progress else None)

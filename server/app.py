@@ -15,19 +15,23 @@ import signal
 import threading
 from concurrent import futures
 from types import FrameType
+from typing import Any
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from avapdefs.errors import NoSnapshotError
+from server import legacy
+from server.auth import ApiKeyInterceptor
 from server.config import Settings
-from server.service import SERVICE_NAME, DefinitionService
+from server.service import SERVICE_NAME, DefinitionService, LegacyService
 from server.store import LoadedSnapshot, SnapshotStore
 
 logger = logging.getLogger(__name__)
 
 EXIT_OK = 0
+EXIT_USAGE = 2
 EXIT_NO_SNAPSHOT = 3
 EXIT_CANNOT_LISTEN = 4
 
@@ -58,19 +62,30 @@ class DefinitionServer:
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self.store = SnapshotStore(settings.snapshots_dir, chunk_bytes=settings.chunk_bytes)
+        codec = _legacy_codec(settings)
+        self.store = SnapshotStore(settings.snapshots_dir, chunk_bytes=settings.chunk_bytes, legacy_codec=codec)
         self.health = health.HealthServicer()
         self.port = 0
         pool = futures.ThreadPoolExecutor(max_workers=settings.max_workers, thread_name_prefix="avap-grpc")
-        self._server = grpc.server(pool, options=server_options(settings))
-        handlers = DefinitionService(self.store, max_send_bytes=settings.max_send_bytes).handlers()
-        self._server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE_NAME, handlers),))
-        # Registered methods are matched by grpc core without a Python lookup per call.
-        self._server.add_registered_method_handlers(SERVICE_NAME, handlers)
+        services = (SERVICE_NAME, legacy.SERVICE_NAME)
+        interceptors: list[grpc.ServerInterceptor] = (
+            [ApiKeyInterceptor(settings.api_key, services)] if settings.api_key else []
+        )
+        self._server = grpc.server(pool, options=server_options(settings), interceptors=interceptors)
+        self._add(SERVICE_NAME, DefinitionService(self.store, max_send_bytes=settings.max_send_bytes).handlers())
+        names = [SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME]
+        if codec is not None:
+            self._add(legacy.SERVICE_NAME, LegacyService(self.store, codec.request.FromString).handlers())
+            if settings.legacy_proto is None:  # reflection knows only the bundled numbering
+                names.append(legacy.SERVICE_NAME)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self._server)
-        names = (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME)
         reflection.enable_server_reflection(names, self._server)
         self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
+
+    def _add(self, service: str, handlers: dict[str, grpc.RpcMethodHandler[Any, Any]]) -> None:
+        self._server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(service, handlers),))
+        # Registered methods are matched by grpc core without a Python lookup per call.
+        self._server.add_registered_method_handlers(service, handlers)
 
     def _set_health(self, status: int) -> None:
         self.health.set("", status)
@@ -111,6 +126,14 @@ class DefinitionServer:
         self._server.stop(grace).wait()
 
 
+def _legacy_codec(settings: Settings) -> legacy.LegacyCodec | None:
+    if not settings.legacy:
+        return None
+    if settings.legacy_proto is not None:
+        return legacy.load_codec(settings.legacy_proto)
+    return legacy.bundled_codec()
+
+
 def _install_signal_handlers(stop: threading.Event) -> dict[int, object]:
     def request_stop(signum: int, frame: FrameType | None) -> None:
         # Only set the event: logging here could deadlock on a lock the main thread holds.
@@ -127,11 +150,18 @@ def run(settings: Settings) -> int:
         when no valid snapshot can be loaded, ``EXIT_CANNOT_LISTEN`` when the
         address cannot be listened on.
     """
+    if not settings.is_loopback and not settings.api_key:
+        logger.warning("listening on %s with no API key: anyone who can reach it reads every definition", settings.host)
+    try:
+        server = DefinitionServer(settings)
+    except legacy.LegacyProtoError as exc:
+        logger.error("%s", exc)
+        return EXIT_USAGE
     stop = threading.Event()
     # Installed first, so a signal during a long load still ends in a clean stop.
     previous = _install_signal_handlers(stop)
     try:
-        return _serve(DefinitionServer(settings), stop)
+        return _serve(server, stop)
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)  # type: ignore[arg-type]

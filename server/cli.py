@@ -38,12 +38,47 @@ def _parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
         shown = f"{text} [{variable}; default %(default)s]"
         parser.add_argument(flag, type=kind, default=env.get(variable, default), help=shown)
     parser.add_argument(
+        "--legacy-proto",
+        type=Path,
+        default=env.get("AVAP_LEGACY_PROTO"),
+        help="a deployment's own avap.DefinitionEngine .proto: legacy answers use its field numbers "
+        "[AVAP_LEGACY_PROTO; default the bundled proto/avap/definition_engine.proto]",
+    )
+    parser.add_argument(
+        "--no-legacy",
+        dest="legacy",
+        action="store_false",
+        default=env.get("AVAP_LEGACY", "1") not in ("0", "false", "no"),
+        help="do not serve the legacy avap.DefinitionEngine service [AVAP_LEGACY=0]",
+    )
+    parser.add_argument(
+        "--api-key-file",
+        type=Path,
+        default=env.get("AVAP_API_KEY_FILE"),
+        help="file holding the API key that calls must carry in x-avap-auth; the key itself may be given "
+        "as AVAP_API_KEY (never as a flag, so it does not show in ps) [AVAP_API_KEY_FILE; default no key]",
+    )
+    parser.add_argument(
         "--log-level",
         default=env.get("AVAP_LOG_LEVEL", "INFO"),
         choices=["DEBUG", "INFO", "WARNING", "ERROR"],
         help="logging level [AVAP_LOG_LEVEL; default INFO]",
     )
     return parser
+
+
+def _api_key(path: Path | None, env: Mapping[str, str]) -> str | None:
+    """The API key from the key file (trailing newline stripped), else AVAP_API_KEY, else None.
+
+    Raises:
+        ValueError: the key file cannot be read.
+    """
+    if path is None:
+        return env.get("AVAP_API_KEY") or None
+    try:
+        return path.read_text(encoding="utf-8").rstrip("\r\n")
+    except OSError as exc:
+        raise ValueError(f"cannot read the API key file {path}: {exc.strerror or exc}") from exc
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -62,12 +97,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         return exc.code if isinstance(exc.code, int) else EXIT_USAGE
     logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
+        api_key = _api_key(args.api_key_file, os.environ)
         settings = Settings(
             snapshots_dir=args.snapshots,
             host=args.host,
             port=args.port,
             grace_s=args.grace_s,
             max_workers=args.max_workers,
+            legacy=args.legacy,
+            legacy_proto=args.legacy_proto,
+            api_key=api_key,
         )
     except ValueError as exc:
         parser.print_usage()

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 # SyncCatalog chunk size, measured on loopback with a 41 MB snapshot (best of
@@ -25,6 +25,9 @@ class Settings:
         chunk_bytes: SyncCatalog data bytes per message.
         max_receive_bytes: the largest request message accepted.
         max_send_bytes: the largest response message sent.
+        legacy: also serve the legacy ``avap.DefinitionEngine`` service.
+        legacy_proto: a deployment's own legacy .proto whose field numbers to answer with.
+        api_key: when set, calls to the definition services must carry it in ``x-avap-auth``.
     """
 
     snapshots_dir: Path = Path("snapshots")
@@ -35,6 +38,9 @@ class Settings:
     chunk_bytes: int = DEFAULT_CHUNK_BYTES
     max_receive_bytes: int = 4 << 20
     max_send_bytes: int = 64 << 20
+    legacy: bool = True
+    legacy_proto: Path | None = None
+    api_key: str | None = field(default=None, repr=False)  # never in logs
 
     def __post_init__(self) -> None:
         if not 0 <= self.port <= 65535:
@@ -43,6 +49,8 @@ class Settings:
             raise ValueError(f"grace_s {self.grace_s} is negative")
         if self.max_workers < 1:
             raise ValueError(f"max_workers {self.max_workers} is below 1")
+        if self.api_key is not None and not self.api_key:
+            raise ValueError("the API key is empty")
         if not MIN_CHUNK_BYTES <= self.chunk_bytes <= self.max_send_bytes // 2:
             raise ValueError(f"chunk_bytes {self.chunk_bytes} is outside {MIN_CHUNK_BYTES}..{self.max_send_bytes // 2}")
 
@@ -51,3 +59,8 @@ class Settings:
         """``host:port`` as grpc wants it (IPv6 hosts in brackets)."""
         host = f"[{self.host}]" if ":" in self.host else self.host
         return f"{host}:{self.port}"
+
+    @property
+    def is_loopback(self) -> bool:
+        """Whether the server listens on a loopback address only."""
+        return self.host in ("localhost", "::1") or self.host.startswith("127.")

@@ -30,6 +30,7 @@ from avapdefs.v1.definitions_pb2 import (
     SyncCatalogRequest,
     WatchCatalogRequest,
 )
+from server.legacy import LegacyAnswers
 from server.store import LoadedSnapshot, SnapshotStore
 
 logger = logging.getLogger(__name__)
@@ -229,4 +230,45 @@ class DefinitionService:
             "GetCatalogInfo": unary(_unary(self.get_catalog_info)),
             "SyncCatalog": stream(_stream(self.sync_catalog)),
             "WatchCatalog": stream(_stream(self.watch_catalog)),
+        }
+
+
+class LegacyService:
+    """Answers the legacy ``avap.DefinitionEngine`` calls from ``store.current.legacy``.
+
+    The request is parsed with the legacy codec's own class (its field numbers
+    may be a deployment's); the answers were encoded when the snapshot loaded.
+    """
+
+    def __init__(self, store: SnapshotStore, request_type: Callable[[bytes], Any]) -> None:
+        self._store = store
+        self._request_type = request_type
+
+    def _answers(self) -> LegacyAnswers:
+        snap = self._store.current
+        if snap is None:
+            raise _Status(grpc.StatusCode.UNAVAILABLE, "no catalog loaded yet")
+        if snap.legacy is None:
+            raise _Status(grpc.StatusCode.UNIMPLEMENTED, "the legacy service is off on this server")
+        return snap.legacy
+
+    def get_command(self, data: bytes, context: grpc.ServicerContext) -> bytes:
+        """GetCommand(CommandRequest): the legacy command message, or NOT_FOUND naming it."""
+        name = str(_parse(self._request_type, data).name)
+        _check_name(name)
+        found = self._answers().commands.get(name.encode("utf-8"))
+        if found is None:
+            raise _Status(grpc.StatusCode.NOT_FOUND, f"command {name!r} not found")
+        return found
+
+    def sync_catalog(self, data: bytes, context: grpc.ServicerContext) -> bytes:
+        """SyncCatalog(Empty): every command in one message, prepared once per version."""
+        return self._answers().catalog
+
+    def handlers(self) -> dict[str, grpc.RpcMethodHandler[Any, Any]]:
+        """The method handlers, by method name."""
+        unary = grpc.unary_unary_rpc_method_handler
+        return {
+            "GetCommand": unary(_unary(self.get_command)),
+            "SyncCatalog": unary(_unary(self.sync_catalog)),
         }

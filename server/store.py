@@ -30,6 +30,7 @@ from pathlib import Path
 from avapdefs.folder import VerifiedFile, read_newest
 from avapdefs.snapshot import FORMAT_VERSION, SnapshotInfo, command_name, encode_entry, iter_command_bytes
 from avapdefs.v1.definitions_pb2 import CatalogInfo, SyncCatalogResponse, SyncHeader
+from server.legacy import LegacyAnswers, LegacyCodec, build_answers
 
 logger = logging.getLogger(__name__)
 
@@ -50,6 +51,7 @@ class LoadedSnapshot:
         file_sha256: sha256 of the whole file.
         loaded_at_unix_ms: when loading finished.
         load_ms: how long reading, verifying and indexing took.
+        legacy: the legacy ``avap.DefinitionEngine`` answers, None when that service is off.
     """
 
     info: SnapshotInfo
@@ -63,6 +65,7 @@ class LoadedSnapshot:
     file_sha256: bytes
     loaded_at_unix_ms: int
     load_ms: float
+    legacy: LegacyAnswers | None = None
 
     def file_bytes(self) -> bytes:
         """The whole snapshot file as it was verified."""
@@ -101,16 +104,20 @@ def _chunks(data: bytes, chunk_bytes: int) -> tuple[bytes, ...]:
     )
 
 
-def build(file: VerifiedFile, *, chunk_bytes: int, started: float | None = None) -> LoadedSnapshot:
+def build(
+    file: VerifiedFile, *, chunk_bytes: int, started: float | None = None, legacy_codec: LegacyCodec | None = None
+) -> LoadedSnapshot:
     """Index a verified file and pre-serialize every answer it can give.
 
     Args:
         file: the verified snapshot file.
         chunk_bytes: data bytes per SyncCatalog chunk message.
+        legacy_codec: also prepare the legacy service's answers, encoded with it.
         started: ``time.perf_counter()`` when loading began; now when None.
     """
     began = time.perf_counter() if started is None else started
     responses, names = _index(file)
+    legacy = build_answers(legacy_codec, file.snapshot.payload, file.snapshot.info) if legacy_codec else None
     loaded_at = int(time.time() * 1000)
     info = _catalog_info(file.snapshot.info, len(file.data), loaded_at)
     file_sha256 = hashlib.sha256(file.data).digest()
@@ -128,6 +135,7 @@ def build(file: VerifiedFile, *, chunk_bytes: int, started: float | None = None)
         file_sha256=file_sha256,
         loaded_at_unix_ms=loaded_at,
         load_ms=(time.perf_counter() - began) * 1000,
+        legacy=legacy,
     )
 
 
@@ -139,9 +147,10 @@ class SnapshotStore:
     with each other (the server loads at start-up, later from one reload thread).
     """
 
-    def __init__(self, folder: Path, *, chunk_bytes: int) -> None:
+    def __init__(self, folder: Path, *, chunk_bytes: int, legacy_codec: LegacyCodec | None = None) -> None:
         self.folder = folder
         self.chunk_bytes = chunk_bytes
+        self.legacy_codec = legacy_codec
         self.current: LoadedSnapshot | None = None
 
     def load_newest(self) -> LoadedSnapshot:
@@ -151,7 +160,9 @@ class SnapshotStore:
             NoSnapshotError: no snapshot in the folder verifies; ``current`` is unchanged.
         """
         started = time.perf_counter()
-        loaded = build(read_newest(self.folder), chunk_bytes=self.chunk_bytes, started=started)
+        loaded = build(
+            read_newest(self.folder), chunk_bytes=self.chunk_bytes, started=started, legacy_codec=self.legacy_codec
+        )
         self.current = loaded
         logger.info(
             "loaded catalog version %s from %s: %s commands in %.0f ms",

@@ -1,0 +1,171 @@
+"""The legacy ``avap.DefinitionEngine`` contract, served from the same snapshot.
+
+Existing AVAP language servers and workers call ``GetCommand(CommandRequest)``
+and a unary ``SyncCatalog(Empty)``. Their ``.proto`` was never published, so
+the field numbers are matched by *field name*: by default those of the
+bundled ``proto/avap/definition_engine.proto``; with ``--legacy-proto PATH``
+those of a deployment's own copy, so clients generated from it decode our
+answers whatever numbering it uses.
+
+Every answer is encoded once per snapshot version (``LegacyAnswers``): a
+GetCommand is a dict lookup and SyncCatalog returns one prepared message.
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
+from google.protobuf.descriptor import Descriptor, ServiceDescriptor
+from google.protobuf.message import Message
+
+from avap import definition_engine_pb2
+from avapdefs.package import is_package
+from avapdefs.snapshot import SnapshotInfo, iter_command_bytes
+from avapdefs.v1.definitions_pb2 import Command
+
+logger = logging.getLogger(__name__)
+
+SERVICE_NAME = "avap.DefinitionEngine"
+_COMMAND_FIELDS = ("name", "type", "interface_json", "code", "avbc_code", "hash")
+_CATALOG_FIELDS = ("commands", "total_count", "version_hash")
+
+
+class LegacyProtoError(Exception):
+    """A ``--legacy-proto`` file does not compile or lacks what the contract needs."""
+
+
+@dataclass(frozen=True)
+class LegacyCodec:
+    """The legacy message classes the answers are encoded with.
+
+    Attributes:
+        request: the GetCommand request message (has a ``name`` field).
+        command: the command message (fields ``_COMMAND_FIELDS``).
+        catalog: the SyncCatalog response message (fields ``_CATALOG_FIELDS``).
+        origin: where the classes came from, for the log.
+    """
+
+    request: type[Message]
+    command: type[Message]
+    catalog: type[Message]
+    origin: str
+
+
+def _classes(service: ServiceDescriptor, origin: str) -> LegacyCodec:
+    methods = {method.name: method for method in service.methods}
+    if "GetCommand" not in methods or "SyncCatalog" not in methods:
+        raise LegacyProtoError(f"{origin}: service {service.full_name} lacks GetCommand or SyncCatalog")
+    command = methods["GetCommand"].output_type
+    catalog = methods["SyncCatalog"].output_type
+    request = methods["GetCommand"].input_type
+    _require_fields(request, ("name",), origin)
+    _require_fields(command, _COMMAND_FIELDS, origin)
+    _require_fields(catalog, _CATALOG_FIELDS, origin)
+    return LegacyCodec(
+        request=message_factory.GetMessageClass(request),
+        command=message_factory.GetMessageClass(command),
+        catalog=message_factory.GetMessageClass(catalog),
+        origin=origin,
+    )
+
+
+def _require_fields(message: Descriptor, names: tuple[str, ...], origin: str) -> None:
+    missing = [name for name in names if name not in message.fields_by_name]
+    if missing:
+        raise LegacyProtoError(f"{origin}: message {message.full_name} lacks field(s) {', '.join(missing)}")
+
+
+def bundled_codec() -> LegacyCodec:
+    """The codec of the bundled ``avap/definition_engine.proto``."""
+    service = definition_engine_pb2.DESCRIPTOR.services_by_name["DefinitionEngine"]
+    return _classes(service, "bundled avap/definition_engine.proto")
+
+
+def load_codec(proto_path: Path) -> LegacyCodec:
+    """Compile a deployment's own legacy ``.proto`` and take its message classes.
+
+    The file is compiled into a private descriptor pool (its package ``avap``
+    would clash with the bundled contract in the default pool).
+
+    Raises:
+        LegacyProtoError: the file does not compile, or has no
+            ``avap.DefinitionEngine`` service with the contract's fields.
+    """
+    from grpc_tools import protoc  # type: ignore[import-untyped]  # only needed for this option
+
+    with tempfile.TemporaryDirectory() as scratch:
+        out = Path(scratch) / "legacy.pb"
+        status = protoc.main(
+            [
+                "protoc",
+                f"--proto_path={proto_path.parent.resolve()}",
+                f"--proto_path={Path(protoc.__file__).parent / '_proto'}",
+                "--include_imports",
+                f"--descriptor_set_out={out}",
+                proto_path.name,
+            ]
+        )
+        if status != 0 or not out.exists():
+            raise LegacyProtoError(f"{proto_path}: does not compile (protoc exit {status})")
+        files = descriptor_pb2.FileDescriptorSet.FromString(out.read_bytes())
+    pool = descriptor_pool.DescriptorPool()
+    for file in files.file:
+        pool.Add(file)
+    try:
+        service = pool.FindServiceByName(SERVICE_NAME)
+    except KeyError as exc:
+        raise LegacyProtoError(f"{proto_path}: no service {SERVICE_NAME}") from exc
+    return _classes(service, str(proto_path))
+
+
+@dataclass(frozen=True, eq=False)
+class LegacyAnswers:
+    """The legacy answers of one snapshot version, already serialized.
+
+    Attributes:
+        commands: UTF-8 command name -> serialized legacy command message.
+        catalog: the serialized SyncCatalog response (every command).
+    """
+
+    commands: Mapping[bytes, bytes]
+    catalog: bytes
+
+
+def _legacy_command(codec: LegacyCodec, command: Command) -> Message:
+    # The signed package is the code legacy clients verify and run; a precompiled
+    # form that is not a package travels as avbc_code.
+    avbc = b"" if is_package(command.bytecode) else command.bytecode
+    fields: dict[str, Any] = {
+        "name": command.name,
+        "type": command.type,
+        "interface_json": command.interface_json,
+        "code": command.signed_package,
+        "avbc_code": avbc,
+        "hash": command.content_hash.hex(),
+    }
+    return codec.command(**fields)
+
+
+def build_answers(codec: LegacyCodec, payload: bytes, info: SnapshotInfo) -> LegacyAnswers:
+    """Encode every legacy answer of one snapshot payload.
+
+    Serialized messages concatenate into one message, so the catalog is the
+    commands, each framed as a ``commands`` entry, followed by the scalar fields.
+    """
+    commands: dict[bytes, bytes] = {}
+    catalog = codec.catalog()
+    entries = catalog.commands  # type: ignore[attr-defined]
+    for serialized in iter_command_bytes(payload):
+        command = Command.FromString(bytes(serialized))
+        legacy = entries.add()
+        legacy.CopyFrom(_legacy_command(codec, command))
+        commands[command.name.encode("utf-8")] = legacy.SerializeToString()
+    catalog.total_count = info.command_count  # type: ignore[attr-defined]
+    catalog.version_hash = info.content_hash.hex()  # type: ignore[attr-defined]
+    return LegacyAnswers(commands=commands, catalog=catalog.SerializeToString())
