@@ -37,7 +37,8 @@ class Settings:
     max_workers: int = 32
     chunk_bytes: int = DEFAULT_CHUNK_BYTES
     max_receive_bytes: int = 4 << 20
-    max_send_bytes: int = 64 << 20
+    # protobuf's own limit: the legacy unary SyncCatalog sends the whole catalog as one message
+    max_send_bytes: int = (2 << 30) - 1
     legacy: bool = True
     legacy_proto: Path | None = None
     api_key: str | None = field(default=None, repr=False)  # never in logs
