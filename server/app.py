@@ -11,6 +11,7 @@ bounds concurrent syncs and leaves the rest of the pool to unary calls.
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import threading
 from concurrent import futures
@@ -157,6 +158,8 @@ def run(settings: Settings) -> int:
     except legacy.LegacyProtoError as exc:
         logger.error("%s", exc)
         return EXIT_USAGE
+    if settings.cpu is not None:
+        os.sched_setaffinity(0, {settings.cpu})
     stop = threading.Event()
     # Installed first, so a signal during a long load still ends in a clean stop.
     previous = _install_signal_handlers(stop)

@@ -12,10 +12,11 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from server import app
+from server import app, processes
 from server.config import Settings
 
 EXIT_USAGE = 2
@@ -58,6 +59,14 @@ def _parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
         help="file holding the API key that calls must carry in x-avap-auth; the key itself may be given "
         "as AVAP_API_KEY (never as a flag, so it does not show in ps) [AVAP_API_KEY_FILE; default no key]",
     )
+    parser.add_argument(
+        "--processes",
+        type=int,
+        default=env.get("AVAP_PROCESSES", "1"),
+        help="server processes sharing the port, each pinned to its own CPU; above 1 needs a fixed --port "
+        "[AVAP_PROCESSES; default 1]",
+    )
+    parser.add_argument("--cpu", type=int, default=None, help="pin this process to one CPU (set by --processes)")
     parser.add_argument(
         "--log-level",
         default=env.get("AVAP_LOG_LEVEL", "INFO"),
@@ -107,9 +116,17 @@ def main(argv: Sequence[str] | None = None) -> int:
             legacy=args.legacy,
             legacy_proto=args.legacy_proto,
             api_key=api_key,
+            cpu=args.cpu,
         )
+        if args.processes > 1 and args.port == 0:
+            raise ValueError("--processes above 1 needs a fixed --port (each process must listen on the same one)")
+        if args.processes < 1:
+            raise ValueError(f"--processes {args.processes} is below 1")
     except ValueError as exc:
         parser.print_usage()
         logging.getLogger(__name__).error("%s", exc)
         return EXIT_USAGE
+    if args.processes > 1:
+        given = list(sys.argv[1:] if argv is None else argv)
+        return processes.run(given, processes=args.processes, grace_s=settings.grace_s)
     return app.run(settings)

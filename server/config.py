@@ -28,6 +28,7 @@ class Settings:
         legacy: also serve the legacy ``avap.DefinitionEngine`` service.
         legacy_proto: a deployment's own legacy .proto whose field numbers to answer with.
         api_key: when set, calls to the definition services must carry it in ``x-avap-auth``.
+        cpu: pin the process to this CPU; None leaves it to the kernel.
     """
 
     snapshots_dir: Path = Path("snapshots")
@@ -42,6 +43,7 @@ class Settings:
     legacy: bool = True
     legacy_proto: Path | None = None
     api_key: str | None = field(default=None, repr=False)  # never in logs
+    cpu: int | None = None
 
     def __post_init__(self) -> None:
         if not 0 <= self.port <= 65535:
