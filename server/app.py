@@ -172,17 +172,18 @@ def run(settings: Settings) -> int:
 
 def _serve(server: DefinitionServer, stop: threading.Event) -> int:
     settings = server.settings
+    # Load before listening: with --processes, every process listens on the same
+    # port, and one still loading would be handed connections it can only refuse.
+    try:
+        loaded = server.load()
+    except NoSnapshotError as exc:
+        logger.error("%s; nothing to serve (export one, or point --snapshots at a folder that has one)", exc)
+        return EXIT_NO_SNAPSHOT
     try:
         port = server.start()
     except RuntimeError as exc:
         logger.error("cannot listen on %s: %s", settings.address, exc)
         return EXIT_CANNOT_LISTEN
-    try:
-        loaded = server.load()
-    except NoSnapshotError as exc:
-        logger.error("%s; nothing to serve (export one, or point --snapshots at a folder that has one)", exc)
-        server.stop(0)
-        return EXIT_NO_SNAPSHOT
     logger.info(
         "serving catalog version %s (%s commands, loaded in %.0f ms) on %s:%s",
         loaded.info.version,
