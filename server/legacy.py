@@ -26,7 +26,7 @@ from google.protobuf.message import Message
 
 from avap import definition_engine_pb2
 from avapdefs.package import is_package
-from avapdefs.snapshot import SnapshotInfo, iter_command_bytes
+from avapdefs.snapshot import SnapshotInfo, encode_entry, iter_command_bytes
 from avapdefs.v1.definitions_pb2 import Command
 
 logger = logging.getLogger(__name__)
@@ -155,17 +155,18 @@ def _legacy_command(codec: LegacyCodec, command: Command) -> Message:
 def build_answers(codec: LegacyCodec, payload: bytes, info: SnapshotInfo) -> LegacyAnswers:
     """Encode every legacy answer of one snapshot payload.
 
-    Serialized messages concatenate into one message, so the catalog is the
-    commands, each framed as a ``commands`` entry, followed by the scalar fields.
+    Serialized messages concatenate into one message, so the catalog is each
+    command framed as a ``commands`` entry, followed by the scalar fields:
+    every command is serialized once, not twice.
     """
     commands: dict[bytes, bytes] = {}
-    catalog = codec.catalog()
-    entries = catalog.commands  # type: ignore[attr-defined]
+    entry_number = codec.catalog.DESCRIPTOR.fields_by_name["commands"].number
+    parts: list[bytes] = []
     for serialized in iter_command_bytes(payload):
         command = Command.FromString(bytes(serialized))
-        legacy = entries.add()
-        legacy.CopyFrom(_legacy_command(codec, command))
-        commands[command.name.encode("utf-8")] = legacy.SerializeToString()
-    catalog.total_count = info.command_count  # type: ignore[attr-defined]
-    catalog.version_hash = info.content_hash.hex()  # type: ignore[attr-defined]
-    return LegacyAnswers(commands=commands, catalog=catalog.SerializeToString())
+        legacy = _legacy_command(codec, command).SerializeToString()
+        commands[command.name.encode("utf-8")] = legacy
+        parts.append(encode_entry(legacy, entry_number))
+    tail = codec.catalog(total_count=info.command_count, version_hash=info.content_hash.hex())
+    parts.append(tail.SerializeToString())
+    return LegacyAnswers(commands=commands, catalog=b"".join(parts))

@@ -117,15 +117,16 @@ def _varint(value: int) -> bytes:
     return bytes(out)
 
 
-def encode_entry(command: bytes | memoryview) -> bytes:
+def encode_entry(command: bytes | memoryview, field_number: int = 1) -> bytes:
     """One payload entry: the serialized ``command`` framed as ``Catalog.commands``.
 
     Field 1, length-delimited: the same bytes are a serialized message holding
     ``command`` in any field number 1 (``GetCommandResponse.command``,
     ``BatchGetCommandsResponse.commands``), which lets a server answer without
-    serializing per request.
+    serializing per request. Another ``field_number`` frames it as that field.
     """
-    return _CATALOG_ENTRY_TAG + _varint(len(command)) + bytes(command)
+    tag = _CATALOG_ENTRY_TAG if field_number == 1 else _varint(field_number << 3 | 2)
+    return tag + _varint(len(command)) + bytes(command)
 
 
 def header_message(info: SnapshotInfo) -> SnapshotHeader:
