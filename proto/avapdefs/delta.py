@@ -14,12 +14,18 @@ A delta file is::
 Applying a delta rebuilds the target *payload* and writes it as a new
 snapshot with the target's header fields; the result is checked against the
 target's content hash, so a wrong base or a damaged delta never installs.
+
+Making and applying walk both catalogs once, in name order (a merge of two
+sorted streams), so they work as well over files streamed from disk
+(``make_delta_files``, ``apply_delta_file``: memory is the changed commands
+plus one decompression slice) as over payloads already in memory.
 """
 
 from __future__ import annotations
 
 import struct
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
+from pathlib import Path
 from typing import BinaryIO
 
 import zstandard
@@ -27,6 +33,7 @@ from google.protobuf.message import DecodeError
 
 from avapdefs.errors import CorruptSnapshotError, DeltaMismatchError, NotASnapshotError, UnsupportedFormatError
 from avapdefs.snapshot import (
+    CommandReader,
     Snapshot,
     SnapshotInfo,
     SnapshotWriter,
@@ -44,25 +51,100 @@ DEFAULT_LEVEL = 9
 _MAX_DELTA_BYTES = 1 << 34
 
 
-def _entries(snapshot: Snapshot) -> Iterator[tuple[bytes, memoryview]]:
-    for entry in iter_command_bytes(snapshot.payload):
-        yield command_name(entry), entry
+Commands = Iterable[bytes | memoryview]  # serialized commands, ascending by UTF-8 name
+
+
+def _named(commands: Commands) -> Iterator[tuple[bytes, bytes | memoryview]]:
+    """(name, serialized) of each command, refusing any that breaks the name order a merge relies on."""
+    previous: bytes | None = None
+    for entry in commands:
+        name = command_name(entry)
+        if previous is not None and name <= previous:
+            raise CorruptSnapshotError(f"command {name!r} out of name order after {previous!r}")
+        previous = name
+        yield name, entry
 
 
 def make_delta(base: Snapshot, target: Snapshot) -> CatalogDelta:
-    """The delta that turns ``base`` into ``target``."""
-    old = dict(_entries(base))
-    delta = CatalogDelta(
-        base_version=base.info.version,
-        base_content_hash=base.info.content_hash,
-        target=header_message(target.info),
+    """The delta that turns ``base`` into ``target`` (both in memory)."""
+    made = make_delta_streams(
+        base.info, iter_command_bytes(base.payload), target.info, iter_command_bytes(target.payload)
     )
-    for name, entry in _entries(target):
-        previous = old.pop(name, None)
-        if previous is None or previous != entry:
-            delta.upserts.append(bytes(entry))
-    delta.removed_names.extend(name.decode("utf-8") for name in sorted(old))
+    assert made is not None, "no size limit was given"
+    return made
+
+
+def make_delta_files(base: Path, target: Path, *, max_upsert_bytes: int | None = None) -> CatalogDelta | None:
+    """The delta that turns the snapshot file ``base`` into ``target``, both streamed from disk.
+
+    Both files are verified as they are read (content hash and count at their ends).
+
+    Args:
+        base: the older snapshot file.
+        target: the newer snapshot file.
+        max_upsert_bytes: give up (return None) once the changed commands exceed this many bytes.
+
+    Raises:
+        SnapshotError: either file cannot be read or is not a valid snapshot.
+    """
+    with CommandReader(base) as old, CommandReader(target) as new:
+        return make_delta_streams(old.info, old, new.info, new, max_upsert_bytes=max_upsert_bytes)
+
+
+def make_delta_streams(
+    base_info: SnapshotInfo,
+    base_commands: Commands,
+    target_info: SnapshotInfo,
+    target_commands: Commands,
+    *,
+    max_upsert_bytes: int | None = None,
+) -> CatalogDelta | None:
+    """The delta between two catalogs given as streams of serialized commands in name order.
+
+    Only the changed commands are held, so memory follows the size of the change.
+    Both streams are read to the end (a verifying stream checks itself there).
+
+    Returns:
+        The delta, or None when its changed commands exceed ``max_upsert_bytes``.
+
+    Raises:
+        CorruptSnapshotError: a stream is out of name order (or fails its own checks).
+    """
+    delta = CatalogDelta(
+        base_version=base_info.version, base_content_hash=base_info.content_hash, target=header_message(target_info)
+    )
+    limit = max_upsert_bytes if max_upsert_bytes is not None else _MAX_DELTA_BYTES
+    upserted = 0
+    for name, base_entry, target_entry in _merge(_named(base_commands), _named(target_commands)):
+        if target_entry is None:
+            delta.removed_names.append(name.decode("utf-8"))
+        elif base_entry is None or base_entry != target_entry:
+            delta.upserts.append(bytes(target_entry))
+            upserted += len(target_entry)
+            if upserted > limit:
+                return None
     return delta
+
+
+Pair = tuple[bytes, bytes | memoryview | None, bytes | memoryview | None]
+
+
+def _merge(
+    base: Iterator[tuple[bytes, bytes | memoryview]], target: Iterator[tuple[bytes, bytes | memoryview]]
+) -> Iterator[Pair]:
+    """(name, base entry or None, target entry or None) for every name of either side, in name order."""
+    old, new = next(base, None), next(target, None)
+    while old is not None or new is not None:
+        if new is None or (old is not None and old[0] < new[0]):
+            assert old is not None
+            yield old[0], old[1], None
+            old = next(base, None)
+        elif old is None or new[0] < old[0]:
+            yield new[0], None, new[1]
+            new = next(target, None)
+        else:
+            yield new[0], old[1], new[1]
+            old, new = next(base, None), next(target, None)
 
 
 def encode_delta(delta: CatalogDelta, *, level: int = DEFAULT_LEVEL) -> bytes:
@@ -99,7 +181,7 @@ def target_info(delta: CatalogDelta) -> SnapshotInfo:
 
 
 def apply_delta(base: Snapshot, delta: CatalogDelta, file: BinaryIO, *, level: int | None = None) -> SnapshotInfo:
-    """Write the target snapshot of ``delta`` into ``file``, rebuilt from ``base``.
+    """Write the target snapshot of ``delta`` into ``file``, rebuilt from ``base`` (in memory).
 
     Args:
         base: the verified snapshot the delta was made from.
@@ -111,27 +193,42 @@ def apply_delta(base: Snapshot, delta: CatalogDelta, file: BinaryIO, *, level: i
         DeltaMismatchError: ``base`` is not the delta's base, or the result's
             content hash, size or count differ from the target's.
     """
-    if base.info.version != delta.base_version or base.info.content_hash != delta.base_content_hash:
-        raise DeltaMismatchError(f"delta applies to version {delta.base_version}, not {base.info.version}")
+    return apply_delta_stream(base.info, iter_command_bytes(base.payload), delta, file, level=level)
+
+
+def apply_delta_file(base: Path, delta: CatalogDelta, file: BinaryIO, *, level: int | None = None) -> SnapshotInfo:
+    """As ``apply_delta``, with the base snapshot streamed from the file ``base`` and verified as it is read.
+
+    Raises:
+        SnapshotError: the base file cannot be read or is not a valid snapshot.
+        DeltaMismatchError: as ``apply_delta``.
+    """
+    with CommandReader(base) as reader:
+        return apply_delta_stream(reader.info, reader, delta, file, level=level)
+
+
+def apply_delta_stream(
+    base_info: SnapshotInfo, base_commands: Commands, delta: CatalogDelta, file: BinaryIO, *, level: int | None = None
+) -> SnapshotInfo:
+    """As ``apply_delta``, with the base given as its header and a stream of its commands in name order.
+
+    Raises:
+        DeltaMismatchError: as ``apply_delta``.
+        CorruptSnapshotError: the base stream is out of name order (or fails its own checks).
+    """
+    if base_info.version != delta.base_version or base_info.content_hash != delta.base_content_hash:
+        raise DeltaMismatchError(f"delta applies to version {delta.base_version}, not {base_info.version}")
     target = target_info(delta)
     options = {} if level is None else {"level": level}
     writer = SnapshotWriter(
         file, version=target.version, source=target.source, created_at_unix_ms=target.created_at_unix_ms, **options
     )
     removed = {name.encode("utf-8") for name in delta.removed_names}
-    upserts = iter(delta.upserts)
-    pending = next(upserts, None)
-    for name, entry in _entries(base):
-        while pending is not None and command_name(pending) < name:
-            writer.add_serialized(command_name(pending).decode("utf-8"), pending)
-            pending = next(upserts, None)
-        if pending is not None and command_name(pending) == name:
-            continue  # replaced by the upsert, written on the next turn
-        if name not in removed:
-            writer.add_serialized(name.decode("utf-8"), entry)
-    while pending is not None:
-        writer.add_serialized(command_name(pending).decode("utf-8"), pending)
-        pending = next(upserts, None)
+    for name, base_entry, upsert in _merge(_named(base_commands), _named(delta.upserts)):
+        if upsert is not None:
+            writer.add_serialized(name.decode("utf-8"), upsert)
+        elif base_entry is not None and name not in removed:
+            writer.add_serialized(name.decode("utf-8"), base_entry)
     return _check_result(writer.finish(), target)
 
 

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import io
+from pathlib import Path
 
 import pytest
 
 from avapdefs import delta, snapshot
-from avapdefs.errors import CorruptSnapshotError, DeltaMismatchError
+from avapdefs.errors import CorruptSnapshotError, DeltaMismatchError, SnapshotError
 from avapdefs.v1.definitions_pb2 import Command
 from tests.factories import sample_command
 
@@ -77,3 +78,49 @@ def test_damaged_delta_file_is_refused() -> None:
     data[len(data) // 2] ^= 0xFF
     with pytest.raises(CorruptSnapshotError):
         delta.decode_delta(bytes(data))
+
+
+def _file(folder: Path, commands: list[Command], version: int) -> Path:
+    path = folder / f"v{version}.avsnap"
+    path.write_bytes(snapshot.encode_snapshot(commands, version=version, source="test")[1])
+    return path
+
+
+def test_streamed_files_give_the_same_delta_and_result(tmp_path: Path) -> None:
+    old_commands = _catalog(300)
+    new_commands = [c for c in _catalog(300, changed={0, 150, 299}) if c.name != "cmd00020"] + [sample_command("a")]
+    base_path, target_path = _file(tmp_path, old_commands, 1), _file(tmp_path, new_commands, 2)
+    streamed = delta.make_delta_files(base_path, target_path)
+    assert streamed == delta.make_delta(snapshot.read_file(base_path), snapshot.read_file(target_path))
+    out = io.BytesIO()
+    info = delta.apply_delta_file(base_path, delta.decode_delta(delta.encode_delta(streamed)), out)
+    assert out.getvalue() == target_path.read_bytes()  # same level and header fields: the same file
+    assert info.content_hash == snapshot.read_info(target_path.read_bytes()).content_hash
+
+
+def test_a_change_larger_than_the_limit_gives_none(tmp_path: Path) -> None:
+    base_path = _file(tmp_path, _catalog(100), 1)
+    target_path = _file(tmp_path, _catalog(100, changed=set(range(100))), 2)
+    upsert_bytes = sum(len(u) for u in delta.make_delta_files(base_path, target_path).upserts)
+    assert delta.make_delta_files(base_path, target_path, max_upsert_bytes=upsert_bytes - 1) is None
+    assert delta.make_delta_files(base_path, target_path, max_upsert_bytes=upsert_bytes) is not None
+
+
+def test_commands_out_of_name_order_are_refused() -> None:
+    info = _snapshot(_catalog(3), 1).info
+    entries = [snapshot.seal_command(sample_command(n)) for n in ("b", "a")]
+    with pytest.raises(CorruptSnapshotError, match="out of name order"):
+        delta.make_delta_streams(info, [], info, entries)
+
+
+def test_a_damaged_base_file_is_refused_while_streaming(tmp_path: Path) -> None:
+    base_path = _file(tmp_path, _catalog(50), 1)
+    target_path = _file(tmp_path, _catalog(50, changed={1}), 2)
+    made = delta.make_delta_files(base_path, target_path)
+    data = bytearray(base_path.read_bytes())
+    data[-10] ^= 0x01  # inside the frame: the zstd checksum or the content hash fails at the end
+    base_path.write_bytes(bytes(data))
+    with pytest.raises(SnapshotError):
+        delta.make_delta_files(base_path, target_path)
+    with pytest.raises(SnapshotError):
+        delta.apply_delta_file(base_path, made, io.BytesIO())

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import io
+import os
+import random
 import struct
+from pathlib import Path
 
 import pytest
 from hypothesis import given, settings
@@ -160,3 +164,82 @@ def test_any_flipped_bit_is_refused(position: int, bit: int) -> None:
 def test_random_bytes_never_verify(garbage: bytes) -> None:
     with pytest.raises(SnapshotError):
         snapshot.verify(snapshot.MAGIC + garbage)
+
+
+def _write(path: Path, data: bytes) -> Path:
+    path.write_bytes(data)
+    return path
+
+
+def _streamed(path: Path) -> list[bytes]:
+    return list(snapshot.iter_file_commands(path))
+
+
+def _hex(seed: str, size: int) -> str:
+    # Random hex compresses about 2:1, so a frame of it spans several read slices.
+    return random.Random(seed).randbytes(size // 2).hex()
+
+
+def _varied(count: int, body_bytes: int) -> list[Command]:
+    return [sample_command(f"cmd{i:04d}", code=_hex(str(i), body_bytes)) for i in range(count)]
+
+
+def test_streamed_commands_equal_the_verified_payload(tmp_path: Path) -> None:
+    commands = [*_varied(400, 2000), sample_command("zz.big", code=_hex("big", 2_000_000))]
+    info, data = _encode(commands)
+    assert info.compressed_size > 4 * (1 << 17)  # several slices, and one command spans many
+    expected = [bytes(e) for e in snapshot.iter_command_bytes(snapshot.verify(data).payload)]
+    path = _write(tmp_path / "a.avsnap", data)
+    with snapshot.CommandReader(path) as reader:
+        assert reader.info == info
+        assert list(reader) == expected
+        assert list(reader) == expected  # a second pass starts over
+
+
+def test_stream_of_an_empty_catalog_yields_nothing(tmp_path: Path) -> None:
+    assert _streamed(_write(tmp_path / "a.avsnap", _encode([])[1])) == []
+
+
+def test_stream_refuses_a_truncated_file_on_opening(tmp_path: Path) -> None:
+    _, data = _encode(_varied(50, 500))
+    for length in (0, 5, snapshot.PREAMBLE.size + 3, len(data) // 2, len(data) - 1):
+        with pytest.raises(TruncatedSnapshotError):
+            snapshot.CommandReader(_write(tmp_path / "t.avsnap", data[:length]))
+
+
+def test_stream_refuses_a_file_cut_short_while_it_is_read(tmp_path: Path) -> None:
+    _, data = _encode(_varied(400, 2000))
+    path = _write(tmp_path / "a.avsnap", data)
+    with snapshot.CommandReader(path) as reader:
+        os.truncate(path, len(data) - 1000)
+        with pytest.raises(TruncatedSnapshotError, match="inside the zstd frame"):
+            list(reader)
+
+
+def test_stream_refuses_a_forged_content_hash_at_the_end(tmp_path: Path) -> None:
+    info, data = _encode(_varied(20, 500))
+    forged = snapshot.encode_prefix(dataclasses.replace(info, content_hash=bytes(32))) + data[info.payload_offset :]
+    yielded: list[bytes] = []
+    with pytest.raises(CorruptSnapshotError, match="content hash"):
+        yielded.extend(snapshot.iter_file_commands(_write(tmp_path / "a.avsnap", forged)))
+    assert len(yielded) == 20  # the commands came first: trust them only once the iteration ends
+
+
+def test_stream_refuses_trailing_bytes_and_a_missing_file(tmp_path: Path) -> None:
+    with pytest.raises(CorruptSnapshotError, match="header says"):
+        snapshot.CommandReader(_write(tmp_path / "a.avsnap", _VALID + b"\0"))
+    with pytest.raises(SnapshotError, match="cannot read"):
+        snapshot.CommandReader(tmp_path / "absent.avsnap")
+
+
+@settings(max_examples=200, deadline=None)
+@given(position=st.integers(0, len(_VALID) - 1), bit=st.integers(0, 7))
+def test_stream_refuses_any_flipped_bit(tmp_path_factory: pytest.TempPathFactory, position: int, bit: int) -> None:
+    flipped = bytearray(_VALID)
+    flipped[position] ^= 1 << bit
+    path = _write(tmp_path_factory.mktemp("flip") / "f.avsnap", bytes(flipped))
+    try:
+        streamed = _streamed(path)
+    except SnapshotError:
+        return
+    assert streamed == [bytes(e) for e in snapshot.iter_command_bytes(snapshot.verify(_VALID).payload)]
