@@ -114,6 +114,14 @@ _EXPORT_OPTIONS = (
         "HMAC key file for signed packages (or the key itself in AVAP_SIGNING_KEY)",
     ),
     _Option("--fetch-rows", "AVAP_EXPORT_FETCH_ROWS", "fetch_rows", int, "rows per cursor round trip"),
+    _Option("--deltas", "AVAP_DELTAS", "deltas", int, "write deltas from this many earlier versions; 0 for none"),
+    _Option(
+        "--delta-max-percent",
+        "AVAP_EXPORT_DELTA_MAX_PERCENT",
+        "delta_max_percent",
+        float,
+        "keep a delta only when smaller than this percentage of the new file",
+    ),
 )
 _DEFAULTS = {field.name: field.default for field in dataclasses.fields(ExportConfig)}
 

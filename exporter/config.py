@@ -34,6 +34,8 @@ class ExportConfig:
         progress: draw a progress bar on stderr.
         fetch_rows: rows fetched from the server-side cursor per round trip.
         max_problems: bad-row problems listed in one error.
+        deltas: after publishing, write a delta from each of this many earlier versions; 0 for none.
+        delta_max_percent: keep a delta only when smaller than this percentage of the new file.
     """
 
     snapshots: Path = Path("snapshots")
@@ -51,6 +53,8 @@ class ExportConfig:
     progress: bool = False
     fetch_rows: int = 2000
     max_problems: int = 20
+    deltas: int = 3
+    delta_max_percent: float = 50.0  # a delta nearer the full file's size saves a syncing client too little
 
     def __post_init__(self) -> None:
         if self.keep < 1:
@@ -67,6 +71,10 @@ class ExportConfig:
             raise ConfigError(f"created-at must not be negative, not {self.created_at_unix_ms}")
         if self.signing_key is not None and not self.signing_key:
             raise ConfigError("the signing key is empty")
+        if self.deltas < 0:
+            raise ConfigError(f"deltas must be 0 (none) or more, not {self.deltas}")
+        if not 0 < self.delta_max_percent <= 100:
+            raise ConfigError(f"delta max percent must be above 0 and at most 100, not {self.delta_max_percent}")
 
     @property
     def source(self) -> str:

@@ -1,4 +1,4 @@
-"""One export run: lock the folder, read the tables, build and write the snapshot, guard, publish, prune."""
+"""One export run: lock, read the tables, write the snapshot, guard, publish, prune, write deltas."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from avapdefs.folder import atomic_file, remove_temp_files, snapshot_name
 from avapdefs.snapshot import SnapshotInfo, SnapshotWriter
 from exporter.build import iter_sealed
 from exporter.config import ExportConfig
+from exporter.deltas import write_deltas
 from exporter.errors import PublishError, SourceError
 from exporter.progress import ProgressBar
 from exporter.publish import Newest, check_guards, find_newest, folder_lock, prune
@@ -32,7 +33,8 @@ class ExportResult:
         info: the header of the new snapshot, or of the newest one when unchanged.
         path: that snapshot's file.
         seconds: the run's wall time.
-        pruned: snapshots deleted by retention.
+        pruned: snapshots deleted by retention, and the deltas that went with them.
+        deltas: delta files written to the new version.
     """
 
     published: bool
@@ -40,6 +42,7 @@ class ExportResult:
     path: Path
     seconds: float
     pruned: tuple[Path, ...] = ()
+    deltas: tuple[Path, ...] = ()
 
     def summary(self) -> str:
         """The one line a run prints on success."""
@@ -49,7 +52,8 @@ class ExportResult:
         ratio = info.uncompressed_size / info.compressed_size if info.compressed_size else 0.0
         return (
             f"published version {info.version} ({self.path.name}): {info.command_count} commands, "
-            f"{info.file_size} bytes ({info.uncompressed_size} uncompressed, ratio {ratio:.2f}), {self.seconds:.2f} s"
+            f"{info.file_size} bytes ({info.uncompressed_size} uncompressed, ratio {ratio:.2f}), "
+            f"{len(self.deltas)} deltas, {self.seconds:.2f} s"
         )
 
 
@@ -97,8 +101,10 @@ def _export_locked(config: ExportConfig, progress: TextIO | None, started: float
             unchanged_path = folder / snapshot_name(newest.info.version)
             return ExportResult(False, newest.info, unchanged_path, time.monotonic() - started, tuple(pruned))
     logger.info("published %s: %s commands", path.name, info.command_count)
+    # Retention first, so no delta is made from a version about to be deleted.
     pruned = prune(folder, config.keep)
-    return ExportResult(True, info, path, time.monotonic() - started, tuple(pruned))
+    deltas = write_deltas(folder, path, count=config.deltas, max_percent=config.delta_max_percent)
+    return ExportResult(True, info, path, time.monotonic() - started, tuple(pruned), tuple(deltas))
 
 
 def _publish(path: Path, source: Source, config: ExportConfig, newest: Newest, progress: TextIO | None) -> SnapshotInfo:

@@ -1,4 +1,4 @@
-"""``avap-export inspect``: describe a snapshot file and list what changed between two."""
+"""``avap-export inspect``: describe a snapshot or delta file and list what changed between two snapshots."""
 
 from __future__ import annotations
 
@@ -7,7 +7,8 @@ from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
-from avapdefs import snapshot
+from avapdefs import delta, snapshot
+from avapdefs.errors import SnapshotError
 from avapdefs.snapshot import Snapshot
 from avapdefs.v1.definitions_pb2 import Command
 
@@ -18,11 +19,13 @@ def _timestamp(unix_ms: int) -> str:
 
 
 def describe(path: Path) -> list[str]:
-    """Read and verify the snapshot at ``path``; return lines describing it.
+    """Read and verify the snapshot (or delta) at ``path``; return lines describing it.
 
     Raises:
-        SnapshotError: the file is not a valid snapshot.
+        SnapshotError: the file is not a valid snapshot or delta.
     """
+    if _starts_with(path, delta.MAGIC):
+        return describe_delta(path)
     loaded = snapshot.read_file(path)
     info = loaded.info
     types: collections.Counter[str] = collections.Counter()
@@ -49,6 +52,38 @@ def describe(path: Path) -> list[str]:
         f"  by type         {by_type}",
         f"  with bytecode   {with_bytecode}",
         f"  signed package  {signed}",
+    ]
+
+
+def _starts_with(path: Path, magic: bytes) -> bool:
+    try:
+        with open(path, "rb") as file:
+            return file.read(len(magic)) == magic
+    except OSError:
+        return False  # reading it again reports the error
+
+
+def describe_delta(path: Path) -> list[str]:
+    """Decode the delta file at ``path``; return lines describing it.
+
+    Raises:
+        SnapshotError: the file cannot be read or is not a valid delta.
+    """
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise SnapshotError(f"cannot read delta: {exc.strerror or exc}", path=path) from exc
+    made = delta.decode_delta(data)
+    target = delta.target_info(made)
+    return [
+        f"file              {path}",
+        f"delta format      {delta.FORMAT_VERSION}",
+        f"file size         {len(data)} bytes (the target's zstd frame is {target.compressed_size})",
+        f"base version      {made.base_version} (content hash {made.base_content_hash.hex()})",
+        f"target version    {target.version} (content hash {target.content_hash.hex()})",
+        f"target commands   {target.command_count}",
+        f"removed           {len(made.removed_names)}",
+        f"upserted          {len(made.upserts)} (added or changed)",
     ]
 
 

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from avapdefs import snapshot
 from avapdefs.errors import SnapshotError
-from avapdefs.folder import list_snapshots
+from avapdefs.folder import list_deltas, list_snapshots
 from avapdefs.snapshot import SnapshotInfo
 from exporter.errors import CountDropError, EmptyCatalogError, LockedError
 
@@ -122,10 +122,10 @@ def check_guards(
 
 
 def prune(folder: Path, keep: int) -> list[Path]:
-    """Delete the oldest snapshots beyond the newest ``keep`` (at least one is always kept).
+    """Delete the oldest snapshots beyond the newest ``keep`` (at least one is always kept), and orphaned deltas.
 
     Returns:
-        The paths deleted.
+        The paths deleted: snapshots, then deltas.
     """
     snapshots = list_snapshots(folder)
     doomed = [path for _, path in snapshots[: -max(keep, 1)]]
@@ -133,4 +133,19 @@ def prune(folder: Path, keep: int) -> list[Path]:
         with contextlib.suppress(FileNotFoundError):
             path.unlink()
         logger.info("deleted %s (retention keeps %s)", path.name, keep)
+    return doomed + prune_deltas(folder)
+
+
+def prune_deltas(folder: Path) -> list[Path]:
+    """Delete every delta whose base or target snapshot is no longer in ``folder``.
+
+    Returns:
+        The paths deleted.
+    """
+    present = {version for version, _ in list_snapshots(folder)}
+    doomed = [path for base, target, path in list_deltas(folder) if base not in present or target not in present]
+    for path in doomed:
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
+        logger.info("deleted %s (its base or target snapshot is gone)", path.name)
     return doomed
