@@ -1,7 +1,7 @@
 """``avap-export``: the command line. The only module that reads the environment or configures logging.
 
     avap-export [options]                       export the tables into a new snapshot (the cron job)
-    avap-export inspect FILE [--diff OTHER]     verify and describe a snapshot; list changes to OTHER
+    avap-export inspect FILE [--diff OTHER]     verify and describe a snapshot or delta; list changes to OTHER
     avap-export load-sample [options]           create the legacy tables and load the sample catalog
 
 Exit codes (docs/exporter.md): 0 success (published, unchanged, or loaded),
@@ -194,10 +194,11 @@ def _run_export(args: argparse.Namespace, env: Mapping[str, str]) -> int:
 def _inspect_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog=f"{PROG} inspect",
-        description="Verify a snapshot file and describe it; with --diff, list the commands added (+), "
-        "removed (-) and changed (~) from FILE to OTHER. Exit code 9 when a file is not a valid snapshot.",
+        description="Verify a snapshot file and describe it (a delta file: its base, target and counts); "
+        "with --diff, list the commands added (+), removed (-) and changed (~) from FILE to OTHER. "
+        "Exit code 9 when a file is not a valid snapshot or delta.",
     )
-    parser.add_argument("file", type=Path, metavar="FILE", help="the snapshot file")
+    parser.add_argument("file", type=Path, metavar="FILE", help="the snapshot (or delta) file")
     parser.add_argument("--diff", type=Path, metavar="OTHER", help="a newer snapshot to compare FILE with")
     _add_logging(parser)
     return parser
