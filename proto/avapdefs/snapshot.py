@@ -12,21 +12,21 @@ version's identity does not depend on compression settings. Commands are
 written in ascending order of their UTF-8 names, so the same commands always
 give the same payload bytes.
 
-Thread safety: a ``SnapshotWriter`` and a ``CommandReader`` belong to one
-thread. The read functions create their own ``ZstdDecompressor`` per call
-(zstandard's decompressors are not thread safe), so they may be called from
-any thread.
+Streamed reading, for files too large to hold whole, is in ``reader.py``.
+
+Thread safety: a ``SnapshotWriter`` belongs to one thread. The read functions
+create their own ``ZstdDecompressor`` per call (zstandard's decompressors are
+not thread safe), so they may be called from any thread.
 """
 
 from __future__ import annotations
 
 import hashlib
 import io
-import os
 import struct
 import time
 import zlib
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, Literal
@@ -51,12 +51,10 @@ MAX_HEADER_BYTES = 64 * 1024
 DEFAULT_LEVEL = 3
 HASH_BYTES = 32
 
-_CATALOG_ENTRY_TAG = b"\x0a"  # Catalog.commands: field 1, length-delimited
+CATALOG_ENTRY_TAG = b"\x0a"  # Catalog.commands: field 1, length-delimited
 _CONTENT_HASH_TAG = b"\x7a\x20"  # Command.content_hash: field 15, length-delimited, 32 bytes
 _WRITE_BUFFER_BYTES = 1 << 20
-_READ_SLICE_BYTES = 1 << 20
 _STREAM_SLICE_BYTES = 1 << 15  # compressed bytes per step: a catalog compressing 17:1 gives 0.5 MB pieces
-_MAX_VARINT_BYTES = 10
 
 
 @dataclass(frozen=True)
@@ -129,7 +127,7 @@ def encode_entry(command: bytes | memoryview, field_number: int = 1) -> bytes:
     ``BatchGetCommandsResponse.commands``), which lets a server answer without
     serializing per request. Another ``field_number`` frames it as that field.
     """
-    tag = _CATALOG_ENTRY_TAG if field_number == 1 else _varint(field_number << 3 | 2)
+    tag = CATALOG_ENTRY_TAG if field_number == 1 else _varint(field_number << 3 | 2)
     return tag + _varint(len(command)) + bytes(command)
 
 
@@ -206,7 +204,7 @@ class SnapshotWriter:
         if self._previous is not None and key <= self._previous:
             raise CatalogOrderError(name, self._previous_name)
         self._previous, self._previous_name = key, name
-        entry = _CATALOG_ENTRY_TAG + _varint(len(serialized))
+        entry = CATALOG_ENTRY_TAG + _varint(len(serialized))
         self._buffer += entry
         self._buffer += serialized
         self._count += 1
@@ -360,8 +358,8 @@ def verify(data: bytes | memoryview, *, path: Path | str | None = None) -> Snaps
         raise TruncatedSnapshotError(f"file is {len(data)} bytes, header says {info.file_size}", path=path)
     if len(data) > info.file_size:
         raise CorruptSnapshotError(f"file is {len(data)} bytes, header says {info.file_size}", path=path)
-    frame = memoryview(data)[info.payload_offset : info.file_size]
-    payload = _decompress(frame, info, path)
+    frame = io.BytesIO(memoryview(data)[info.payload_offset : info.file_size])
+    payload = b"".join(inflate_frame(frame.read, info, path))
     if hashlib.sha256(payload).digest() != info.content_hash:
         raise CorruptSnapshotError("content hash mismatch", path=path)
     count = sum(1 for _ in iter_command_bytes(payload, path=path))
@@ -370,28 +368,41 @@ def verify(data: bytes | memoryview, *, path: Path | str | None = None) -> Snaps
     return Snapshot(info, payload)
 
 
-def _decompress(frame: memoryview, info: SnapshotInfo, path: Path | str | None) -> bytes:
-    # Fed in slices so that memory follows the real content, never a size a
-    # damaged header claims; the frame's own checksum is checked by zstd.
+def inflate_frame(read: Callable[[int], bytes], info: SnapshotInfo, path: Path | str | None = None) -> Iterator[bytes]:
+    """Decompress a snapshot's zstd frame, pulled through ``read(n)`` a slice at a time.
+
+    Memory follows the real content, never a size a damaged header claims;
+    zstd checks the frame's own checksum, and this the sizes the header states.
+
+    Args:
+        read: returns the next ``n`` bytes of the frame (fewer only at its end).
+        info: the snapshot's header.
+        path: the file, for error messages.
+
+    Raises:
+        TruncatedSnapshotError: ``read`` ran out inside the frame.
+        CorruptSnapshotError: the frame does not decompress to the header's size.
+    """
     decompressor = zstandard.ZstdDecompressor().decompressobj()
-    parts: list[bytes] = []
     produced = 0
-    try:
-        for start in range(0, len(frame), _READ_SLICE_BYTES):
-            part = decompressor.decompress(frame[start : start + _READ_SLICE_BYTES])
-            produced += len(part)
-            if produced > info.uncompressed_size:
-                raise CorruptSnapshotError(
-                    f"payload exceeds the {info.uncompressed_size} bytes the header says", path=path
-                )
-            parts.append(part)
-    except zstandard.ZstdError as exc:
-        raise CorruptSnapshotError(f"zstd frame does not decompress: {exc}", path=path) from exc
+    for start in range(0, info.compressed_size, _STREAM_SLICE_BYTES):
+        size = min(_STREAM_SLICE_BYTES, info.compressed_size - start)
+        data = read(size)
+        if len(data) < size:
+            raise TruncatedSnapshotError("file ends inside the zstd frame", path=path)
+        try:
+            piece = decompressor.decompress(data)
+        except zstandard.ZstdError as exc:
+            raise CorruptSnapshotError(f"zstd frame does not decompress: {exc}", path=path) from exc
+        produced += len(piece)
+        if produced > info.uncompressed_size:
+            raise CorruptSnapshotError(f"payload exceeds the {info.uncompressed_size} bytes the header says", path=path)
+        if piece:
+            yield piece
     if not decompressor.eof or decompressor.unused_data:
         raise CorruptSnapshotError("zstd frame is incomplete or followed by other data", path=path)
     if produced != info.uncompressed_size:
         raise CorruptSnapshotError(f"payload is {produced} bytes, header says {info.uncompressed_size}", path=path)
-    return b"".join(parts)
 
 
 def read_file(path: Path | str) -> Snapshot:
@@ -417,7 +428,7 @@ def iter_command_bytes(payload: bytes | memoryview, *, path: Path | str | None =
     end = len(view)
     pos = 0
     while pos < end:
-        if view[pos] != _CATALOG_ENTRY_TAG[0]:
+        if view[pos] != CATALOG_ENTRY_TAG[0]:
             raise CorruptSnapshotError(f"unexpected field tag {view[pos]} at payload offset {pos}", path=path)
         length, pos = _read_varint(view, pos + 1, path)
         if pos + length > end:
@@ -445,157 +456,7 @@ def command_name(command: bytes | memoryview) -> bytes:
     Returns b"" for a command without a name.
     """
     view = memoryview(command)
-    if not view or view[0] != _CATALOG_ENTRY_TAG[0]:  # field 1, length-delimited: the same tag byte
+    if not view or view[0] != CATALOG_ENTRY_TAG[0]:  # field 1, length-delimited: the same tag byte
         return b""
     length, start = _read_varint(view, 1, None)
     return bytes(view[start : start + length])
-
-
-class CommandReader:
-    """The serialized commands of one snapshot file, streamed from disk and verified.
-
-    Unlike ``read_file``, the payload is never whole in memory: the frame is
-    decompressed a slice at a time and each command is yielded as soon as it
-    is complete, so memory stays at one slice plus the largest command. The
-    checks that need the whole payload (zstd checksum, sizes, content hash,
-    command count) run when the last command has been read: a consumer must
-    read to the end before trusting what it got, and a damaged file raises
-    there, after earlier commands were yielded.
-
-    Use as a context manager; ``info`` is read (and the file size checked) on
-    opening. Iterating again starts over from the first command::
-
-        with CommandReader(path) as reader:
-            for serialized in reader: ...
-
-    Raises:
-        SnapshotError: on opening, the file cannot be read or its header is not
-            valid; while iterating, a subclass saying what is wrong with the payload.
-    """
-
-    def __init__(self, path: Path | str) -> None:
-        self.path = Path(path)
-        try:
-            self._file = open(self.path, "rb")  # noqa: SIM115 - closed by close()
-        except OSError as exc:
-            raise SnapshotError(f"cannot read snapshot: {exc.strerror or exc}", path=path) from exc
-        try:
-            self.info = self._read_info()
-        except BaseException:
-            self._file.close()
-            raise
-
-    def _read_info(self) -> SnapshotInfo:
-        try:
-            prefix = self._file.read(PREAMBLE.size + MAX_HEADER_BYTES)
-            size = os.fstat(self._file.fileno()).st_size
-        except OSError as exc:
-            raise SnapshotError(f"cannot read snapshot: {exc.strerror or exc}", path=self.path) from exc
-        info = read_info(prefix, path=self.path)
-        if size != info.file_size:
-            kind = TruncatedSnapshotError if size < info.file_size else CorruptSnapshotError
-            raise kind(f"file is {size} bytes, header says {info.file_size}", path=self.path)
-        return info
-
-    def __enter__(self) -> CommandReader:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    def close(self) -> None:
-        """Close the file."""
-        self._file.close()
-
-    def __iter__(self) -> Iterator[bytes]:
-        hasher = hashlib.sha256()
-        pending = bytearray()
-        count = 0
-        for part in self._pieces():
-            hasher.update(part)
-            pending += part
-            entries, used = _split_entries(pending, self.path)
-            del pending[:used]
-            count += len(entries)
-            yield from entries
-        if pending:
-            raise CorruptSnapshotError("the last command entry runs past the end of the payload", path=self.path)
-        if hasher.digest() != self.info.content_hash:
-            raise CorruptSnapshotError("content hash mismatch", path=self.path)
-        if count != self.info.command_count:
-            raise CorruptSnapshotError(
-                f"payload holds {count} commands, header says {self.info.command_count}", path=self.path
-            )
-
-    def _pieces(self) -> Iterator[bytes]:
-        """The payload, decompressed a slice of the frame at a time, with the frame's checks."""
-        info, path = self.info, self.path
-        self._file.seek(info.payload_offset)
-        decompressor = zstandard.ZstdDecompressor().decompressobj()
-        produced = 0
-        for start in range(0, info.compressed_size, _STREAM_SLICE_BYTES):
-            piece = self._inflate(decompressor, min(_STREAM_SLICE_BYTES, info.compressed_size - start))
-            produced += len(piece)
-            if produced > info.uncompressed_size:
-                raise CorruptSnapshotError(
-                    f"payload exceeds the {info.uncompressed_size} bytes the header says", path=path
-                )
-            if piece:
-                yield piece
-        if not decompressor.eof or decompressor.unused_data:
-            raise CorruptSnapshotError("zstd frame is incomplete or followed by other data", path=path)
-        if produced != info.uncompressed_size:
-            raise CorruptSnapshotError(f"payload is {produced} bytes, header says {info.uncompressed_size}", path=path)
-
-    def _inflate(self, decompressor: zstandard.ZstdDecompressionObj, size: int) -> bytes:
-        try:
-            data = self._file.read(size)
-        except OSError as exc:
-            raise SnapshotError(f"cannot read snapshot: {exc.strerror or exc}", path=self.path) from exc
-        if len(data) < size:  # the file shrank after it was opened
-            raise TruncatedSnapshotError("file ends inside the zstd frame", path=self.path)
-        try:
-            return decompressor.decompress(data)
-        except zstandard.ZstdError as exc:
-            raise CorruptSnapshotError(f"zstd frame does not decompress: {exc}", path=self.path) from exc
-
-
-def iter_file_commands(path: Path | str) -> Iterator[bytes]:
-    """Yield each serialized Command of the snapshot file at ``path``, streamed (see ``CommandReader``).
-
-    Raises:
-        SnapshotError: the file is not a valid snapshot; raised at the latest
-            after the last command, before the iteration ends.
-    """
-    with CommandReader(path) as reader:
-        yield from reader
-
-
-def _split_entries(buffer: bytearray, path: Path | str | None) -> tuple[list[bytes], int]:
-    """The complete command entries at the start of ``buffer``, and how many bytes they take."""
-    entries: list[bytes] = []
-    pos, end = 0, len(buffer)
-    with memoryview(buffer) as view:  # released before the caller resizes the buffer
-        while pos < end:
-            if view[pos] != _CATALOG_ENTRY_TAG[0]:
-                raise CorruptSnapshotError(f"unexpected field tag {view[pos]} in the payload", path=path)
-            length, start = _peek_varint(view, pos + 1, path)
-            if start < 0 or start + length > end:
-                break  # the rest of this entry is in the next piece
-            entries.append(bytes(view[start : start + length]))
-            pos = start + length
-    return entries, pos
-
-
-def _peek_varint(view: memoryview, pos: int, path: Path | str | None) -> tuple[int, int]:
-    """Like ``_read_varint``, but (0, -1) when ``view`` ends inside the varint."""
-    value = shift = 0
-    for index in range(pos, min(pos + _MAX_VARINT_BYTES, len(view))):
-        byte = view[index]
-        value |= (byte & 0x7F) << shift
-        if byte < 0x80:
-            return value, index + 1
-        shift += 7
-    if len(view) - pos >= _MAX_VARINT_BYTES:
-        raise CorruptSnapshotError("bad length prefix in the payload", path=path)
-    return 0, -1

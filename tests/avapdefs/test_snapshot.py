@@ -23,6 +23,7 @@ from avapdefs.errors import (
     TruncatedSnapshotError,
     UnsupportedFormatError,
 )
+from avapdefs.reader import CommandReader, iter_file_commands
 from avapdefs.v1.definitions_pb2 import Catalog, Command
 from tests.factories import sample_command
 
@@ -172,7 +173,7 @@ def _write(path: Path, data: bytes) -> Path:
 
 
 def _streamed(path: Path) -> list[bytes]:
-    return list(snapshot.iter_file_commands(path))
+    return list(iter_file_commands(path))
 
 
 def _hex(seed: str, size: int) -> str:
@@ -190,10 +191,10 @@ def test_streamed_commands_equal_the_verified_payload(tmp_path: Path) -> None:
     assert info.compressed_size > 4 * (1 << 17)  # several slices, and one command spans many
     expected = [bytes(e) for e in snapshot.iter_command_bytes(snapshot.verify(data).payload)]
     path = _write(tmp_path / "a.avsnap", data)
-    with snapshot.CommandReader(path) as reader:
-        assert reader.info == info
-        assert list(reader) == expected
-        assert list(reader) == expected  # a second pass starts over
+    with CommandReader(path) as stream:
+        assert stream.info == info
+        assert list(stream) == expected
+        assert list(stream) == expected  # a second pass starts over
 
 
 def test_stream_of_an_empty_catalog_yields_nothing(tmp_path: Path) -> None:
@@ -204,16 +205,16 @@ def test_stream_refuses_a_truncated_file_on_opening(tmp_path: Path) -> None:
     _, data = _encode(_varied(50, 500))
     for length in (0, 5, snapshot.PREAMBLE.size + 3, len(data) // 2, len(data) - 1):
         with pytest.raises(TruncatedSnapshotError):
-            snapshot.CommandReader(_write(tmp_path / "t.avsnap", data[:length]))
+            CommandReader(_write(tmp_path / "t.avsnap", data[:length]))
 
 
 def test_stream_refuses_a_file_cut_short_while_it_is_read(tmp_path: Path) -> None:
     _, data = _encode(_varied(400, 2000))
     path = _write(tmp_path / "a.avsnap", data)
-    with snapshot.CommandReader(path) as reader:
+    with CommandReader(path) as stream:
         os.truncate(path, len(data) - 1000)
         with pytest.raises(TruncatedSnapshotError, match="inside the zstd frame"):
-            list(reader)
+            list(stream)
 
 
 def test_stream_refuses_a_forged_content_hash_at_the_end(tmp_path: Path) -> None:
@@ -221,15 +222,15 @@ def test_stream_refuses_a_forged_content_hash_at_the_end(tmp_path: Path) -> None
     forged = snapshot.encode_prefix(dataclasses.replace(info, content_hash=bytes(32))) + data[info.payload_offset :]
     yielded: list[bytes] = []
     with pytest.raises(CorruptSnapshotError, match="content hash"):
-        yielded.extend(snapshot.iter_file_commands(_write(tmp_path / "a.avsnap", forged)))
+        yielded.extend(iter_file_commands(_write(tmp_path / "a.avsnap", forged)))
     assert len(yielded) == 20  # the commands came first: trust them only once the iteration ends
 
 
 def test_stream_refuses_trailing_bytes_and_a_missing_file(tmp_path: Path) -> None:
     with pytest.raises(CorruptSnapshotError, match="header says"):
-        snapshot.CommandReader(_write(tmp_path / "a.avsnap", _VALID + b"\0"))
+        CommandReader(_write(tmp_path / "a.avsnap", _VALID + b"\0"))
     with pytest.raises(SnapshotError, match="cannot read"):
-        snapshot.CommandReader(tmp_path / "absent.avsnap")
+        CommandReader(tmp_path / "absent.avsnap")
 
 
 @settings(max_examples=200, deadline=None)
