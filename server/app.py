@@ -26,6 +26,7 @@ from avapdefs.errors import NoSnapshotError
 from server import legacy
 from server.auth import ApiKeyInterceptor
 from server.config import Settings
+from server.reload import Reloader
 from server.service import SERVICE_NAME, DefinitionService, LegacyService
 from server.store import LoadedSnapshot, SnapshotStore
 
@@ -64,16 +65,27 @@ class DefinitionServer:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         codec = _legacy_codec(settings)
-        self.store = SnapshotStore(settings.snapshots_dir, chunk_bytes=settings.chunk_bytes, legacy_codec=codec)
+        self.store = SnapshotStore(
+            settings.snapshots_dir, chunk_bytes=settings.chunk_bytes, legacy_codec=codec, pin=settings.pin
+        )
+        self.reloader = Reloader(self.store, poll=settings.poll) if settings.reload else None
         self.health = health.HealthServicer()
         self.port = 0
-        pool = futures.ThreadPoolExecutor(max_workers=settings.max_workers, thread_name_prefix="avap-grpc")
+        # A watch stream holds a thread for as long as it is open: they get threads of their own.
+        threads = settings.max_workers + settings.max_watch_streams
+        pool = futures.ThreadPoolExecutor(max_workers=threads, thread_name_prefix="avap-grpc")
         services = (SERVICE_NAME, legacy.SERVICE_NAME)
         interceptors: list[grpc.ServerInterceptor] = (
             [ApiKeyInterceptor(settings.api_key, services)] if settings.api_key else []
         )
         self._server = grpc.server(pool, options=server_options(settings), interceptors=interceptors)
-        self._add(SERVICE_NAME, DefinitionService(self.store, max_send_bytes=settings.max_send_bytes).handlers())
+        self.service = DefinitionService(
+            self.store,
+            max_send_bytes=settings.max_send_bytes,
+            heartbeat_s=settings.heartbeat_s,
+            max_watch_streams=settings.max_watch_streams,
+        )
+        self._add(SERVICE_NAME, self.service.handlers())
         names = [SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME]
         if codec is not None:
             self._add(legacy.SERVICE_NAME, LegacyService(self.store, codec.request.FromString).handlers())
@@ -106,13 +118,15 @@ class DefinitionServer:
         return self.port
 
     def load(self) -> LoadedSnapshot:
-        """Load the newest valid snapshot and report SERVING.
+        """Load the snapshot the folder calls for, report SERVING, and start following the folder.
 
         Raises:
             NoSnapshotError: the snapshot folder holds no valid snapshot.
         """
         loaded = self.store.load_newest()
         self._set_health(health_pb2.HealthCheckResponse.SERVING)
+        if self.reloader is not None:
+            self.reloader.start()
         return loaded
 
     def stop(self, grace_s: float | None = None) -> None:
@@ -124,6 +138,9 @@ class DefinitionServer:
         """
         grace = self.settings.grace_s if grace_s is None else grace_s
         self.health.enter_graceful_shutdown()
+        self.service.close()  # watch streams end now rather than at the end of the grace period
+        if self.reloader is not None:
+            self.reloader.stop()
         self._server.stop(grace).wait()
 
 

@@ -29,6 +29,11 @@ class Settings:
         legacy_proto: a deployment's own legacy .proto whose field numbers to answer with.
         api_key: when set, calls to the definition services must carry it in ``x-avap-auth``.
         cpu: pin the process to this CPU; None leaves it to the kernel.
+        pin: serve this catalog version (a pin file in the folder wins over it).
+        poll: poll the folder for new snapshots instead of waiting for file events.
+        reload: follow the folder (hot reload); off, the first snapshot loaded serves until exit.
+        heartbeat_s: seconds between WatchCatalog heartbeats on a quiet stream.
+        max_watch_streams: WatchCatalog streams open at once; each holds a thread.
     """
 
     snapshots_dir: Path = Path("snapshots")
@@ -44,6 +49,11 @@ class Settings:
     legacy_proto: Path | None = None
     api_key: str | None = field(default=None, repr=False)  # never in logs
     cpu: int | None = None
+    pin: int | None = None
+    poll: bool = False
+    reload: bool = True
+    heartbeat_s: float = 15.0
+    max_watch_streams: int = 64
 
     def __post_init__(self) -> None:
         if not 0 <= self.port <= 65535:

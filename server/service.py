@@ -13,6 +13,8 @@ import base64
 import binascii
 import functools
 import logging
+import threading
+import time
 from bisect import bisect_left
 from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
@@ -20,15 +22,18 @@ from typing import Any, TypeVar
 import grpc
 from google.protobuf.message import DecodeError
 
+from avapdefs.snapshot import encode_entry
 from avapdefs.v1.definitions_pb2 import (
     BatchGetCommandsRequest,
     BatchGetCommandsResponse,
+    CatalogInfo,
     GetCatalogInfoRequest,
     GetCommandRequest,
     ListCommandsRequest,
     ListCommandsResponse,
     SyncCatalogRequest,
     WatchCatalogRequest,
+    WatchCatalogResponse,
 )
 from server.legacy import LegacyAnswers
 from server.store import LoadedSnapshot, SnapshotStore
@@ -122,9 +127,16 @@ class DefinitionService:
     immutable snapshot, so calls run on any number of threads without locks.
     """
 
-    def __init__(self, store: SnapshotStore, *, max_send_bytes: int) -> None:
+    def __init__(
+        self, store: SnapshotStore, *, max_send_bytes: int, heartbeat_s: float = 15.0, max_watch_streams: int = 64
+    ) -> None:
         self._store = store
         self._max_send_bytes = max_send_bytes
+        self._heartbeat_s = heartbeat_s
+        self._max_watch_streams = max_watch_streams
+        # Each open watch stream holds a pool thread; the cap keeps them from taking every thread.
+        self._watch_slots = threading.BoundedSemaphore(max_watch_streams)
+        self._closing = threading.Event()
 
     def _require(self) -> LoadedSnapshot:
         snap = self._store.current
@@ -192,7 +204,10 @@ class DefinitionService:
     def get_catalog_info(self, data: bytes, context: grpc.ServicerContext) -> bytes:
         """GetCatalogInfo: the stored CatalogInfo bytes."""
         _parse(GetCatalogInfoRequest.FromString, data)
-        return self._require().catalog_info
+        info = self._require().catalog_info
+        pinned = self._store.pinned_version
+        # Serialized messages concatenate: the appended field sets pinned_version.
+        return info + CatalogInfo(pinned_version=pinned).SerializeToString() if pinned else info
 
     def sync_catalog(self, data: bytes, context: grpc.ServicerContext) -> Iterator[bytes]:
         """SyncCatalog: a header, then the file in pre-framed chunks (or only an up-to-date header)."""
@@ -202,20 +217,55 @@ class DefinitionService:
             logger.debug("sync: client already holds version %s", snap.info.version)
             yield snap.sync_up_to_date
             return
-        yield snap.sync_full_header
-        for chunk in snap.sync_chunks:
+        delta = snap.deltas.get(request.have_version) if request.accept_delta else None
+        if delta is not None and delta.base_content_hash == request.have_content_hash:
+            header, chunks, what = delta.header, delta.chunks, f"the delta from version {request.have_version}"
+        else:
+            header, chunks, what = snap.sync_full_header, snap.sync_chunks, "the whole file"
+        yield header
+        for chunk in chunks:
             # grpc stops pulling when the client goes away; the check also ends the
             # stream when the server is stopping past its grace period.
             if not context.is_active():
                 logger.debug("sync of version %s cancelled by the client", snap.info.version)
                 return
             yield chunk
-        logger.debug("sync of version %s: sent the whole file", snap.info.version)
+        logger.debug("sync of version %s: sent %s", snap.info.version, what)
 
     def watch_catalog(self, data: bytes, context: grpc.ServicerContext) -> Iterator[bytes]:
-        """WatchCatalog: not served yet."""
-        _parse(WatchCatalogRequest.FromString, data)
-        raise _Status(grpc.StatusCode.UNIMPLEMENTED, "WatchCatalog is not implemented by this server yet")
+        """WatchCatalog: the live version when it differs from the client's, then each new one, with heartbeats."""
+        request = _parse(WatchCatalogRequest.FromString, data)
+        if not self._watch_slots.acquire(blocking=False):
+            raise _Status(
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                f"over {self._max_watch_streams} watch streams open here; retry later (with backoff)",
+            )
+        try:
+            yield from self._watch(request.have_version, context)
+        finally:
+            self._watch_slots.release()
+
+    def _watch(self, seen: int, context: grpc.ServicerContext) -> Iterator[bytes]:
+        store = self._store
+        while context.is_active() and not self._closing.is_set():
+            snap = self._require()
+            if snap.info.version != seen:
+                seen = snap.info.version
+                yield encode_entry(snap.catalog_info)  # field 1: WatchCatalogResponse.catalog
+                continue
+            with store.swapped:
+                swapped = store.swapped.wait_for(
+                    lambda live=snap: store.current is not live or self._closing.is_set(),  # type: ignore[misc]
+                    timeout=self._heartbeat_s,
+                )
+            if not swapped:
+                yield WatchCatalogResponse(heartbeat_unix_ms=int(time.time() * 1000)).SerializeToString()
+
+    def close(self) -> None:
+        """End every watch stream (the server is shutting down)."""
+        self._closing.set()
+        with self._store.swapped:
+            self._store.swapped.notify_all()
 
     def handlers(self) -> dict[str, grpc.RpcMethodHandler[Any, Any]]:
         """The method handlers, by method name, ready for ``add_registered_method_handlers``."""

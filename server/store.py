@@ -22,15 +22,19 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import threading
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from avapdefs.folder import VerifiedFile, read_newest
+from avapdefs.errors import NoSnapshotError, SnapshotError
+from avapdefs.folder import VerifiedFile, list_snapshots, read_verified
 from avapdefs.snapshot import FORMAT_VERSION, SnapshotInfo, command_name, encode_entry, iter_command_bytes
 from avapdefs.v1.definitions_pb2 import CatalogInfo, SyncCatalogResponse, SyncHeader
 from server.legacy import LegacyAnswers, LegacyCodec, build_answers
+from server.pin import read_pin
+from server.sync import DeltaAnswer, frame_chunks, load_deltas
 
 logger = logging.getLogger(__name__)
 
@@ -52,6 +56,7 @@ class LoadedSnapshot:
         loaded_at_unix_ms: when loading finished.
         load_ms: how long reading, verifying and indexing took.
         legacy: the legacy ``avap.DefinitionEngine`` answers, None when that service is off.
+        deltas: deltas to this version, by the base version they apply to.
     """
 
     info: SnapshotInfo
@@ -66,6 +71,7 @@ class LoadedSnapshot:
     loaded_at_unix_ms: int
     load_ms: float
     legacy: LegacyAnswers | None = None
+    deltas: Mapping[int, DeltaAnswer] = field(default_factory=dict)
 
     def file_bytes(self) -> bytes:
         """The whole snapshot file as it was verified."""
@@ -96,14 +102,6 @@ def _catalog_info(info: SnapshotInfo, file_size: int, loaded_at_unix_ms: int) ->
     )
 
 
-def _chunks(data: bytes, chunk_bytes: int) -> tuple[bytes, ...]:
-    view = memoryview(data)
-    return tuple(
-        SyncCatalogResponse(chunk=bytes(view[start : start + chunk_bytes])).SerializeToString()
-        for start in range(0, len(data), chunk_bytes)
-    )
-
-
 def build(
     file: VerifiedFile, *, chunk_bytes: int, started: float | None = None, legacy_codec: LegacyCodec | None = None
 ) -> LoadedSnapshot:
@@ -131,44 +129,107 @@ def build(
         catalog_info=info.SerializeToString(),
         sync_full_header=SyncCatalogResponse(header=full).SerializeToString(),
         sync_up_to_date=SyncCatalogResponse(header=up_to_date).SerializeToString(),
-        sync_chunks=_chunks(file.data, chunk_bytes),
+        sync_chunks=frame_chunks(file.data, chunk_bytes),
         file_sha256=file_sha256,
         loaded_at_unix_ms=loaded_at,
         load_ms=(time.perf_counter() - began) * 1000,
         legacy=legacy,
+        deltas=load_deltas(file.path.parent, file.snapshot.info, info, chunk_bytes),
     )
 
 
 class SnapshotStore:
     """Holds the live snapshot; ``current`` is None until the first load.
 
+    Which snapshot is live: the pinned version while the folder has a pin file
+    (``server/pin.py``), else the one ``pin`` names, else the newest that
+    verifies. A file that does not verify is refused with a warning and the
+    live one keeps serving.
+
     Thread safety: ``current`` is replaced by one reference assignment and
-    never mutated, so readers need no lock. Loads must not run concurrently
-    with each other (the server loads at start-up, later from one reload thread).
+    never mutated, so readers need no lock. ``refresh`` must not run
+    concurrently with itself (the server calls it at start-up, then from the
+    one reload thread).
     """
 
-    def __init__(self, folder: Path, *, chunk_bytes: int, legacy_codec: LegacyCodec | None = None) -> None:
+    def __init__(
+        self, folder: Path, *, chunk_bytes: int, legacy_codec: LegacyCodec | None = None, pin: int | None = None
+    ) -> None:
         self.folder = folder
         self.chunk_bytes = chunk_bytes
         self.legacy_codec = legacy_codec
+        self.pin = pin
+        self.pinned_version = 0  # the pin in force at the last refresh; 0 for none
         self.current: LoadedSnapshot | None = None
+        self.swapped = threading.Condition()  # notified after each swap (WatchCatalog waits on it)
 
     def load_newest(self) -> LoadedSnapshot:
-        """Load the newest snapshot of the folder that verifies and make it live.
+        """Make the snapshot the folder calls for live (see the class docstring).
 
         Raises:
             NoSnapshotError: no snapshot in the folder verifies; ``current`` is unchanged.
         """
-        started = time.perf_counter()
-        loaded = build(
-            read_newest(self.folder), chunk_bytes=self.chunk_bytes, started=started, legacy_codec=self.legacy_codec
-        )
-        self.current = loaded
-        logger.info(
-            "loaded catalog version %s from %s: %s commands in %.0f ms",
-            loaded.info.version,
-            loaded.path,
-            loaded.info.command_count,
-            loaded.load_ms,
-        )
+        loaded = self.refresh()
+        if loaded is None:
+            count = len(list_snapshots(self.folder))
+            what = f"none of its {count} snapshot files verifies" if count else "it holds no snapshot file"
+            raise NoSnapshotError(f"no valid snapshot: {what}", path=self.folder)
         return loaded
+
+    def refresh(self) -> LoadedSnapshot | None:
+        """Swap in the snapshot the folder now calls for, and any new deltas to it.
+
+        Returns:
+            The live snapshot (None only while nothing could ever be loaded).
+        """
+        current = self.current
+        for version, path in self._candidates(current):
+            if current is not None and version == current.info.version:
+                break
+            try:
+                loaded = build(read_verified(path), chunk_bytes=self.chunk_bytes, legacy_codec=self.legacy_codec)
+            except SnapshotError as exc:
+                still = f"still serving version {current.info.version}" if current else "nothing served yet"
+                logger.warning("refused snapshot %s: %s; %s", path, exc.reason, still)
+                continue
+            self._swap(loaded)
+            logger.info(
+                "loaded catalog version %s from %s: %s commands, %s deltas, in %.0f ms",
+                loaded.info.version, loaded.path, loaded.info.command_count, len(loaded.deltas), loaded.load_ms,
+            )  # fmt: skip
+            return loaded
+        return self._refresh_deltas()
+
+    def _swap(self, loaded: LoadedSnapshot) -> None:
+        self.current = loaded  # the one assignment that makes a version live
+        with self.swapped:
+            self.swapped.notify_all()
+
+    def _candidates(self, current: LoadedSnapshot | None) -> list[tuple[int, Path]]:
+        """Snapshot files to try, best first; trying stops at the live version."""
+        pin = read_pin(self.folder) or self.pin
+        snapshots = list_snapshots(self.folder)
+        if pin is not None:
+            pinned = [(version, path) for version, path in snapshots if version == pin]
+            if pinned or current is not None:
+                self.pinned_version = pin
+                if not pinned:
+                    logger.error("pinned version %s is not in %s; still serving %s", pin, self.folder,
+                                 current.info.version if current else None)  # fmt: skip
+                return pinned
+            logger.error("pinned version %s is not in %s; serving the newest instead", pin, self.folder)
+        self.pinned_version = 0
+        floor = current.info.version if current is not None and pin is None else 0
+        return [(version, path) for version, path in reversed(snapshots) if version >= floor]
+
+    def _refresh_deltas(self) -> LoadedSnapshot | None:
+        # Deltas are written after their snapshot is published: pick up new ones.
+        current = self.current
+        if current is None:
+            return None
+        catalog = CatalogInfo.FromString(current.catalog_info)
+        deltas = load_deltas(self.folder, current.info, catalog, self.chunk_bytes)
+        if deltas.keys() != current.deltas.keys():
+            self._swap(current := replace(current, deltas=deltas))
+            logger.info("catalog version %s: deltas from %s", current.info.version, sorted(deltas) or "none")
+        return current

@@ -16,6 +16,7 @@ and its subclasses. A client is thread safe (one grpc channel, shared).
 from __future__ import annotations
 
 import hashlib
+import io
 import logging
 import random
 import time
@@ -26,7 +27,9 @@ from typing import BinaryIO, TypeVar
 
 import grpc
 
+from avapdefs.delta import apply_delta, decode_delta
 from avapdefs.errors import (
+    AvapDefsError,
     CommandNotFoundError,
     NoSnapshotError,
     ServerError,
@@ -81,6 +84,7 @@ class SyncResult:
         up_to_date: True when the cache already held the server's version and nothing was sent.
         bytes_received: data bytes streamed (0 when up to date).
         seconds: wall time of the sync.
+        delta: True when a delta from the cached version was applied instead of a full download.
     """
 
     path: Path
@@ -88,6 +92,7 @@ class SyncResult:
     up_to_date: bool
     bytes_received: int
     seconds: float
+    delta: bool = False
 
 
 def _translate(exc: grpc.RpcError, name: str | None = None) -> ServerError:
@@ -216,7 +221,13 @@ class DefinitionClient:
         return self._retrying(start)
 
     def sync(
-        self, dest_dir: Path, *, progress: Progress | None = None, timeout_s: float = 600.0, keep: int = 2
+        self,
+        dest_dir: Path,
+        *,
+        progress: Progress | None = None,
+        timeout_s: float = 600.0,
+        keep: int = 2,
+        accept_delta: bool = True,
     ) -> SyncResult:
         """Bring the snapshot cache in ``dest_dir`` up to the server's version.
 
@@ -230,6 +241,8 @@ class DefinitionClient:
             progress: called after each chunk with bytes received and total.
             timeout_s: the deadline of the whole transfer.
             keep: how many cached versions to keep, the new one included (older ones are removed).
+            accept_delta: take a delta from the cached version when the server has one; any
+                failure to apply it falls back to a full download.
 
         Raises:
             ServerUnavailableError: the server could not be reached.
@@ -243,17 +256,48 @@ class DefinitionClient:
         if cached is not None:
             request.have_version = cached.snapshot.info.version
             request.have_content_hash = cached.snapshot.info.content_hash
+            request.accept_delta = accept_delta
         call, header = self._open_sync(request, timeout_s)
         try:
             if header.kind == SyncHeader.KIND_UP_TO_DATE and cached is not None:
                 return SyncResult(cached.path, cached.snapshot.info, True, 0, time.perf_counter() - started)
-            if header.kind != SyncHeader.KIND_FULL:
+            if header.kind == SyncHeader.KIND_DELTA and cached is not None:
+                try:
+                    path, info = self._install_delta(call, header, dest_dir, cached, progress)
+                except (AvapDefsError, OSError) as exc:
+                    logger.warning(
+                        "delta from version %s failed (%s); fetching the whole file", header.base_version, exc
+                    )
+                    call.cancel()
+                    return self.sync(dest_dir, progress=progress, timeout_s=timeout_s, keep=keep, accept_delta=False)
+            elif header.kind == SyncHeader.KIND_FULL:
+                path, info = self._install(call, header, dest_dir, progress)
+            else:
                 raise SyncError("INTERNAL", f"unexpected sync header kind {SyncHeader.Kind.Name(header.kind)}")
-            path, info = self._install(call, header, dest_dir, progress)
         finally:
             call.cancel()  # a no-op once the stream has ended; otherwise the server stops sending
         _prune(dest_dir, keep, info.version)
-        return SyncResult(path, info, False, header.data_size, time.perf_counter() - started)
+        delta = header.kind == SyncHeader.KIND_DELTA
+        return SyncResult(path, info, False, header.data_size, time.perf_counter() - started, delta)
+
+    def _install_delta(
+        self,
+        call: Iterator[SyncCatalogResponse],
+        header: SyncHeader,
+        dest_dir: Path,
+        cached: VerifiedFile,
+        progress: Progress | None,
+    ) -> tuple[Path, SnapshotInfo]:
+        received = io.BytesIO()  # a delta is small: the changed commands only
+        _receive(call, received, header, progress)
+        delta = decode_delta(received.getvalue())
+        path = dest_dir / snapshot_name(header.catalog.version)
+        with atomic_file(path) as file:
+            apply_delta(cached.snapshot, delta, file)  # checks the result's content hash
+            file.seek(0)
+            info = _check(file.read(), header, path)
+        logger.info("installed catalog version %s at %s from a delta", info.version, path)
+        return path, info
 
     def _install(
         self, call: Iterator[SyncCatalogResponse], header: SyncHeader, dest_dir: Path, progress: Progress | None

@@ -15,7 +15,6 @@ from avapdefs.v1.definitions_pb2 import (
     ListCommandsRequest,
     SyncCatalogRequest,
     SyncHeader,
-    WatchCatalogRequest,
 )
 from server.service import MAX_BATCH_NAMES, MAX_NAME_CHARS
 from tests.conftest import MakeSnapshot
@@ -145,12 +144,6 @@ def test_sync_catalog_up_to_date_sends_no_data(served: Served) -> None:
     other_hash = SyncCatalogRequest(have_version=3, have_content_hash=bytes(32))
     first, *_ = served.stub.SyncCatalog(other_hash, timeout=10)
     assert first.header.kind == SyncHeader.KIND_FULL
-
-
-def test_watch_catalog_is_unimplemented(served: Served) -> None:
-    assert _code(lambda: list(served.stub.WatchCatalog(WatchCatalogRequest(), timeout=5))) == (
-        grpc.StatusCode.UNIMPLEMENTED
-    )
 
 
 def test_before_the_first_load_calls_are_unavailable(make_snapshot: MakeSnapshot) -> None:

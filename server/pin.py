@@ -1,0 +1,84 @@
+"""The pin file: an operator's way to hold a server at one catalog version, or roll it back.
+
+``avap-pin VERSION`` writes ``PIN`` (the version number) into the snapshot
+folder, atomically; ``avap-pin --unpin`` removes it. A running server watches
+the folder and follows at once; the file outlives restarts. While it exists
+the server serves that version (if it verifies) instead of the newest.
+
+Exit codes: 0 done; 2 bad arguments; 3 the version is not in the folder or
+does not verify (nothing is written).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+from avapdefs.errors import SnapshotError
+from avapdefs.folder import atomic_file, fsync_folder, read_verified, snapshot_name
+
+PIN_FILE = "PIN"
+EXIT_OK = 0
+EXIT_USAGE = 2
+EXIT_NO_SUCH_VERSION = 3
+
+
+def read_pin(folder: Path) -> int | None:
+    """The version pinned in ``folder``, or None when there is no (readable, numeric) pin file."""
+    try:
+        text = (folder / PIN_FILE).read_text(encoding="ascii").strip()
+    except (OSError, UnicodeDecodeError):
+        return None
+    return int(text) if text.isdigit() and int(text) > 0 else None
+
+
+def write_pin(folder: Path, version: int) -> None:
+    """Pin ``folder`` to ``version``, atomically."""
+    with atomic_file(folder / PIN_FILE) as file:
+        file.write(f"{version}\n".encode("ascii"))
+
+
+def remove_pin(folder: Path) -> bool:
+    """Remove the pin; returns whether there was one."""
+    try:
+        (folder / PIN_FILE).unlink()
+    except FileNotFoundError:
+        return False
+    with contextlib.suppress(OSError):
+        fsync_folder(folder)
+    return True
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``avap-pin``: pin the servers of a snapshot folder to a version, or unpin them."""
+    parser = argparse.ArgumentParser(prog="avap-pin", description="Pin the servers of a snapshot folder to a version.")
+    parser.add_argument("version", type=int, nargs="?", help="the catalog version to serve")
+    parser.add_argument("--unpin", action="store_true", help="remove the pin: serve the newest version again")
+    parser.add_argument(
+        "--snapshots",
+        type=Path,
+        default=Path(os.environ.get("AVAP_SNAPSHOTS", "snapshots")),
+        help="snapshot folder [AVAP_SNAPSHOTS; default ./snapshots]",
+    )
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:
+        return exc.code if isinstance(exc.code, int) else EXIT_USAGE
+    if args.unpin == (args.version is not None):
+        parser.print_usage()
+        print("avap-pin: give a VERSION or --unpin")
+        return EXIT_USAGE
+    if args.unpin:
+        print("unpinned" if remove_pin(args.snapshots) else "was not pinned")
+        return EXIT_OK
+    try:
+        read_verified(args.snapshots / snapshot_name(args.version))
+    except SnapshotError as exc:
+        print(f"avap-pin: cannot pin version {args.version}: {exc}")
+        return EXIT_NO_SUCH_VERSION
+    write_pin(args.snapshots, args.version)
+    print(f"pinned to version {args.version}")
+    return EXIT_OK
