@@ -29,6 +29,8 @@ _OPTIONS: tuple[tuple[str, str, type, object, str], ...] = (
     ("--port", "AVAP_PORT", int, Settings.port, "TCP port, 0 for any free one"),
     ("--grace-s", "AVAP_GRACE_S", float, Settings.grace_s, "seconds in-flight calls may run on after SIGTERM/SIGINT"),
     ("--max-workers", "AVAP_MAX_WORKERS", int, Settings.max_workers, "threads answering calls; a stream holds one"),
+    ("--max-watch-streams", "AVAP_MAX_WATCH_STREAMS", int, Settings.max_watch_streams, "WatchCatalog streams at once"),
+    ("--heartbeat-s", "AVAP_HEARTBEAT_S", float, Settings.heartbeat_s, "seconds between heartbeats on a quiet watch"),
 )
 
 
@@ -58,6 +60,18 @@ def _parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
         default=env.get("AVAP_API_KEY_FILE"),
         help="file holding the API key that calls must carry in x-avap-auth; the key itself may be given "
         "as AVAP_API_KEY (never as a flag, so it does not show in ps) [AVAP_API_KEY_FILE; default no key]",
+    )
+    parser.add_argument(
+        "--pin",
+        type=int,
+        default=env.get("AVAP_PIN"),
+        help="serve this catalog version, not the newest; a PIN file in the folder (avap-pin) wins [AVAP_PIN]",
+    )
+    parser.add_argument(
+        "--poll",
+        action="store_true",
+        default=env.get("AVAP_POLL", "") in ("1", "true", "yes"),
+        help="poll the folder for new snapshots instead of waiting for file events (Docker bind mounts) [AVAP_POLL]",
     )
     parser.add_argument(
         "--processes",
@@ -117,6 +131,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             legacy_proto=args.legacy_proto,
             api_key=api_key,
             cpu=args.cpu,
+            pin=args.pin,
+            poll=args.poll,
+            heartbeat_s=args.heartbeat_s,
+            max_watch_streams=args.max_watch_streams,
         )
         if args.processes > 1 and args.port == 0:
             raise ValueError("--processes above 1 needs a fixed --port (each process must listen on the same one)")

@@ -60,6 +60,8 @@ class Settings:
             raise ValueError(f"port {self.port} is not between 0 and 65535")
         if self.grace_s < 0:
             raise ValueError(f"grace_s {self.grace_s} is negative")
+        if self.max_watch_streams < 0 or self.heartbeat_s <= 0:
+            raise ValueError("max_watch_streams must be 0 or more and heartbeat_s above 0")
         if self.max_workers < 1:
             raise ValueError(f"max_workers {self.max_workers} is below 1")
         if self.api_key is not None and not self.api_key:
