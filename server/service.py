@@ -43,6 +43,7 @@ logger = logging.getLogger(__name__)
 SERVICE_NAME = "avapdefs.v1.DefinitionService"
 MAX_NAME_CHARS = 256
 MAX_BATCH_NAMES = 1000
+MAX_BATCH_BYTES = 32 << 20
 DEFAULT_PAGE_SIZE = 100
 MAX_PAGE_SIZE = 1000
 
@@ -177,7 +178,7 @@ class DefinitionService:
                 missing.append(name)
             else:
                 found.append(response)
-        if sum(map(len, found)) > self._max_send_bytes // 2:
+        if sum(map(len, found)) > min(self._max_send_bytes // 2, MAX_BATCH_BYTES):
             raise _Status(grpc.StatusCode.RESOURCE_EXHAUSTED, "the answer is too large: ask for fewer names at once")
         # Serialized messages concatenate into one; the stored answers are already `commands` entries.
         tail = BatchGetCommandsResponse(missing_names=missing, catalog_version=snap.info.version)
