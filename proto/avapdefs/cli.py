@@ -21,7 +21,9 @@ import argparse
 import json
 import logging
 import os
+import signal
 import sys
+import threading
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TextIO
@@ -30,6 +32,7 @@ from google.protobuf import json_format
 
 from avapdefs.client import DEFAULT_SERVER, DefinitionClient, Progress, SyncResult
 from avapdefs.errors import CommandNotFoundError, ServerError, ServerUnavailableError, SyncError
+from avapdefs.follow import follow
 from avapdefs.v1.definitions_pb2 import Command
 
 EXIT_OK = 0
@@ -83,7 +86,8 @@ def _summary(result: SyncResult, dest: Path) -> str:
         return f"catalog version {result.info.version} in {dest} is up to date"
     rate = result.bytes_received / _MB / result.seconds if result.seconds > 0 else 0.0
     return (
-        f"synced catalog version {result.info.version} ({result.info.command_count} commands): "
+        f"synced catalog version {result.info.version} ({result.info.command_count} commands"
+        f"{', as a delta' if result.delta else ''}): "
         f"{result.bytes_received / _MB:.2f} MB in {result.seconds:.2f} s, {rate:.1f} MB/s -> {result.path}"
     )
 
@@ -99,7 +103,22 @@ def _sync_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--connect-timeout-s", type=float, default=10.0, help="how long to retry reaching the server (default 10)"
     )
+    parser.add_argument(
+        "--watch",
+        action="store_true",
+        help="keep the cache current until SIGINT/SIGTERM: sync each new version as it goes live, "
+        "reconnecting with jittered backoff",
+    )
     return parser
+
+
+def _follow(args: argparse.Namespace) -> int:
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda signum, frame: stop.set())
+    with DefinitionClient(args.server, timeout_s=args.connect_timeout_s) as client:
+        follow(client, args.dest, stop, on_sync=lambda result: _print(_summary(result, args.dest)))
+    return EXIT_OK
 
 
 def sync_main(argv: Sequence[str] | None = None) -> int:
@@ -108,6 +127,8 @@ def sync_main(argv: Sequence[str] | None = None) -> int:
     if isinstance(args, int):
         return args
     logging.basicConfig(level=logging.WARNING, format="avap-sync: %(levelname)s: %(message)s")
+    if args.watch:
+        return _follow(args)
     bar = _ProgressBar(sys.stderr) if sys.stderr.isatty() else None
     progress: Progress | None = bar
     try:

@@ -149,6 +149,11 @@ class DefinitionClient:
         self._channel = grpc.insecure_channel(server, options=CHANNEL_OPTIONS)
         self._stub = DefinitionServiceStub(self._channel)
 
+    @property
+    def stub(self) -> DefinitionServiceStub:
+        """The raw stub on this client's channel, for calls the client does not wrap."""
+        return self._stub
+
     def close(self) -> None:
         """Close the channel; calls in flight are cancelled."""
         self._channel.close()
