@@ -8,7 +8,6 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from avapdefs import delta, snapshot
-from avapdefs.errors import SnapshotError
 from avapdefs.snapshot import Snapshot
 from avapdefs.v1.definitions_pb2 import Command
 
@@ -69,10 +68,7 @@ def describe_delta(path: Path) -> list[str]:
     Raises:
         SnapshotError: the file cannot be read or is not a valid delta.
     """
-    try:
-        data = path.read_bytes()
-    except OSError as exc:
-        raise SnapshotError(f"cannot read delta: {exc.strerror or exc}", path=path) from exc
+    data = snapshot.read_bytes(path, "delta")
     made = delta.decode_delta(data)
     target = delta.target_info(made)
     return [

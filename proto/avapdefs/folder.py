@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from avapdefs.errors import NoSnapshotError, SnapshotError
-from avapdefs.snapshot import Snapshot, verify
+from avapdefs.snapshot import Snapshot, read_bytes, verify
 
 logger = logging.getLogger(__name__)
 
@@ -91,10 +91,7 @@ def read_verified(path: Path) -> VerifiedFile:
     Raises:
         SnapshotError: the file cannot be read or is not a valid snapshot.
     """
-    try:
-        data = path.read_bytes()
-    except OSError as exc:
-        raise SnapshotError(f"cannot read snapshot: {exc.strerror or exc}", path=path) from exc
+    data = read_bytes(path)
     return VerifiedFile(path, data, verify(data, path=path))
 
 

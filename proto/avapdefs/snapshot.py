@@ -405,17 +405,25 @@ def inflate_frame(read: Callable[[int], bytes], info: SnapshotInfo, path: Path |
         raise CorruptSnapshotError(f"payload is {produced} bytes, header says {info.uncompressed_size}", path=path)
 
 
+def read_bytes(path: Path | str, what: str = "snapshot") -> bytes:
+    """The bytes of the file at ``path``.
+
+    Raises:
+        SnapshotError: the file cannot be read (the OSError chained).
+    """
+    try:
+        return Path(path).read_bytes()
+    except OSError as exc:
+        raise SnapshotError(f"cannot read {what}: {exc.strerror or exc}", path=path) from exc
+
+
 def read_file(path: Path | str) -> Snapshot:
     """Read and verify the snapshot file at ``path``.
 
     Raises:
         SnapshotError: the file is not a valid snapshot (or cannot be read).
     """
-    try:
-        data = Path(path).read_bytes()
-    except OSError as exc:
-        raise SnapshotError(f"cannot read snapshot: {exc.strerror or exc}", path=path) from exc
-    return verify(data, path=path)
+    return verify(read_bytes(path), path=path)
 
 
 def iter_command_bytes(payload: bytes | memoryview, *, path: Path | str | None = None) -> Iterator[memoryview]:
