@@ -128,13 +128,22 @@ def load_codec(proto_path: Path) -> LegacyCodec:
 class LegacyAnswers:
     """The legacy answers of one snapshot version, already serialized.
 
+    Each command's message is a slice of the catalog message, so the commands
+    are held once: a GetCommand copies its ~2 KB slice (well under a
+    microsecond) rather than the server keeping a second copy of the catalog.
+
     Attributes:
-        commands: UTF-8 command name -> serialized legacy command message.
+        spans: UTF-8 command name -> (start, end) of its message in ``catalog``.
         catalog: the serialized SyncCatalog response (every command).
     """
 
-    commands: Mapping[bytes, bytes]
+    spans: Mapping[bytes, tuple[int, int]]
     catalog: bytes
+
+    def command(self, name: bytes) -> bytes | None:
+        """The serialized legacy command message named ``name``, or None."""
+        span = self.spans.get(name)
+        return None if span is None else self.catalog[span[0] : span[1]]
 
 
 def _legacy_command(codec: LegacyCodec, command: Command) -> Message:
@@ -159,14 +168,17 @@ def build_answers(codec: LegacyCodec, payload: bytes, info: SnapshotInfo) -> Leg
     command framed as a ``commands`` entry, followed by the scalar fields:
     every command is serialized once, not twice.
     """
-    commands: dict[bytes, bytes] = {}
+    spans: dict[bytes, tuple[int, int]] = {}
     entry_number = codec.catalog.DESCRIPTOR.fields_by_name["commands"].number
     parts: list[bytes] = []
+    offset = 0
     for serialized in iter_command_bytes(payload):
         command = Command.FromString(bytes(serialized))
-        legacy = _legacy_command(codec, command).SerializeToString()
-        commands[command.name.encode("utf-8")] = legacy
-        parts.append(encode_entry(legacy, entry_number))
+        message = _legacy_command(codec, command).SerializeToString()
+        entry = encode_entry(message, entry_number)  # the tag and length, then the message
+        parts.append(entry)
+        offset += len(entry)
+        spans[command.name.encode("utf-8")] = (offset - len(message), offset)
     tail = codec.catalog(total_count=info.command_count, version_hash=info.content_hash.hex())
     parts.append(tail.SerializeToString())
-    return LegacyAnswers(commands=commands, catalog=b"".join(parts))
+    return LegacyAnswers(spans=spans, catalog=b"".join(parts))

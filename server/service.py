@@ -307,7 +307,7 @@ class LegacyService:
         """GetCommand(CommandRequest): the legacy command message, or NOT_FOUND naming it."""
         name = str(_parse(self._request_type, data).name)
         _check_name(name)
-        found = self._answers().commands.get(name.encode("utf-8"))
+        found = self._answers().command(name.encode("utf-8"))
         if found is None:
             raise _Status(grpc.StatusCode.NOT_FOUND, f"command {name!r} not found")
         return found
