@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import tempfile
+import threading
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -182,3 +183,33 @@ def build_answers(codec: LegacyCodec, payload: bytes, info: SnapshotInfo) -> Leg
     tail = codec.catalog(total_count=info.command_count, version_hash=info.content_hash.hex())
     parts.append(tail.SerializeToString())
     return LegacyAnswers(spans=spans, catalog=b"".join(parts))
+
+
+class LazyLegacyAnswers:
+    """Legacy answers built on a background thread, so they do not delay serving.
+
+    Encoding the legacy answers takes about as long as the rest of a load
+    (0.54 s of 1.3 s for 50,000 commands); the avapdefs.v1 service needs none
+    of it. The build starts when the snapshot is loaded; a legacy call that
+    arrives before it is done waits for it.
+
+    Thread safety: ``get`` may be called from any number of threads.
+    """
+
+    def __init__(self, codec: LegacyCodec, payload: bytes, info: SnapshotInfo) -> None:
+        self._inputs: tuple[LegacyCodec, bytes, SnapshotInfo] | None = (codec, payload, info)
+        self._value: LegacyAnswers | None = None
+        self._lock = threading.Lock()
+        threading.Thread(target=self.get, name="avap-legacy-build", daemon=True).start()
+
+    def get(self) -> LegacyAnswers:
+        """The answers, built on first need."""
+        value = self._value
+        if value is None:
+            with self._lock:
+                if self._value is None:
+                    assert self._inputs is not None
+                    self._value = build_answers(*self._inputs)
+                    self._inputs = None  # the payload is no longer needed
+                value = self._value
+        return value

@@ -301,7 +301,7 @@ class LegacyService:
             raise _Status(grpc.StatusCode.UNAVAILABLE, "no catalog loaded yet")
         if snap.legacy is None:
             raise _Status(grpc.StatusCode.UNIMPLEMENTED, "the legacy service is off on this server")
-        return snap.legacy
+        return snap.legacy.get()
 
     def get_command(self, data: bytes, context: grpc.ServicerContext) -> bytes:
         """GetCommand(CommandRequest): the legacy command message, or NOT_FOUND naming it."""

@@ -32,7 +32,7 @@ from avapdefs.errors import NoSnapshotError, SnapshotError
 from avapdefs.folder import VerifiedFile, list_snapshots, read_verified
 from avapdefs.snapshot import FORMAT_VERSION, SnapshotInfo, command_name, encode_entry, iter_command_bytes
 from avapdefs.v1.definitions_pb2 import CatalogInfo, SyncCatalogResponse, SyncHeader
-from server.legacy import LegacyAnswers, LegacyCodec, build_answers
+from server.legacy import LazyLegacyAnswers, LegacyCodec
 from server.pin import read_pin
 from server.sync import DeltaAnswer, frame_chunks, load_deltas
 
@@ -70,7 +70,7 @@ class LoadedSnapshot:
     file_sha256: bytes
     loaded_at_unix_ms: int
     load_ms: float
-    legacy: LegacyAnswers | None = None
+    legacy: LazyLegacyAnswers | None = None
     deltas: Mapping[int, DeltaAnswer] = field(default_factory=dict)
 
     def file_bytes(self) -> bytes:
@@ -115,7 +115,7 @@ def build(
     """
     began = time.perf_counter() if started is None else started
     responses, names = _index(file)
-    legacy = build_answers(legacy_codec, file.snapshot.payload, file.snapshot.info) if legacy_codec else None
+    legacy = LazyLegacyAnswers(legacy_codec, file.snapshot.payload, file.snapshot.info) if legacy_codec else None
     loaded_at = int(time.time() * 1000)
     info = _catalog_info(file.snapshot.info, len(file.data), loaded_at)
     file_sha256 = hashlib.sha256(file.data).digest()
