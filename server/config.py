@@ -7,7 +7,7 @@ from pathlib import Path
 
 # SyncCatalog chunk size, measured on loopback with a 41 MB snapshot (best of
 # three rounds, docs/server.md): 256 KiB 1,362 MB/s, 1 MiB 1,719 MB/s,
-# 4 MiB 1,327 MB/s. 1 MiB is also far below the 64 MiB message limit.
+# 4 MiB 1,327 MB/s. 1 MiB is also far below the message size limits.
 DEFAULT_CHUNK_BYTES = 1 << 20
 MIN_CHUNK_BYTES = 1 << 10
 
