@@ -79,6 +79,16 @@ class _LogWaiter(logging.Handler):
             self.seen.set()
 
 
+def test_polling_picks_up_a_published_snapshot(make_snapshot: MakeSnapshot) -> None:
+    # For folders that deliver no file events (some Docker bind mounts): --poll.
+    path = make_snapshot(version=1, commands=_catalog(1))
+    with _live(path.parent, poll=True) as (_, stub):
+        stream = _watch(stub, 1)
+        make_snapshot(folder=path.parent, version=2, commands=_catalog(2))
+        assert _next_version(stream) == 2
+        stream.cancel()
+
+
 def test_a_published_snapshot_goes_live_and_watchers_see_each_version_in_order(
     live: tuple[DefinitionServer, DefinitionServiceStub], make_snapshot: MakeSnapshot
 ) -> None:
