@@ -36,6 +36,7 @@ EXIT_OK = 0
 EXIT_USAGE = 2
 EXIT_NO_SNAPSHOT = 3
 EXIT_CANNOT_LISTEN = 4
+WATCH_SPARE_THREADS = 2
 
 
 def server_options(settings: Settings) -> list[tuple[str, int]]:
@@ -71,9 +72,14 @@ class DefinitionServer:
         self.reloader = Reloader(self.store, poll=settings.poll) if settings.reload else None
         self.health = health.HealthServicer()
         self.port = 0
-        # A watch stream holds a thread for as long as it is open: they get threads of their own.
-        threads = settings.max_workers + settings.max_watch_streams
-        pool = futures.ThreadPoolExecutor(max_workers=threads, thread_name_prefix="avap-grpc")
+        pool = futures.ThreadPoolExecutor(max_workers=settings.max_workers, thread_name_prefix="avap-grpc")
+        # A watch stream holds a thread for as long as it is open: watch streams run on
+        # a pool of their own, so they neither take nor grow the pool unary calls run on
+        # (a bigger shared pool answered fewer GetCommand calls: docs/server.md). The
+        # spare threads let a call beyond the cap run just long enough to be refused.
+        self._watch_pool = futures.ThreadPoolExecutor(
+            max_workers=settings.max_watch_streams + WATCH_SPARE_THREADS, thread_name_prefix="avap-watch"
+        )
         services = (SERVICE_NAME, legacy.SERVICE_NAME)
         interceptors: list[grpc.ServerInterceptor] = (
             [ApiKeyInterceptor(settings.api_key, services)] if settings.api_key else []
@@ -84,6 +90,7 @@ class DefinitionServer:
             max_send_bytes=settings.max_send_bytes,
             heartbeat_s=settings.heartbeat_s,
             max_watch_streams=settings.max_watch_streams,
+            watch_pool=self._watch_pool,
         )
         self._add(SERVICE_NAME, self.service.handlers())
         names = [SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME]
@@ -142,6 +149,7 @@ class DefinitionServer:
         if self.reloader is not None:
             self.reloader.stop()
         self._server.stop(grace).wait()
+        self._watch_pool.shutdown(wait=False)  # its threads end as soon as they are idle
 
 
 def _legacy_codec(settings: Settings) -> legacy.LegacyCodec | None:

@@ -17,6 +17,7 @@ import threading
 import time
 from bisect import bisect_left
 from collections.abc import Callable, Iterator
+from concurrent import futures
 from typing import Any, TypeVar
 
 import grpc
@@ -129,14 +130,21 @@ class DefinitionService:
     """
 
     def __init__(
-        self, store: SnapshotStore, *, max_send_bytes: int, heartbeat_s: float = 15.0, max_watch_streams: int = 64
+        self,
+        store: SnapshotStore,
+        *,
+        max_send_bytes: int,
+        heartbeat_s: float = 15.0,
+        max_watch_streams: int = 64,
+        watch_pool: futures.ThreadPoolExecutor | None = None,
     ) -> None:
         self._store = store
         self._max_send_bytes = max_send_bytes
         self._heartbeat_s = heartbeat_s
         self._max_watch_streams = max_watch_streams
-        # Each open watch stream holds a pool thread; the cap keeps them from taking every thread.
+        # Each open watch stream holds a thread; the cap bounds how many.
         self._watch_slots = threading.BoundedSemaphore(max_watch_streams)
+        self._watch_pool = watch_pool
         self._closing = threading.Event()
 
     def _require(self) -> LoadedSnapshot:
@@ -274,13 +282,19 @@ class DefinitionService:
         # that does not parse is INVALID_ARGUMENT here, not grpc's INTERNAL) and return bytes.
         unary = grpc.unary_unary_rpc_method_handler
         stream = grpc.unary_stream_rpc_method_handler
+        watch = _stream(self.watch_catalog)
+        if self._watch_pool is not None:
+            # grpcio runs a handler whose function carries `experimental_thread_pool`
+            # on that pool instead of the server's: parked watch streams then never
+            # take (or grow) the threads that answer GetCommand. test_live checks it.
+            watch.__dict__["experimental_thread_pool"] = self._watch_pool
         return {
             "GetCommand": unary(_unary(self.get_command)),
             "BatchGetCommands": unary(_unary(self.batch_get_commands)),
             "ListCommands": unary(_unary(self.list_commands)),
             "GetCatalogInfo": unary(_unary(self.get_catalog_info)),
             "SyncCatalog": stream(_stream(self.sync_catalog)),
-            "WatchCatalog": stream(_stream(self.watch_catalog)),
+            "WatchCatalog": stream(watch),
         }
 
 

@@ -161,6 +161,7 @@ class SnapshotStore:
         self.pin = pin
         self.pinned_version = 0  # the pin in force at the last refresh; 0 for none
         self.current: LoadedSnapshot | None = None
+        self._missing_noted: Path | None = None
         self.swapped = threading.Condition()  # notified after each swap (WatchCatalog waits on it)
 
     def load_newest(self) -> LoadedSnapshot:
@@ -198,7 +199,16 @@ class SnapshotStore:
                 loaded.info.version, loaded.path, loaded.info.command_count, len(loaded.deltas), loaded.load_ms,
             )  # fmt: skip
             return loaded
+        self._note_missing_file()
         return self._refresh_deltas()
+
+    def _note_missing_file(self) -> None:
+        # Retention or an operator may delete the live file: it was read into memory
+        # when it loaded, so it keeps serving; say so once per version, not per event.
+        current = self.current
+        if current is not None and current.path != self._missing_noted and not current.path.exists():
+            self._missing_noted = current.path
+            logger.warning("the file of live version %s is gone; still serving it from memory", current.info.version)
 
     def _swap(self, loaded: LoadedSnapshot) -> None:
         self.current = loaded  # the one assignment that makes a version live

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -49,3 +51,24 @@ def big_commands(count: int = 24, bytecode_bytes: int = 128 * 1024) -> list[Comm
         sample_command(f"big.{index:04d}", bytecode=os.urandom(bytecode_bytes), bytecode_version=1)
         for index in range(count)
     ]
+
+
+class LogWaiter(logging.Handler):
+    """Sets ``seen`` when a record containing ``text`` is logged by ``logger_name``; use with ``with``."""
+
+    def __init__(self, logger_name: str, text: str) -> None:
+        super().__init__()
+        self.text = text
+        self.seen = threading.Event()
+        self._logger = logging.getLogger(logger_name)
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if self.text in record.getMessage():
+            self.seen.set()
+
+    def __enter__(self) -> LogWaiter:
+        self._logger.addHandler(self)
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._logger.removeHandler(self)
