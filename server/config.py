@@ -33,7 +33,7 @@ class Settings:
         poll: poll the folder for new snapshots instead of waiting for file events.
         reload: follow the folder (hot reload); off, the first snapshot loaded serves until exit.
         heartbeat_s: seconds between WatchCatalog heartbeats on a quiet stream.
-        max_watch_streams: WatchCatalog streams open at once; each holds a thread.
+        max_watch_streams: WatchCatalog streams open at once; each holds a thread of the watch pool.
     """
 
     snapshots_dir: Path = Path("snapshots")
@@ -53,7 +53,9 @@ class Settings:
     poll: bool = False
     reload: bool = True
     heartbeat_s: float = 15.0
-    max_watch_streams: int = 64
+    # 1,000 parked watch streams cost about 50 MB and 1,000 threads of their own pool, and
+    # no CPU or GetCommand throughput (bench/bench_watch.py, docs/server.md).
+    max_watch_streams: int = 1000
 
     def __post_init__(self) -> None:
         if not 0 <= self.port <= 65535:
