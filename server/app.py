@@ -6,6 +6,10 @@ answered GetCommand about 1.36x faster per core than grpc.aio when measured
 (docs/server.md). Each open stream holds one pool thread while it runs; a
 SyncCatalog stream lasts as long as one file transfer, so ``max_workers``
 bounds concurrent syncs and leaves the rest of the pool to unary calls.
+WatchCatalog streams stay open for hours, so they run on a pool of their own:
+1,000 parked ones cost about 50 MB and no CPU or GetCommand throughput, while a
+grpc.aio server, which would hold them without threads, answered GetCommand
+0.6-0.7x as fast (bench/bench_watch.py, docs/server.md).
 """
 
 from __future__ import annotations
