@@ -2,7 +2,7 @@
 
 For each size (default 5,000 and 50,000 commands of about 2 KB, generated from
 the same kind of template as bench_export.py's rows) it writes two snapshot
-versions with ``avapdefs.snapshot`` (no PostgreSQL), where every 100th command's
+versions with ``avapdefs.format.snapshot`` (no PostgreSQL), where every 100th command's
 code was edited, then measures:
 
 - the full file's bytes against the delta file's bytes (what a syncing client
@@ -40,9 +40,9 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "proto"))
 
-from avapdefs.delta import apply_delta_file, decode_delta, encode_delta, make_delta, make_delta_files  # noqa: E402
 from avapdefs.folder import delta_name, snapshot_name  # noqa: E402
-from avapdefs.snapshot import SnapshotInfo, SnapshotWriter, read_file  # noqa: E402
+from avapdefs.format.delta import apply_delta_file, decode_delta, encode_delta, make_delta, make_delta_files  # noqa: E402
+from avapdefs.format.snapshot import SnapshotInfo, SnapshotWriter, read_file  # noqa: E402
 from avapdefs.v1.definitions_pb2 import Command  # noqa: E402
 
 _DOMAINS = ("billing", "orders", "crm", "payments", "shipping", "auth", "reporting", "ledger")

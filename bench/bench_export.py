@@ -37,7 +37,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "proto"))
 
 from avapdefs.folder import list_snapshots  # noqa: E402
-from avapdefs.snapshot import read_info  # noqa: E402
+from avapdefs.format.snapshot import read_info  # noqa: E402
 from exporter.sample import create_schema  # noqa: E402
 
 _BATCH_ROWS = 100_000

@@ -24,8 +24,8 @@ import grpc
 
 from avap.definition_engine_pb2 import Catalog
 from avapdefs.folder import atomic_file, snapshot_name
-from avapdefs.package import build_package
-from avapdefs.snapshot import write_snapshot
+from avapdefs.format.package import build_package
+from avapdefs.format.snapshot import write_snapshot
 from avapdefs.v1.definitions_pb2 import Command
 from server.app import DefinitionServer
 from server.config import Settings

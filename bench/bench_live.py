@@ -30,7 +30,7 @@ from pathlib import Path
 import grpc
 
 from avapdefs.folder import atomic_file, list_snapshots, snapshot_name
-from avapdefs.snapshot import write_snapshot
+from avapdefs.format.snapshot import write_snapshot
 from avapdefs.v1.definitions_pb2 import Command, GetCommandRequest, WatchCatalogRequest
 from avapdefs.v1.definitions_pb2_grpc import DefinitionServiceStub
 

@@ -18,7 +18,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from avapdefs.folder import atomic_file, snapshot_name
-from avapdefs.snapshot import SnapshotInfo, write_snapshot
+from avapdefs.format.snapshot import SnapshotInfo, write_snapshot
 from avapdefs.v1.definitions_pb2 import Command
 
 VERSION = 1
@@ -71,7 +71,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("jsonl", type=Path)
     parser.add_argument("folder", type=Path)
     args = parser.parse_args(argv)
-    from avapdefs.snapshot import read_file
+    from avapdefs.format.snapshot import read_file
 
     path = build(args.jsonl, args.folder)
     print(f"{path}: {describe(read_file(path).info)}")

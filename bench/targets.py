@@ -16,7 +16,7 @@ from types import ModuleType
 
 from loads import Synced
 
-from avapdefs.snapshot import verify
+from avapdefs.format.snapshot import verify
 from avapdefs.v1.definitions_pb2 import GetCommandRequest, GetCommandResponse, SyncCatalogResponse, SyncHeader
 
 OURS_SERVICE = "avapdefs.v1.DefinitionService"

@@ -11,8 +11,8 @@ import json
 from collections.abc import Iterable, Iterator
 from typing import NamedTuple
 
-from avapdefs.package import build_package, is_package
-from avapdefs.snapshot import seal_command
+from avapdefs.format.package import build_package, is_package
+from avapdefs.format.snapshot import seal_command
 from avapdefs.v1.definitions_pb2 import Command
 from exporter.errors import BadDataError, RowProblem
 

@@ -4,7 +4,7 @@ A delta is only an optimisation for syncing clients: the snapshot it leads to
 is already published, so nothing here fails the export. A delta that cannot
 be made, is too large or does not verify is logged and left out.
 
-Memory: both snapshots are streamed from disk (``avapdefs.delta.make_delta_files``),
+Memory: both snapshots are streamed from disk (``avapdefs.format.delta.make_delta_files``),
 so only the changed commands are held, and making gives up as soon as they
 exceed the size limit, so a catalog where most rows changed never sits in
 memory twice.
@@ -17,10 +17,10 @@ import logging
 from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO, cast
 
-from avapdefs.delta import apply_delta_file, decode_delta, encode_delta, make_delta_files
 from avapdefs.errors import DeltaMismatchError, SnapshotError
 from avapdefs.folder import atomic_file, delta_name, list_snapshots
-from avapdefs.snapshot import SnapshotInfo
+from avapdefs.format.delta import apply_delta_file, decode_delta, encode_delta, make_delta_files
+from avapdefs.format.snapshot import SnapshotInfo
 from exporter.publish import read_header
 
 if TYPE_CHECKING:

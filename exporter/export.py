@@ -10,7 +10,7 @@ from typing import BinaryIO, TextIO
 
 from avapdefs.errors import CatalogOrderError
 from avapdefs.folder import atomic_file, remove_temp_files, snapshot_name
-from avapdefs.snapshot import SnapshotInfo, SnapshotWriter
+from avapdefs.format.snapshot import SnapshotInfo, SnapshotWriter
 from exporter.build import iter_sealed
 from exporter.config import ExportConfig
 from exporter.deltas import write_deltas

@@ -7,8 +7,8 @@ from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
-from avapdefs import delta, snapshot
-from avapdefs.snapshot import Snapshot
+from avapdefs.format import delta, snapshot
+from avapdefs.format.snapshot import Snapshot
 from avapdefs.v1.definitions_pb2 import Command
 
 

@@ -1,7 +1,7 @@
 """The snapshot folder as the exporter sees it: the lock, the newest header, the guards, retention.
 
 Writing the file itself is ``avapdefs.folder.atomic_file`` (temp name, fsync,
-rename, fsync the folder) and ``avapdefs.snapshot.SnapshotWriter``.
+rename, fsync the folder) and ``avapdefs.format.snapshot.SnapshotWriter``.
 """
 
 from __future__ import annotations
@@ -14,10 +14,10 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from avapdefs import snapshot
 from avapdefs.errors import SnapshotError
 from avapdefs.folder import list_deltas, list_snapshots
-from avapdefs.snapshot import SnapshotInfo
+from avapdefs.format import snapshot
+from avapdefs.format.snapshot import SnapshotInfo
 from exporter.errors import CountDropError, EmptyCatalogError, LockedError
 
 logger = logging.getLogger(__name__)

@@ -26,8 +26,8 @@ from google.protobuf.descriptor import Descriptor, ServiceDescriptor
 from google.protobuf.message import Message
 
 from avap import definition_engine_pb2
-from avapdefs.package import is_package
-from avapdefs.snapshot import SnapshotInfo, encode_entry, iter_command_bytes
+from avapdefs.format.package import is_package
+from avapdefs.format.snapshot import SnapshotInfo, encode_entry, iter_command_bytes
 from avapdefs.v1.definitions_pb2 import Command
 
 logger = logging.getLogger(__name__)

@@ -23,7 +23,7 @@ from typing import Any, TypeVar
 import grpc
 from google.protobuf.message import DecodeError
 
-from avapdefs.snapshot import encode_entry
+from avapdefs.format.snapshot import encode_entry
 from avapdefs.v1.definitions_pb2 import (
     BatchGetCommandsRequest,
     BatchGetCommandsResponse,

@@ -30,7 +30,7 @@ from pathlib import Path
 
 from avapdefs.errors import NoSnapshotError, SnapshotError
 from avapdefs.folder import VerifiedFile, list_snapshots, read_verified
-from avapdefs.snapshot import FORMAT_VERSION, SnapshotInfo, command_name, encode_entry, iter_command_bytes
+from avapdefs.format.snapshot import FORMAT_VERSION, SnapshotInfo, command_name, encode_entry, iter_command_bytes
 from avapdefs.v1.definitions_pb2 import CatalogInfo, SyncCatalogResponse, SyncHeader
 from server.legacy import LazyLegacyAnswers, LegacyCodec
 from server.pin import read_pin

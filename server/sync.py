@@ -11,10 +11,10 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
-from avapdefs.delta import decode_delta, target_info
 from avapdefs.errors import SnapshotError
 from avapdefs.folder import list_deltas
-from avapdefs.snapshot import SnapshotInfo
+from avapdefs.format.delta import decode_delta, target_info
+from avapdefs.format.snapshot import SnapshotInfo
 from avapdefs.v1.definitions_pb2 import CatalogInfo, SyncCatalogResponse, SyncHeader
 
 logger = logging.getLogger(__name__)

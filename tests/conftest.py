@@ -16,8 +16,8 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from avapdefs import snapshot
 from avapdefs.folder import atomic_file, snapshot_name
+from avapdefs.format import snapshot
 from avapdefs.v1.definitions_pb2 import Command
 from tests.factories import sample_command
 

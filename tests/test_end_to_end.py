@@ -7,9 +7,9 @@ from pathlib import Path
 import grpc
 import psycopg
 
-from avapdefs import snapshot
 from avapdefs.client import DefinitionClient
 from avapdefs.folder import list_snapshots
+from avapdefs.format import snapshot
 from avapdefs.v1.definitions_pb2 import GetCommandRequest, ListCommandsRequest
 from exporter import cli as exporter_cli
 from tests.server.helpers import running_server, stub_for

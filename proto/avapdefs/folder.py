@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from avapdefs.errors import NoSnapshotError, SnapshotError
-from avapdefs.snapshot import Snapshot, read_bytes, verify
+from avapdefs.format.snapshot import Snapshot, read_bytes, verify
 
 logger = logging.getLogger(__name__)
 

@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from avapdefs import cli, snapshot
-from avapdefs.client import DefinitionClient, load_cached
+from avapdefs.client import DefinitionClient, cli, load_cached
 from avapdefs.errors import CommandNotFoundError, NoSnapshotError, ServerError, ServerUnavailableError
 from avapdefs.folder import TEMP_PREFIX, list_snapshots, snapshot_name
+from avapdefs.format import snapshot
 from avapdefs.v1.definitions_pb2 import GetCommandRequest
 from server.app import DefinitionServer
 from tests.conftest import MakeSnapshot

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from avapdefs import delta, snapshot
 from avapdefs.errors import CorruptSnapshotError, DeltaMismatchError, SnapshotError
+from avapdefs.format import delta, snapshot
 from avapdefs.v1.definitions_pb2 import Command
 from tests.factories import sample_command
 

@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 
 from avapdefs.client import DefinitionClient, SyncResult
+from avapdefs.client.follow import backoff_s, follow
 from avapdefs.folder import list_snapshots
-from avapdefs.follow import backoff_s, follow
 from tests.conftest import MakeSnapshot
 from tests.server.helpers import running_server
 

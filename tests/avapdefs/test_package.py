@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from avapdefs.package import PackageError, build_package, is_package, open_package
+from avapdefs.format.package import PackageError, build_package, is_package, open_package
 
 KEY = b"k" * 32
 SOURCE = "def addVar(self, targetVarName, varValue):\n    self.conector.variables[targetVarName] = varValue  # ✓\n"

@@ -14,7 +14,6 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from avapdefs import snapshot
 from avapdefs.errors import (
     CatalogOrderError,
     CorruptSnapshotError,
@@ -23,7 +22,8 @@ from avapdefs.errors import (
     TruncatedSnapshotError,
     UnsupportedFormatError,
 )
-from avapdefs.reader import CommandReader, iter_file_commands
+from avapdefs.format import snapshot
+from avapdefs.format.reader import CommandReader, iter_file_commands
 from avapdefs.v1.definitions_pb2 import Catalog, Command
 from tests.factories import sample_command
 

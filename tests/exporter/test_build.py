@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from avapdefs.package import open_package
+from avapdefs.format.package import open_package
 from avapdefs.v1.definitions_pb2 import Command
 from exporter.build import SourceRow, build_command, iter_sealed
 from exporter.errors import BadDataError

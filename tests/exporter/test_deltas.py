@@ -9,8 +9,8 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from avapdefs import delta, snapshot
 from avapdefs.folder import delta_name, list_deltas, list_snapshots, snapshot_name
+from avapdefs.format import delta, snapshot
 from exporter.cli import EXIT_BAD_SNAPSHOT, EXIT_OK, main
 from tests.exporter.conftest import insert_generated, run_export
 

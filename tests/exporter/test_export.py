@@ -8,9 +8,9 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from avapdefs import snapshot
 from avapdefs.folder import list_snapshots, snapshot_name
-from avapdefs.package import open_package
+from avapdefs.format import snapshot
+from avapdefs.format.package import open_package
 from exporter.config import ExportConfig
 from exporter.export import run_export as export_now
 from tests.exporter.conftest import insert_rows, row, run_export

@@ -11,7 +11,7 @@ from pathlib import Path
 import psycopg
 
 from avapdefs.folder import TEMP_PREFIX, list_snapshots, snapshot_name
-from avapdefs.snapshot import read_file
+from avapdefs.format.snapshot import read_file
 from tests.exporter.conftest import insert_generated, run_export
 
 ROWS = 60_000

@@ -9,8 +9,8 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from avapdefs import snapshot
 from avapdefs.folder import list_snapshots, snapshot_name
+from avapdefs.format import snapshot
 from exporter.cli import EXIT_LOCKED, EXIT_REFUSED
 from exporter.errors import LockedError
 from exporter.publish import LOCK_NAME, folder_lock

@@ -8,8 +8,8 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from avapdefs import snapshot
 from avapdefs.folder import snapshot_name
+from avapdefs.format import snapshot
 from exporter.cli import EXIT_REFUSED, main
 from exporter.sample import SAMPLE_CREATED_AT_MS, load_sample, sample_definitions
 from exporter.sample_commands import CORE_COMMANDS

@@ -11,7 +11,7 @@ from google.protobuf.descriptor_pool import DescriptorPool
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha.proto_reflection_descriptor_database import ProtoReflectionDescriptorDatabase
 
-from avapdefs import snapshot
+from avapdefs.format import snapshot
 from avapdefs.v1.definitions_pb2 import GetCommandRequest, SyncCatalogRequest
 from server.service import SERVICE_NAME
 from tests.conftest import MakeSnapshot

@@ -21,7 +21,7 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_tools import protoc
 
-from avapdefs.package import build_package
+from avapdefs.format.package import build_package
 from avapdefs.v1.definitions_pb2 import GetCommandRequest
 from avapdefs.v1.definitions_pb2_grpc import DefinitionServiceStub
 from exporter import cli as exporter_cli

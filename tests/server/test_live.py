@@ -13,9 +13,9 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from avapdefs import delta, snapshot
 from avapdefs.client import DefinitionClient
 from avapdefs.folder import atomic_file, delta_name, snapshot_name
+from avapdefs.format import delta, snapshot
 from avapdefs.v1.definitions_pb2 import (
     Command,
     GetCatalogInfoRequest,

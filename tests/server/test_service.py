@@ -7,7 +7,7 @@ import dataclasses
 import grpc
 import pytest
 
-from avapdefs import snapshot
+from avapdefs.format import snapshot
 from avapdefs.v1.definitions_pb2 import (
     BatchGetCommandsRequest,
     GetCatalogInfoRequest,

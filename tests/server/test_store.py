@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from avapdefs import snapshot
 from avapdefs.errors import NoSnapshotError
 from avapdefs.folder import snapshot_name
+from avapdefs.format import snapshot
 from avapdefs.v1.definitions_pb2 import CatalogInfo, GetCommandResponse, SyncCatalogResponse, SyncHeader
 from server.store import SnapshotStore
 from tests.conftest import MakeSnapshot

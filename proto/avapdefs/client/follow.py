@@ -17,7 +17,7 @@ from pathlib import Path
 
 import grpc
 
-from avapdefs.client import DefinitionClient, SyncResult
+from avapdefs.client.rpc import DefinitionClient, SyncResult
 from avapdefs.errors import AvapDefsError
 from avapdefs.v1.definitions_pb2 import WatchCatalogRequest
 

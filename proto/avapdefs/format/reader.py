@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from avapdefs.errors import CorruptSnapshotError, SnapshotError, TruncatedSnapshotError
-from avapdefs.snapshot import (
+from avapdefs.format.snapshot import (
     CATALOG_ENTRY_TAG,
     MAX_HEADER_BYTES,
     PREAMBLE,

@@ -30,9 +30,9 @@ from typing import TextIO
 
 from google.protobuf import json_format
 
-from avapdefs.client import DEFAULT_SERVER, DefinitionClient, Progress, SyncResult
+from avapdefs.client.follow import follow
+from avapdefs.client.rpc import DEFAULT_SERVER, DefinitionClient, Progress, SyncResult
 from avapdefs.errors import CommandNotFoundError, ServerError, ServerUnavailableError, SyncError
-from avapdefs.follow import follow
 from avapdefs.v1.definitions_pb2 import Command
 
 EXIT_OK = 0

@@ -32,8 +32,8 @@ import zstandard
 from google.protobuf.message import DecodeError
 
 from avapdefs.errors import CorruptSnapshotError, DeltaMismatchError, NotASnapshotError, UnsupportedFormatError
-from avapdefs.reader import CommandReader
-from avapdefs.snapshot import (
+from avapdefs.format.reader import CommandReader
+from avapdefs.format.snapshot import (
     Snapshot,
     SnapshotInfo,
     SnapshotWriter,

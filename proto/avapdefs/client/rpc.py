@@ -27,7 +27,6 @@ from typing import BinaryIO, TypeVar
 
 import grpc
 
-from avapdefs.delta import apply_delta, decode_delta
 from avapdefs.errors import (
     AvapDefsError,
     CommandNotFoundError,
@@ -38,7 +37,8 @@ from avapdefs.errors import (
     SyncError,
 )
 from avapdefs.folder import VerifiedFile, atomic_file, list_snapshots, read_newest, snapshot_name
-from avapdefs.snapshot import Snapshot, SnapshotInfo, verify
+from avapdefs.format.delta import apply_delta, decode_delta
+from avapdefs.format.snapshot import Snapshot, SnapshotInfo, verify
 from avapdefs.v1.definitions_pb2 import (
     CatalogInfo,
     Command,
