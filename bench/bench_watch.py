@@ -43,7 +43,8 @@ import psutil
 from loads import grpc_frame, run_h2load
 
 from avapdefs.folder import atomic_file, snapshot_name
-from avapdefs.format.snapshot import encode_entry, write_snapshot
+from avapdefs.format.snapshot import write_snapshot
+from avapdefs.format.wire import encode_entry
 from avapdefs.v1.definitions_pb2 import Command, GetCommandRequest, WatchCatalogRequest, WatchCatalogResponse
 from server.reload import Reloader
 from server.store import SnapshotStore

@@ -23,14 +23,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from avapdefs.errors import SnapshotError
+from avapdefs.errors import LockedError, SnapshotError
 from exporter import inspection
 from exporter.config import ExportConfig
 from exporter.errors import (
     BadDataError,
     ConfigError,
     GuardError,
-    LockedError,
     PublishError,
     SchemaError,
     SourceError,

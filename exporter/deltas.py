@@ -18,10 +18,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO, cast
 
 from avapdefs.errors import DeltaMismatchError, SnapshotError
-from avapdefs.folder import atomic_file, delta_name, list_snapshots
+from avapdefs.folder import atomic_file, delta_name, list_snapshots, read_header
 from avapdefs.format.delta import apply_delta_file, decode_delta, encode_delta, make_delta_files
 from avapdefs.format.snapshot import SnapshotInfo
-from exporter.publish import read_header
 
 if TYPE_CHECKING:
     from _typeshed import ReadableBuffer

@@ -9,18 +9,17 @@
      ├── GuardError         the new catalog looks wrong; nothing published        exit 6
      │    ├── EmptyCatalogError
      │    └── CountDropError
-     ├── LockedError        another exporter holds the snapshot folder's lock     exit 7
      └── PublishError       the snapshot folder cannot be written                 exit 8
 
 Foreign errors are translated once, where their meaning is known: psycopg's
-in ``source.py``, OSError from the folder in ``export.py``.
+in ``source.py``, OSError from the folder in ``export.py``. Another exporter
+holding the folder's lock is ``avapdefs.errors.LockedError`` (exit 7).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
 
 class ExportError(Exception):
@@ -109,18 +108,6 @@ class CountDropError(GuardError):
         self.previous = previous
         self.current = current
         super().__init__(message)
-
-
-class LockedError(ExportError):
-    """Another exporter holds the snapshot folder's lock.
-
-    Attributes:
-        lock_path: the lock file.
-    """
-
-    def __init__(self, lock_path: Path) -> None:
-        self.lock_path = lock_path
-        super().__init__(f"another exporter is running (it holds {lock_path}); nothing done")
 
 
 class PublishError(ExportError):

@@ -9,14 +9,22 @@ from pathlib import Path
 from typing import BinaryIO, TextIO
 
 from avapdefs.errors import CatalogOrderError
-from avapdefs.folder import atomic_file, remove_temp_files, snapshot_name
+from avapdefs.folder import (
+    Newest,
+    atomic_file,
+    folder_lock,
+    prune,
+    read_newest_header,
+    remove_temp_files,
+    snapshot_name,
+)
 from avapdefs.format.snapshot import SnapshotInfo, SnapshotWriter
 from exporter.build import iter_sealed
 from exporter.config import ExportConfig
 from exporter.deltas import write_deltas
 from exporter.errors import PublishError, SourceError
+from exporter.guards import check_guards
 from exporter.progress import ProgressBar
-from exporter.publish import Newest, check_guards, find_newest, folder_lock, prune
 from exporter.source import Source, connect, open_source
 
 logger = logging.getLogger(__name__)
@@ -85,7 +93,7 @@ def _export_locked(config: ExportConfig, progress: TextIO | None, started: float
     folder = config.snapshots
     for path in remove_temp_files(folder):
         logger.info("removed %s, left by an exporter that died", path.name)
-    newest = find_newest(folder)
+    newest = read_newest_header(folder)
     path = folder / snapshot_name(newest.version + 1)
     with (
         connect(config.dsn, connect_timeout_s=config.connect_timeout_s) as conn,

@@ -7,7 +7,9 @@ from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
-from avapdefs.format import delta, snapshot
+from avapdefs import fileio
+from avapdefs.errors import SnapshotError
+from avapdefs.format import delta, snapshot, wire
 from avapdefs.format.snapshot import Snapshot
 from avapdefs.v1.definitions_pb2 import Command
 
@@ -29,7 +31,7 @@ def describe(path: Path) -> list[str]:
     info = loaded.info
     types: collections.Counter[str] = collections.Counter()
     with_bytecode = signed = 0
-    for entry in snapshot.iter_command_bytes(loaded.payload):
+    for entry in wire.iter_entries(loaded.payload):
         command = Command.FromString(bytes(entry))
         types[command.type or "(none)"] += 1
         with_bytecode += bool(command.bytecode)
@@ -56,9 +58,8 @@ def describe(path: Path) -> list[str]:
 
 def _starts_with(path: Path, magic: bytes) -> bool:
     try:
-        with open(path, "rb") as file:
-            return file.read(len(magic)) == magic
-    except OSError:
+        return fileio.read_bytes(path, prefix_bytes=len(magic)) == magic
+    except SnapshotError:
         return False  # reading it again reports the error
 
 
@@ -68,7 +69,7 @@ def describe_delta(path: Path) -> list[str]:
     Raises:
         SnapshotError: the file cannot be read or is not a valid delta.
     """
-    data = snapshot.read_bytes(path, "delta")
+    data = fileio.read_bytes(path, "delta")
     made = delta.decode_delta(data)
     target = delta.target_info(made)
     return [
@@ -84,8 +85,8 @@ def describe_delta(path: Path) -> list[str]:
 
 
 def _entries(loaded: Snapshot) -> Iterator[tuple[bytes, bytes]]:
-    for entry in snapshot.iter_command_bytes(loaded.payload):
-        yield snapshot.command_name(entry), bytes(entry)
+    for entry in wire.iter_entries(loaded.payload):
+        yield wire.command_name(entry), bytes(entry)
 
 
 def diff(old_path: Path, new_path: Path) -> list[str]:

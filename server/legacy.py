@@ -27,7 +27,8 @@ from google.protobuf.message import Message
 
 from avap import definition_engine_pb2
 from avapdefs.format.package import is_package
-from avapdefs.format.snapshot import SnapshotInfo, encode_entry, iter_command_bytes
+from avapdefs.format.snapshot import SnapshotInfo
+from avapdefs.format.wire import encode_entry, iter_entries
 from avapdefs.v1.definitions_pb2 import Command
 
 logger = logging.getLogger(__name__)
@@ -173,7 +174,7 @@ def build_answers(codec: LegacyCodec, payload: bytes, info: SnapshotInfo) -> Leg
     entry_number = codec.catalog.DESCRIPTOR.fields_by_name["commands"].number
     parts: list[bytes] = []
     offset = 0
-    for serialized in iter_command_bytes(payload):
+    for serialized in iter_entries(payload):
         command = Command.FromString(bytes(serialized))
         message = _legacy_command(codec, command).SerializeToString()
         entry = encode_entry(message, entry_number)  # the tag and length, then the message

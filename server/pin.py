@@ -1,9 +1,10 @@
-"""The pin file: an operator's way to hold a server at one catalog version, or roll it back.
+"""``avap-pin``: an operator's way to hold the servers of a folder at one catalog version, or roll them back.
 
 ``avap-pin VERSION`` writes ``PIN`` (the version number) into the snapshot
 folder, atomically; ``avap-pin --unpin`` removes it. A running server watches
 the folder and follows at once; the file outlives restarts. While it exists
 the server serves that version (if it verifies) instead of the newest.
+The pin file itself is ``avapdefs.folder``'s (``read_pin``, ``write_pin``).
 
 Exit codes: 0 done; 2 bad arguments; 3 the version is not in the folder or
 does not verify (nothing is written).
@@ -12,44 +13,16 @@ does not verify (nothing is written).
 from __future__ import annotations
 
 import argparse
-import contextlib
 import os
 from collections.abc import Sequence
 from pathlib import Path
 
 from avapdefs.errors import SnapshotError
-from avapdefs.folder import atomic_file, fsync_folder, read_verified, snapshot_name
+from avapdefs.folder import read_verified, remove_pin, snapshot_name, write_pin
 
-PIN_FILE = "PIN"
 EXIT_OK = 0
 EXIT_USAGE = 2
 EXIT_NO_SUCH_VERSION = 3
-
-
-def read_pin(folder: Path) -> int | None:
-    """The version pinned in ``folder``, or None when there is no (readable, numeric) pin file."""
-    try:
-        text = (folder / PIN_FILE).read_text(encoding="ascii").strip()
-    except (OSError, UnicodeDecodeError):
-        return None
-    return int(text) if text.isdigit() and int(text) > 0 else None
-
-
-def write_pin(folder: Path, version: int) -> None:
-    """Pin ``folder`` to ``version``, atomically."""
-    with atomic_file(folder / PIN_FILE) as file:
-        file.write(f"{version}\n".encode("ascii"))
-
-
-def remove_pin(folder: Path) -> bool:
-    """Remove the pin; returns whether there was one."""
-    try:
-        (folder / PIN_FILE).unlink()
-    except FileNotFoundError:
-        return False
-    with contextlib.suppress(OSError):
-        fsync_folder(folder)
-    return True
 
 
 def main(argv: Sequence[str] | None = None) -> int:

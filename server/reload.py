@@ -19,8 +19,7 @@ from pathlib import Path
 
 import watchfiles
 
-from avapdefs.folder import TEMP_PREFIX, parse_version
-from server.pin import PIN_FILE
+from avapdefs.folder import is_followed
 from server.store import SnapshotStore
 
 logger = logging.getLogger(__name__)
@@ -30,10 +29,7 @@ _STOP_CHECK_MS = 200
 
 
 def _relevant(change: watchfiles.Change, path: str) -> bool:
-    name = Path(path).name
-    if name.startswith(TEMP_PREFIX):
-        return False
-    return name == PIN_FILE or parse_version(name) is not None or name.endswith(".avdelta")
+    return is_followed(Path(path).name)
 
 
 class Reloader:

@@ -23,7 +23,7 @@ from typing import Any, TypeVar
 import grpc
 from google.protobuf.message import DecodeError
 
-from avapdefs.format.snapshot import encode_entry
+from avapdefs.format import wire
 from avapdefs.v1.definitions_pb2 import (
     BatchGetCommandsRequest,
     BatchGetCommandsResponse,
@@ -50,10 +50,10 @@ MAX_PAGE_SIZE = 1000
 
 # A GetCommandRequest holding only a name of under 128 bytes is 0x0A, one
 # length byte, the name: the name's UTF-8 bytes are then the index key as they stand.
-_NAME_TAG = (GetCommandRequest.NAME_FIELD_NUMBER << 3) | 2
+_NAME_TAG = wire.tag(GetCommandRequest.NAME_FIELD_NUMBER)[0]
 # A stored answer is a Command framed as field 1; as field 2 it is one entry of
 # ListCommandsResponse.commands. Both tags are one byte, so only that byte changes.
-_LIST_COMMANDS_TAG = bytes([(ListCommandsResponse.COMMANDS_FIELD_NUMBER << 3) | 2])
+_LIST_COMMANDS_TAG = wire.tag(ListCommandsResponse.COMMANDS_FIELD_NUMBER)
 
 _Request = TypeVar("_Request")
 _Unary = Callable[[Any, grpc.ServicerContext], bytes]
@@ -260,7 +260,7 @@ class DefinitionService:
             snap = self._require()
             if snap.info.version != seen:
                 seen = snap.info.version
-                yield encode_entry(snap.catalog_info)  # field 1: WatchCatalogResponse.catalog
+                yield wire.encode_entry(snap.catalog_info)  # field 1: WatchCatalogResponse.catalog
                 continue
             with store.swapped:
                 swapped = store.swapped.wait_for(

@@ -28,12 +28,12 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from avapdefs.errors import NoSnapshotError, SnapshotError
-from avapdefs.folder import VerifiedFile, list_snapshots, read_verified
-from avapdefs.format.snapshot import FORMAT_VERSION, SnapshotInfo, command_name, encode_entry, iter_command_bytes
+from avapdefs.errors import SnapshotError
+from avapdefs.folder import VerifiedFile, choose, first_valid, no_snapshot_error, read_verified
+from avapdefs.format.snapshot import FORMAT_VERSION, SnapshotInfo
+from avapdefs.format.wire import command_name, encode_entry, iter_entries
 from avapdefs.v1.definitions_pb2 import CatalogInfo, SyncCatalogResponse, SyncHeader
 from server.legacy import LazyLegacyAnswers, LegacyCodec
-from server.pin import read_pin
 from server.sync import DeltaAnswer, frame_chunks, load_deltas
 
 logger = logging.getLogger(__name__)
@@ -80,7 +80,7 @@ class LoadedSnapshot:
 
 def _index(file: VerifiedFile) -> tuple[dict[bytes, bytes], tuple[str, ...]]:
     responses: dict[bytes, bytes] = {}
-    for command in iter_command_bytes(file.snapshot.payload, path=file.path):
+    for command in iter_entries(file.snapshot.payload, path=file.path):
         # A payload entry is field 1 framing a Command: byte for byte a GetCommandResponse.
         responses[command_name(command)] = encode_entry(command)
     names = tuple(sorted(name.decode("utf-8", errors="replace") for name in responses))
@@ -142,7 +142,7 @@ class SnapshotStore:
     """Holds the live snapshot; ``current`` is None until the first load.
 
     Which snapshot is live: the pinned version while the folder has a pin file
-    (``server/pin.py``), else the one ``pin`` names, else the newest that
+    (``avapdefs.folder.choose``), else the one ``pin`` names, else the newest that
     verifies. A file that does not verify is refused with a warning and the
     live one keeps serving.
 
@@ -172,9 +172,7 @@ class SnapshotStore:
         """
         loaded = self.refresh()
         if loaded is None:
-            count = len(list_snapshots(self.folder))
-            what = f"none of its {count} snapshot files verifies" if count else "it holds no snapshot file"
-            raise NoSnapshotError(f"no valid snapshot: {what}", path=self.folder)
+            raise no_snapshot_error(self.folder)
         return loaded
 
     def refresh(self) -> LoadedSnapshot | None:
@@ -184,23 +182,29 @@ class SnapshotStore:
             The live snapshot (None only while nothing could ever be loaded).
         """
         current = self.current
-        for version, path in self._candidates(current):
-            if current is not None and version == current.info.version:
-                break
-            try:
-                loaded = build(read_verified(path), chunk_bytes=self.chunk_bytes, legacy_codec=self.legacy_codec)
-            except SnapshotError as exc:
-                still = f"still serving version {current.info.version}" if current else "nothing served yet"
-                logger.warning("refused snapshot %s: %s; %s", path, exc.reason, still)
-                continue
-            self._swap(loaded)
-            logger.info(
-                "loaded catalog version %s from %s: %s commands, %s deltas, in %.0f ms",
-                loaded.info.version, loaded.path, loaded.info.command_count, len(loaded.deltas), loaded.load_ms,
-            )  # fmt: skip
-            return loaded
-        self._note_missing_file()
-        return self._refresh_deltas()
+        choice = choose(self.folder, pin=self.pin, live=current.info.version if current else None)
+        self.pinned_version = choice.pinned
+        if choice.missing_pin is not None:
+            instead = f"still serving {current.info.version}" if current else "serving the newest instead"
+            logger.error("pinned version %s is not in %s; %s", choice.missing_pin, self.folder, instead)
+        loaded, _ = first_valid(choice.candidates, self._build, self._refused)
+        if loaded is None:
+            self._note_missing_file()
+            return self._refresh_deltas()
+        self._swap(loaded)
+        logger.info(
+            "loaded catalog version %s from %s: %s commands, %s deltas, in %.0f ms",
+            loaded.info.version, loaded.path, loaded.info.command_count, len(loaded.deltas), loaded.load_ms,
+        )  # fmt: skip
+        return loaded
+
+    def _build(self, path: Path) -> LoadedSnapshot:
+        return build(read_verified(path), chunk_bytes=self.chunk_bytes, legacy_codec=self.legacy_codec)
+
+    def _refused(self, path: Path, exc: SnapshotError) -> None:
+        current = self.current
+        still = f"still serving version {current.info.version}" if current else "nothing served yet"
+        logger.warning("refused snapshot %s: %s; %s", path, exc.reason, still)
 
     def _note_missing_file(self) -> None:
         # Retention or an operator may delete the live file: it was read into memory
@@ -214,23 +218,6 @@ class SnapshotStore:
         self.current = loaded  # the one assignment that makes a version live
         with self.swapped:
             self.swapped.notify_all()
-
-    def _candidates(self, current: LoadedSnapshot | None) -> list[tuple[int, Path]]:
-        """Snapshot files to try, best first; trying stops at the live version."""
-        pin = read_pin(self.folder) or self.pin
-        snapshots = list_snapshots(self.folder)
-        if pin is not None:
-            pinned = [(version, path) for version, path in snapshots if version == pin]
-            if pinned or current is not None:
-                self.pinned_version = pin
-                if not pinned:
-                    logger.error("pinned version %s is not in %s; still serving %s", pin, self.folder,
-                                 current.info.version if current else None)  # fmt: skip
-                return pinned
-            logger.error("pinned version %s is not in %s; serving the newest instead", pin, self.folder)
-        self.pinned_version = 0
-        floor = current.info.version if current is not None and pin is None else 0
-        return [(version, path) for version, path in reversed(snapshots) if version >= floor]
 
     def _refresh_deltas(self) -> LoadedSnapshot | None:
         # Deltas are written after their snapshot is published: pick up new ones.

@@ -11,6 +11,7 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
+from avapdefs import fileio
 from avapdefs.errors import SnapshotError
 from avapdefs.folder import list_deltas
 from avapdefs.format.delta import decode_delta, target_info
@@ -56,10 +57,10 @@ def load_deltas(folder: Path, info: SnapshotInfo, catalog: CatalogInfo, chunk_by
         if target != info.version:
             continue
         try:
-            data = path.read_bytes()
+            data = fileio.read_bytes(path, "delta")
             delta = decode_delta(data)
             leads_to = target_info(delta)
-        except (OSError, SnapshotError) as exc:
+        except SnapshotError as exc:
             logger.warning("skipping delta %s: %s", path.name, exc)
             continue
         if delta.base_version != base or (leads_to.version, leads_to.content_hash) != (info.version, info.content_hash):

@@ -9,14 +9,16 @@
      │    └── NoSnapshotError          a folder holds no snapshot that verifies
      ├── CatalogOrderError             commands given to a writer out of order or twice
      ├── DeltaMismatchError            a delta applied to the wrong base, or its result fails the target hash
+     ├── LockedError                   another writer holds a snapshot folder's lock (carries .lock_path)
      └── ServerError                   a call to a definition server failed (carries .code, .details)
           ├── CommandNotFoundError     the server holds no command of that name (carries .name)
           ├── ServerUnavailableError   the server could not be reached, retries included
           └── SyncError                a sync stream ended early or its data did not verify
 
-Foreign errors (zstandard's ZstdError, protobuf's DecodeError, OSError while
-reading) are translated once, in ``snapshot.py``, with the original chained;
-grpc's RpcError is translated once, in ``client.py``.
+Foreign errors are translated once, with the original chained: OSError while
+reading a file in ``fileio.py``; zstandard's ZstdError and protobuf's
+DecodeError in ``format/snapshot.py`` and ``format/delta.py``; grpc's RpcError
+in ``client/rpc.py``.
 """
 
 from __future__ import annotations
@@ -130,3 +132,15 @@ class ServerUnavailableError(ServerError):
 
 class SyncError(ServerError):
     """A sync stream ended early, or the data it delivered did not verify."""
+
+
+class LockedError(AvapDefsError):
+    """Another process holds a snapshot folder's writer lock.
+
+    Attributes:
+        lock_path: the lock file.
+    """
+
+    def __init__(self, lock_path: Path) -> None:
+        self.lock_path = lock_path
+        super().__init__(f"another exporter is running (it holds {lock_path}); nothing done")

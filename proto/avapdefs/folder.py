@@ -1,34 +1,47 @@
-"""A snapshot folder: file names, listing, and atomic installation of new files.
+"""The snapshot folder: its file names, listing, the pin, choosing the version to use, atomic writes, the lock, pruning.
 
-Used by everything that writes snapshot files (the exporter publishing, a
-client installing a synced copy) and everything that looks for them (the
-server). A snapshot of catalog version N is named ``catalog-<N, 10 digits>.avsnap``;
-files being written are hidden (``.tmp-...``) and never match that pattern,
-so a reader never sees a partial file.
+The one place that knows how a folder of snapshots works; the exporter
+(publishing), the server (serving and following) and the client (its local
+cache) all call it. A folder holds:
+
+    catalog-<N, 10 digits>.avsnap              the snapshot of catalog version N
+    catalog-<N>.from-<B>.avdelta               a delta from version B to version N
+    PIN                                        a version number: serve that one, not the newest
+    .lock                                      the exporter's lock (flock; never deleted)
+    .tmp-*                                     files being written; never match a name above
+
+Files appear only by rename (``atomic_file``), so a reader never sees a
+partial file. Nothing is trusted by its name: a snapshot is used only once
+it verifies, and a version that does not is skipped with one warning.
 """
 
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import logging
 import os
 import re
 import secrets
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, TypeVar
 
-from avapdefs.errors import NoSnapshotError, SnapshotError
-from avapdefs.format.snapshot import Snapshot, read_bytes, verify
+from avapdefs import fileio
+from avapdefs.errors import LockedError, NoSnapshotError, SnapshotError
+from avapdefs.format.snapshot import MAX_HEADER_BYTES, PREAMBLE, Snapshot, SnapshotInfo, read_info, verify
 
 logger = logging.getLogger(__name__)
 
 SNAPSHOT_SUFFIX = ".avsnap"
 DELTA_SUFFIX = ".avdelta"
 TEMP_PREFIX = ".tmp-"
+PIN_NAME = "PIN"
+LOCK_NAME = ".lock"
 _NAME = re.compile(r"^catalog-(\d{10,})\.avsnap$")
 _DELTA_NAME = re.compile(r"^catalog-(\d{10,})\.from-(\d{10,})\.avdelta$")
+_T = TypeVar("_T")
 
 
 def snapshot_name(version: int) -> str:
@@ -47,33 +60,38 @@ def delta_name(base_version: int, target_version: int) -> str:
     return f"catalog-{target_version:010d}.from-{base_version:010d}{DELTA_SUFFIX}"
 
 
-def list_deltas(folder: Path) -> list[tuple[int, int, Path]]:
-    """Every delta file in ``folder`` as (base version, target version, path), sorted."""
+def is_followed(name: str) -> bool:
+    """Whether a change to the file ``name`` can change what a server of the folder serves."""
+    return name == PIN_NAME or parse_version(name) is not None or _DELTA_NAME.match(name) is not None
+
+
+def _names(folder: Path) -> list[str]:
     try:
-        names = os.listdir(folder)
+        return os.listdir(folder)
     except FileNotFoundError:
         return []
-    found = [(int(m.group(2)), int(m.group(1)), folder / name) for name in names if (m := _DELTA_NAME.match(name))]
-    return sorted(found)
 
 
 def list_snapshots(folder: Path) -> list[tuple[int, Path]]:
-    """Every snapshot file in ``folder`` as (version, path), oldest first.
+    """Every snapshot file in ``folder`` as (version, path), oldest first; a missing folder holds none."""
+    return sorted((version, folder / name) for name in _names(folder) if (version := parse_version(name)) is not None)
 
-    A missing folder holds no snapshots.
-    """
-    try:
-        names = os.listdir(folder)
-    except FileNotFoundError:
-        return []
-    found = [(version, folder / name) for name in names if (version := parse_version(name)) is not None]
+
+def list_deltas(folder: Path) -> list[tuple[int, int, Path]]:
+    """Every delta file in ``folder`` as (base version, target version, path), sorted."""
+    found = [
+        (int(m.group(2)), int(m.group(1)), folder / name) for name in _names(folder) if (m := _DELTA_NAME.match(name))
+    ]
     return sorted(found)
 
 
-def newest_version(folder: Path) -> int:
-    """The highest version in ``folder``, 0 when it holds none."""
-    snapshots = list_snapshots(folder)
-    return snapshots[-1][0] if snapshots else 0
+def read_header(path: Path) -> SnapshotInfo:
+    """The header of the snapshot at ``path``, without reading its payload.
+
+    Raises:
+        SnapshotError: the file cannot be read or its header is not valid.
+    """
+    return read_info(fileio.read_bytes(path, prefix_bytes=PREAMBLE.size + MAX_HEADER_BYTES), path=path)
 
 
 @dataclass(frozen=True)
@@ -91,28 +109,136 @@ def read_verified(path: Path) -> VerifiedFile:
     Raises:
         SnapshotError: the file cannot be read or is not a valid snapshot.
     """
-    data = read_bytes(path)
+    data = fileio.read_bytes(path)
     return VerifiedFile(path, data, verify(data, path=path))
+
+
+def _warn_skipped(path: Path, exc: SnapshotError) -> None:
+    logger.warning("skipping snapshot %s: %s", path, exc.reason)
+
+
+def first_valid(
+    candidates: Iterable[tuple[int, Path]],
+    load: Callable[[Path], _T],
+    on_refused: Callable[[Path, SnapshotError], None] = _warn_skipped,
+) -> tuple[_T | None, list[SnapshotError]]:
+    """``load`` each candidate in turn and return the first result that does not raise SnapshotError.
+
+    Each refused file is reported once through ``on_refused`` (by default a
+    warning naming the file and what is wrong with it).
+
+    Returns:
+        The first result (None when every candidate was refused), and the errors of those refused.
+    """
+    refused: list[SnapshotError] = []
+    for _, path in candidates:
+        try:
+            return load(path), refused
+        except SnapshotError as exc:
+            on_refused(path, exc)
+            refused.append(exc)
+    return None, refused
+
+
+def no_snapshot_error(folder: Path, refused: Iterable[SnapshotError] = ()) -> NoSnapshotError:
+    """The error for a folder none of whose snapshots could be used."""
+    refused = tuple(refused)
+    count = len(refused) or len(list_snapshots(folder))
+    what = f"none of its {count} snapshot files verifies" if count else "it holds no snapshot file"
+    return NoSnapshotError(f"no valid snapshot: {what}", path=folder, skipped=refused)
 
 
 def read_newest(folder: Path) -> VerifiedFile:
     """The newest snapshot in ``folder`` that verifies.
 
-    Each newer file that does not verify is skipped with one warning naming
-    the file and what is wrong with it.
-
     Raises:
         NoSnapshotError: no snapshot file in ``folder`` verifies (or there is none).
     """
-    skipped: list[SnapshotError] = []
-    for _, path in reversed(list_snapshots(folder)):
-        try:
-            return read_verified(path)
-        except SnapshotError as exc:
-            logger.warning("skipping snapshot %s: %s", path, exc.reason)
-            skipped.append(exc)
-    what = f"none of its {len(skipped)} snapshot files verifies" if skipped else "it holds no snapshot file"
-    raise NoSnapshotError(f"no valid snapshot: {what}", path=folder, skipped=tuple(skipped))
+    found, refused = first_valid(reversed(list_snapshots(folder)), read_verified)
+    if found is None:
+        raise no_snapshot_error(folder, refused)
+    return found
+
+
+@dataclass(frozen=True)
+class Newest:
+    """The newest version in a folder, as a writer of the next one needs it.
+
+    Attributes:
+        version: the highest version present (0 when none); the next is this + 1.
+        info: the header of the newest snapshot whose header reads, or None.
+    """
+
+    version: int
+    info: SnapshotInfo | None
+
+
+def read_newest_header(folder: Path) -> Newest:
+    """The highest version in ``folder`` and the newest header that reads."""
+    snapshots = list_snapshots(folder)
+    info, _ = first_valid(reversed(snapshots), read_header)
+    return Newest(snapshots[-1][0] if snapshots else 0, info)
+
+
+@dataclass(frozen=True)
+class Choice:
+    """Which snapshot files a server of the folder should try, best first.
+
+    Attributes:
+        candidates: (version, path) to try in order; the first that verifies is served.
+        pinned: the pinned version in force (0 for none).
+        missing_pin: a pinned version that is not in the folder (None when all is well).
+    """
+
+    candidates: list[tuple[int, Path]]
+    pinned: int
+    missing_pin: int | None = None
+
+
+def choose(folder: Path, *, pin: int | None = None, live: int | None = None) -> Choice:
+    """The snapshots to try for serving ``folder``, given the version now ``live`` (None before the first).
+
+    The pin file wins over ``pin``. While a version is pinned, only that one
+    is tried; if it is not in the folder (``missing_pin``), the live version
+    keeps serving, and with none live yet the newest is served instead.
+    Unpinned, only versions newer than the live one are tried: the live one
+    is the newest that verified.
+    """
+    pin = read_pin(folder) or pin
+    snapshots = list_snapshots(folder)
+    if pin is not None:
+        pinned = [(version, path) for version, path in snapshots if version == pin]
+        missing = None if pinned else pin
+        if pinned or live is not None:
+            return Choice([c for c in pinned if c[0] != live], pin, missing)
+        return Choice(snapshots[::-1], 0, missing)
+    return Choice([c for c in reversed(snapshots) if live is None or c[0] > live], 0)
+
+
+def read_pin(folder: Path) -> int | None:
+    """The version pinned in ``folder``, or None when there is no (readable, numeric) pin file."""
+    try:
+        text = fileio.read_bytes(folder / PIN_NAME, "pin file", prefix_bytes=64).decode("ascii").strip()
+    except (SnapshotError, UnicodeDecodeError):
+        return None
+    return int(text) if text.isdigit() and int(text) > 0 else None
+
+
+def write_pin(folder: Path, version: int) -> None:
+    """Pin ``folder`` to ``version``, atomically."""
+    with atomic_file(folder / PIN_NAME) as file:
+        file.write(f"{version}\n".encode("ascii"))
+
+
+def remove_pin(folder: Path) -> bool:
+    """Remove the pin; returns whether there was one."""
+    try:
+        (folder / PIN_NAME).unlink()
+    except FileNotFoundError:
+        return False
+    with contextlib.suppress(OSError):
+        fsync_folder(folder)
+    return True
 
 
 def fsync_folder(folder: Path) -> None:
@@ -149,10 +275,7 @@ def atomic_file(final_path: Path) -> Iterator[BinaryIO]:
 
 
 def remove_temp_files(folder: Path) -> list[Path]:
-    """Delete temporary files left in ``folder`` by writers that died.
-
-    Call only while no other writer can be using the folder (for the exporter,
-    while holding its lock).
+    """Delete temporary files left in ``folder`` by writers that died; call only while holding the lock.
 
     Returns:
         The paths removed.
@@ -163,3 +286,59 @@ def remove_temp_files(folder: Path) -> list[Path]:
             path.unlink()
             removed.append(path)
     return removed
+
+
+@contextlib.contextmanager
+def folder_lock(folder: Path) -> Iterator[Path]:
+    """Hold the exclusive writer's lock on ``folder`` for the block (two exporters never run at once).
+
+    The lock is ``flock`` on a file that is never deleted (deleting it would
+    let two writers lock two different files); the kernel releases it when
+    the holder exits, however it exits.
+
+    Raises:
+        LockedError: another process holds it; this one does not wait.
+        OSError: the lock file cannot be created.
+    """
+    path = folder / LOCK_NAME
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise LockedError(path) from None
+        yield path
+    finally:
+        os.close(fd)
+
+
+def prune(folder: Path, keep: int, *, current: int | None = None) -> list[Path]:
+    """Delete old snapshots, and every delta whose base or target is gone.
+
+    ``current`` (default: the newest version) and the ``keep - 1`` newest
+    versions below it stay; older ones go. Nothing newer than ``current`` is
+    touched: another writer may just have published it.
+
+    Returns:
+        The paths deleted: snapshots, then deltas.
+    """
+    snapshots = list_snapshots(folder)
+    if current is None:
+        current = snapshots[-1][0] if snapshots else 0
+    older = [path for version, path in snapshots if version < current]
+    doomed = older[: max(len(older) - (max(keep, 1) - 1), 0)]
+    for path in doomed:
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
+        logger.info("deleted %s (retention keeps %s)", path.name, keep)
+    return doomed + _prune_deltas(folder)
+
+
+def _prune_deltas(folder: Path) -> list[Path]:
+    present = {version for version, _ in list_snapshots(folder)}
+    doomed = [path for base, target, path in list_deltas(folder) if base not in present or target not in present]
+    for path in doomed:
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
+        logger.info("deleted %s (its base or target snapshot is gone)", path.name)
+    return doomed

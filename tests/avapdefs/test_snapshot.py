@@ -22,7 +22,7 @@ from avapdefs.errors import (
     TruncatedSnapshotError,
     UnsupportedFormatError,
 )
-from avapdefs.format import snapshot
+from avapdefs.format import snapshot, wire
 from avapdefs.format.reader import CommandReader, iter_file_commands
 from avapdefs.v1.definitions_pb2 import Catalog, Command
 from tests.factories import sample_command
@@ -189,7 +189,7 @@ def test_streamed_commands_equal_the_verified_payload(tmp_path: Path) -> None:
     commands = [*_varied(400, 2000), sample_command("zz.big", code=_hex("big", 2_000_000))]
     info, data = _encode(commands)
     assert info.compressed_size > 4 * (1 << 17)  # several slices, and one command spans many
-    expected = [bytes(e) for e in snapshot.iter_command_bytes(snapshot.verify(data).payload)]
+    expected = [bytes(e) for e in wire.iter_entries(snapshot.verify(data).payload)]
     path = _write(tmp_path / "a.avsnap", data)
     with CommandReader(path) as stream:
         assert stream.info == info
@@ -243,4 +243,4 @@ def test_stream_refuses_any_flipped_bit(tmp_path_factory: pytest.TempPathFactory
         streamed = _streamed(path)
     except SnapshotError:
         return
-    assert streamed == [bytes(e) for e in snapshot.iter_command_bytes(snapshot.verify(_VALID).payload)]
+    assert streamed == [bytes(e) for e in wire.iter_entries(snapshot.verify(_VALID).payload)]

@@ -9,11 +9,10 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from avapdefs.folder import list_snapshots, snapshot_name
+from avapdefs.errors import LockedError
+from avapdefs.folder import LOCK_NAME, folder_lock, list_snapshots, snapshot_name
 from avapdefs.format import snapshot
 from exporter.cli import EXIT_LOCKED, EXIT_REFUSED
-from exporter.errors import LockedError
-from exporter.publish import LOCK_NAME, folder_lock
 from tests.exporter.conftest import insert_generated, insert_rows, row, run_export
 
 

@@ -14,7 +14,7 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from avapdefs.client import DefinitionClient
-from avapdefs.folder import atomic_file, delta_name, snapshot_name
+from avapdefs.folder import atomic_file, delta_name, read_pin, snapshot_name
 from avapdefs.format import delta, snapshot
 from avapdefs.v1.definitions_pb2 import (
     Command,
@@ -294,4 +294,4 @@ def test_pin_rolls_back_survives_a_restart_and_unpin_follows_the_newest(make_sna
 def test_pinning_a_missing_version_is_refused(make_snapshot: MakeSnapshot) -> None:
     path = make_snapshot(version=1)
     assert pin.main(["--snapshots", str(path.parent), "7"]) == pin.EXIT_NO_SUCH_VERSION
-    assert pin.read_pin(path.parent) is None
+    assert read_pin(path.parent) is None

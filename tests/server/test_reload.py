@@ -10,7 +10,7 @@ from pathlib import Path
 import grpc
 import pytest
 
-from avapdefs.folder import atomic_file, snapshot_name
+from avapdefs.folder import atomic_file, snapshot_name, write_pin
 from avapdefs.v1.definitions_pb2 import (
     Command,
     GetCatalogInfoRequest,
@@ -19,7 +19,6 @@ from avapdefs.v1.definitions_pb2 import (
     WatchCatalogResponse,
 )
 from avapdefs.v1.definitions_pb2_grpc import DefinitionServiceStub
-from server import pin
 from server.app import DefinitionServer
 from tests.conftest import MakeSnapshot
 from tests.factories import sample_command
@@ -89,10 +88,10 @@ def test_a_pin_to_a_version_that_does_not_verify_is_refused_and_the_live_one_kee
         with atomic_file(two_versions / snapshot_name(1)) as file:
             file.write(b"AVAPSNAP damaged in place")
         with LogWaiter("server.store", "refused snapshot") as waiter:
-            pin.write_pin(two_versions, 1)
+            write_pin(two_versions, 1)
             assert waiter.seen.wait(10)
         with LogWaiter("server.store", "pinned version 9 is not in") as waiter:
-            pin.write_pin(two_versions, 9)
+            write_pin(two_versions, 9)
             assert waiter.seen.wait(10)
         info = stub.GetCatalogInfo(GetCatalogInfoRequest(), timeout=5)
         # The pin in force is reported beside the version actually served, so the mismatch shows.
@@ -105,6 +104,6 @@ def test_the_pin_setting_serves_an_older_version_and_the_pin_file_wins(two_versi
         info = stub.GetCatalogInfo(GetCatalogInfoRequest(), timeout=5)
         assert (info.version, info.pinned_version) == (1, 1)
         stream = stub.WatchCatalog(WatchCatalogRequest(have_version=1), timeout=30)
-        pin.write_pin(two_versions, 2)
+        write_pin(two_versions, 2)
         assert _next_version(stream) == 2
         stream.cancel()

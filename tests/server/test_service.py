@@ -7,7 +7,7 @@ import dataclasses
 import grpc
 import pytest
 
-from avapdefs.format import snapshot
+from avapdefs.format import snapshot, wire
 from avapdefs.v1.definitions_pb2 import (
     BatchGetCommandsRequest,
     GetCatalogInfoRequest,
@@ -37,7 +37,7 @@ def test_get_command_answers_the_stored_bytes(served: Served, name: str) -> None
     answer = raw(GetCommandRequest(name=name).SerializeToString(), timeout=5)
     stored = snapshot.verify(served.path.read_bytes()).catalog()
     expected = next(command for command in stored.commands if command.name == name)
-    assert answer == snapshot.encode_entry(expected.SerializeToString())
+    assert answer == wire.encode_entry(expected.SerializeToString())
     assert served.stub.GetCommand(GetCommandRequest(name=name), timeout=5).command == expected
 
 

@@ -36,7 +36,7 @@ from avapdefs.errors import (
     SnapshotError,
     SyncError,
 )
-from avapdefs.folder import VerifiedFile, atomic_file, list_snapshots, read_newest, snapshot_name
+from avapdefs.folder import VerifiedFile, atomic_file, prune, read_newest, snapshot_name
 from avapdefs.format.delta import apply_delta, decode_delta
 from avapdefs.format.snapshot import Snapshot, SnapshotInfo, verify
 from avapdefs.v1.definitions_pb2 import (
@@ -281,7 +281,8 @@ class DefinitionClient:
                 raise SyncError("INTERNAL", f"unexpected sync header kind {SyncHeader.Kind.Name(header.kind)}")
         finally:
             call.cancel()  # a no-op once the stream has ended; otherwise the server stops sending
-        _prune(dest_dir, keep, info.version)
+        # A local avap-server reads its file once at load, so removing one it serves is harmless.
+        prune(dest_dir, keep, current=info.version)
         delta = header.kind == SyncHeader.KIND_DELTA
         return SyncResult(path, info, False, header.data_size, time.perf_counter() - started, delta)
 
@@ -348,13 +349,3 @@ def _check(data: bytes, header: SyncHeader, path: Path) -> SnapshotInfo:
     if info.version != header.catalog.version or info.content_hash != header.catalog.content_hash:
         raise SyncError("DATA_LOSS", f"the received snapshot is version {info.version}, not the announced one")
     return info
-
-
-def _prune(dest_dir: Path, keep: int, installed_version: int) -> None:
-    # Only versions older than the one just installed go, the newest `keep - 1`
-    # of them stay. A local avap-server reads its file once at load, so removing
-    # one it serves is harmless (server/store.py).
-    older = [path for version, path in list_snapshots(dest_dir) if version < installed_version]
-    for path in older[: max(len(older) - (keep - 1), 0)]:
-        path.unlink(missing_ok=True)
-        logger.debug("removed old cached snapshot %s", path)

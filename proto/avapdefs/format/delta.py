@@ -37,11 +37,10 @@ from avapdefs.format.snapshot import (
     Snapshot,
     SnapshotInfo,
     SnapshotWriter,
-    command_name,
     header_message,
     info_from_header,
-    iter_command_bytes,
 )
+from avapdefs.format.wire import command_name, iter_entries
 from avapdefs.v1.definitions_pb2 import CatalogDelta
 
 MAGIC = b"AVAPDLTA"
@@ -67,9 +66,7 @@ def _named(commands: Commands) -> Iterator[tuple[bytes, bytes | memoryview]]:
 
 def make_delta(base: Snapshot, target: Snapshot) -> CatalogDelta:
     """The delta that turns ``base`` into ``target`` (both in memory)."""
-    made = make_delta_streams(
-        base.info, iter_command_bytes(base.payload), target.info, iter_command_bytes(target.payload)
-    )
+    made = make_delta_streams(base.info, iter_entries(base.payload), target.info, iter_entries(target.payload))
     assert made is not None, "no size limit was given"
     return made
 
@@ -193,7 +190,7 @@ def apply_delta(base: Snapshot, delta: CatalogDelta, file: BinaryIO, *, level: i
         DeltaMismatchError: ``base`` is not the delta's base, or the result's
             content hash, size or count differ from the target's.
     """
-    return apply_delta_stream(base.info, iter_command_bytes(base.payload), delta, file, level=level)
+    return apply_delta_stream(base.info, iter_entries(base.payload), delta, file, level=level)
 
 
 def apply_delta_file(base: Path, delta: CatalogDelta, file: BinaryIO, *, level: int | None = None) -> SnapshotInfo:

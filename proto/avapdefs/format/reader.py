@@ -14,17 +14,10 @@ import os
 from collections.abc import Iterator
 from pathlib import Path
 
-from avapdefs.errors import CorruptSnapshotError, SnapshotError, TruncatedSnapshotError
-from avapdefs.format.snapshot import (
-    CATALOG_ENTRY_TAG,
-    MAX_HEADER_BYTES,
-    PREAMBLE,
-    SnapshotInfo,
-    inflate_frame,
-    read_info,
-)
-
-_MAX_VARINT_BYTES = 10
+from avapdefs import fileio
+from avapdefs.errors import CorruptSnapshotError, TruncatedSnapshotError
+from avapdefs.format import wire
+from avapdefs.format.snapshot import MAX_HEADER_BYTES, PREAMBLE, SnapshotInfo, inflate_frame, read_info
 
 
 class CommandReader:
@@ -51,10 +44,7 @@ class CommandReader:
 
     def __init__(self, path: Path | str) -> None:
         self.path = Path(path)
-        try:
-            self._file = open(self.path, "rb")  # noqa: SIM115 - closed by close()
-        except OSError as exc:
-            raise SnapshotError(f"cannot read snapshot: {exc.strerror or exc}", path=path) from exc
+        self._file = fileio.open_file(self.path)
         try:
             self.info = self._read_info()
         except BaseException:
@@ -62,11 +52,8 @@ class CommandReader:
             raise
 
     def _read_info(self) -> SnapshotInfo:
-        try:
-            prefix = self._file.read(PREAMBLE.size + MAX_HEADER_BYTES)
-            size = os.fstat(self._file.fileno()).st_size
-        except OSError as exc:
-            raise SnapshotError(f"cannot read snapshot: {exc.strerror or exc}", path=self.path) from exc
+        prefix = fileio.read_from(self._file, PREAMBLE.size + MAX_HEADER_BYTES, self.path)
+        size = os.fstat(self._file.fileno()).st_size
         info = read_info(prefix, path=self.path)
         if size != info.file_size:
             kind = TruncatedSnapshotError if size < info.file_size else CorruptSnapshotError
@@ -90,7 +77,7 @@ class CommandReader:
         for part in self._pieces():
             hasher.update(part)
             pending += part
-            entries, used = _split_entries(pending, self.path)
+            entries, used = wire.split_entries(pending, path=self.path)
             del pending[:used]
             count += len(entries)
             yield from entries
@@ -105,13 +92,7 @@ class CommandReader:
 
     def _pieces(self) -> Iterator[bytes]:
         self._file.seek(self.info.payload_offset)
-        yield from inflate_frame(self._read, self.info, self.path)
-
-    def _read(self, size: int) -> bytes:
-        try:
-            return self._file.read(size)
-        except OSError as exc:
-            raise SnapshotError(f"cannot read snapshot: {exc.strerror or exc}", path=self.path) from exc
+        yield from inflate_frame(lambda size: fileio.read_from(self._file, size, self.path), self.info, self.path)
 
 
 def iter_file_commands(path: Path | str) -> Iterator[bytes]:
@@ -123,33 +104,3 @@ def iter_file_commands(path: Path | str) -> Iterator[bytes]:
     """
     with CommandReader(path) as reader:
         yield from reader
-
-
-def _split_entries(buffer: bytearray, path: Path | str | None) -> tuple[list[bytes], int]:
-    """The complete command entries at the start of ``buffer``, and how many bytes they take."""
-    entries: list[bytes] = []
-    pos, end = 0, len(buffer)
-    with memoryview(buffer) as view:  # released before the caller resizes the buffer
-        while pos < end:
-            if view[pos] != CATALOG_ENTRY_TAG[0]:
-                raise CorruptSnapshotError(f"unexpected field tag {view[pos]} in the payload", path=path)
-            length, start = _peek_varint(view, pos + 1, path)
-            if start < 0 or start + length > end:
-                break  # the rest of this entry is in the next piece
-            entries.append(bytes(view[start : start + length]))
-            pos = start + length
-    return entries, pos
-
-
-def _peek_varint(view: memoryview, pos: int, path: Path | str | None) -> tuple[int, int]:
-    """Like ``_read_varint``, but (0, -1) when ``view`` ends inside the varint."""
-    value = shift = 0
-    for index in range(pos, min(pos + _MAX_VARINT_BYTES, len(view))):
-        byte = view[index]
-        value |= (byte & 0x7F) << shift
-        if byte < 0x80:
-            return value, index + 1
-        shift += 7
-    if len(view) - pos >= _MAX_VARINT_BYTES:
-        raise CorruptSnapshotError("bad length prefix in the payload", path=path)
-    return 0, -1

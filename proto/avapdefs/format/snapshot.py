@@ -12,7 +12,8 @@ version's identity does not depend on compression settings. Commands are
 written in ascending order of their UTF-8 names, so the same commands always
 give the same payload bytes.
 
-Streamed reading, for files too large to hold whole, is in ``reader.py``.
+Streamed reading, for files too large to hold whole, is in ``reader.py``;
+protobuf framing below the message level in ``wire.py``.
 
 Thread safety: a ``SnapshotWriter`` belongs to one thread. The read functions
 create their own ``ZstdDecompressor`` per call (zstandard's decompressors are
@@ -34,14 +35,15 @@ from typing import BinaryIO, Literal
 import zstandard
 from google.protobuf.message import DecodeError
 
+from avapdefs import fileio
 from avapdefs.errors import (
     CatalogOrderError,
     CorruptSnapshotError,
     NotASnapshotError,
-    SnapshotError,
     TruncatedSnapshotError,
     UnsupportedFormatError,
 )
+from avapdefs.format import wire
 from avapdefs.v1.definitions_pb2 import Catalog, Command, SnapshotHeader
 
 MAGIC = b"AVAPSNAP"
@@ -51,8 +53,7 @@ MAX_HEADER_BYTES = 64 * 1024
 DEFAULT_LEVEL = 3
 HASH_BYTES = 32
 
-CATALOG_ENTRY_TAG = b"\x0a"  # Catalog.commands: field 1, length-delimited
-_CONTENT_HASH_TAG = b"\x7a\x20"  # Command.content_hash: field 15, length-delimited, 32 bytes
+_CONTENT_HASH_FIELD = 15  # Command.content_hash, the highest field number
 _WRITE_BUFFER_BYTES = 1 << 20
 _STREAM_SLICE_BYTES = 1 << 15  # compressed bytes per step: a catalog compressing 17:1 gives 0.5 MB pieces
 
@@ -107,28 +108,7 @@ def seal_command(command: Command) -> bytes:
     body = command.SerializeToString()
     digest = hashlib.sha256(body).digest()
     command.content_hash = digest
-    return body + _CONTENT_HASH_TAG + digest
-
-
-def _varint(value: int) -> bytes:
-    out = bytearray()
-    while value > 0x7F:
-        out.append((value & 0x7F) | 0x80)
-        value >>= 7
-    out.append(value)
-    return bytes(out)
-
-
-def encode_entry(command: bytes | memoryview, field_number: int = 1) -> bytes:
-    """One payload entry: the serialized ``command`` framed as ``Catalog.commands``.
-
-    Field 1, length-delimited: the same bytes are a serialized message holding
-    ``command`` in any field number 1 (``GetCommandResponse.command``,
-    ``BatchGetCommandsResponse.commands``), which lets a server answer without
-    serializing per request. Another ``field_number`` frames it as that field.
-    """
-    tag = CATALOG_ENTRY_TAG if field_number == 1 else _varint(field_number << 3 | 2)
-    return tag + _varint(len(command)) + bytes(command)
+    return body + wire.encode_entry(digest, _CONTENT_HASH_FIELD)
 
 
 def header_message(info: SnapshotInfo) -> SnapshotHeader:
@@ -204,8 +184,7 @@ class SnapshotWriter:
         if self._previous is not None and key <= self._previous:
             raise CatalogOrderError(name, self._previous_name)
         self._previous, self._previous_name = key, name
-        entry = CATALOG_ENTRY_TAG + _varint(len(serialized))
-        self._buffer += entry
+        self._buffer += wire.ENTRY_TAG + wire.varint(len(serialized))
         self._buffer += serialized
         self._count += 1
         if len(self._buffer) >= _WRITE_BUFFER_BYTES:
@@ -362,7 +341,7 @@ def verify(data: bytes | memoryview, *, path: Path | str | None = None) -> Snaps
     payload = b"".join(inflate_frame(frame.read, info, path))
     if hashlib.sha256(payload).digest() != info.content_hash:
         raise CorruptSnapshotError("content hash mismatch", path=path)
-    count = sum(1 for _ in iter_command_bytes(payload, path=path))
+    count = sum(1 for _ in wire.iter_entries(payload, path=path))
     if count != info.command_count:
         raise CorruptSnapshotError(f"payload holds {count} commands, header says {info.command_count}", path=path)
     return Snapshot(info, payload)
@@ -405,66 +384,10 @@ def inflate_frame(read: Callable[[int], bytes], info: SnapshotInfo, path: Path |
         raise CorruptSnapshotError(f"payload is {produced} bytes, header says {info.uncompressed_size}", path=path)
 
 
-def read_bytes(path: Path | str, what: str = "snapshot") -> bytes:
-    """The bytes of the file at ``path``.
-
-    Raises:
-        SnapshotError: the file cannot be read (the OSError chained).
-    """
-    try:
-        return Path(path).read_bytes()
-    except OSError as exc:
-        raise SnapshotError(f"cannot read {what}: {exc.strerror or exc}", path=path) from exc
-
-
 def read_file(path: Path | str) -> Snapshot:
     """Read and verify the snapshot file at ``path``.
 
     Raises:
         SnapshotError: the file is not a valid snapshot (or cannot be read).
     """
-    return verify(read_bytes(path), path=path)
-
-
-def iter_command_bytes(payload: bytes | memoryview, *, path: Path | str | None = None) -> Iterator[memoryview]:
-    """Yield each serialized Command of a payload, without parsing it.
-
-    Raises:
-        CorruptSnapshotError: the payload is not a sequence of Catalog.commands entries.
-    """
-    view = memoryview(payload)
-    end = len(view)
-    pos = 0
-    while pos < end:
-        if view[pos] != CATALOG_ENTRY_TAG[0]:
-            raise CorruptSnapshotError(f"unexpected field tag {view[pos]} at payload offset {pos}", path=path)
-        length, pos = _read_varint(view, pos + 1, path)
-        if pos + length > end:
-            raise CorruptSnapshotError(f"command entry at payload offset {pos} runs past the end", path=path)
-        yield view[pos : pos + length]
-        pos += length
-
-
-def _read_varint(view: memoryview, pos: int, path: Path | str | None) -> tuple[int, int]:
-    value = shift = 0
-    while pos < len(view) and shift < 64:
-        byte = view[pos]
-        value |= (byte & 0x7F) << shift
-        pos += 1
-        if byte < 0x80:
-            return value, pos
-        shift += 7
-    raise CorruptSnapshotError(f"bad length prefix before payload offset {pos}", path=path)
-
-
-def command_name(command: bytes | memoryview) -> bytes:
-    """The UTF-8 name of a serialized Command, read without parsing the rest.
-
-    ``name`` is field 1, so a serialized Command with a name starts with it.
-    Returns b"" for a command without a name.
-    """
-    view = memoryview(command)
-    if not view or view[0] != CATALOG_ENTRY_TAG[0]:  # field 1, length-delimited: the same tag byte
-        return b""
-    length, start = _read_varint(view, 1, None)
-    return bytes(view[start : start + length])
+    return verify(fileio.read_bytes(path), path=path)

@@ -1,0 +1,131 @@
+"""Protobuf wire framing written and read by hand: varints, tags, length-delimited entries.
+
+The one place that knows protobuf's encoding below the message level. It is
+what lets the server answer without serializing per call: a payload entry is
+``Catalog.commands`` (field 1, length-delimited) framing one ``Command``, and
+those same bytes are a serialized ``GetCommandResponse``; a different tag
+byte makes them a ``ListCommandsResponse.commands`` entry. Messages
+concatenate: two serialized messages of one type, joined, parse as one.
+
+Reading raises ``CorruptSnapshotError`` (the framing belongs to a snapshot
+payload or a delta), naming ``path`` when the bytes came from a file.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+from avapdefs.errors import CorruptSnapshotError
+
+LENGTH_DELIMITED = 2  # the wire type of strings, bytes and embedded messages
+MAX_VARINT_BYTES = 10
+
+
+def varint(value: int) -> bytes:
+    """``value`` (not negative) as a protobuf varint."""
+    out = bytearray()
+    while value > 0x7F:
+        out.append((value & 0x7F) | 0x80)
+        value >>= 7
+    out.append(value)
+    return bytes(out)
+
+
+def tag(field_number: int) -> bytes:
+    """The tag of a length-delimited field ``field_number``."""
+    return varint(field_number << 3 | LENGTH_DELIMITED)
+
+
+ENTRY_TAG = tag(1)  # Catalog.commands, GetCommandResponse.command, Command.name: field 1, length-delimited
+
+
+def encode_entry(body: bytes | memoryview, field_number: int = 1) -> bytes:
+    """``body`` framed as the length-delimited field ``field_number``: tag, length, body."""
+    head = ENTRY_TAG if field_number == 1 else tag(field_number)
+    return head + varint(len(body)) + bytes(body)
+
+
+def read_varint(view: memoryview, pos: int, path: Path | str | None = None) -> tuple[int, int]:
+    """The varint at ``view[pos:]``, and the position after it.
+
+    Raises:
+        CorruptSnapshotError: the bytes end inside the varint, or it is over 10 bytes.
+    """
+    value, end = peek_varint(view, pos, path)
+    if end < 0:
+        raise CorruptSnapshotError(f"bad length prefix before payload offset {len(view)}", path=path)
+    return value, end
+
+
+def peek_varint(view: memoryview, pos: int, path: Path | str | None = None) -> tuple[int, int]:
+    """As ``read_varint``, but (0, -1) when ``view`` ends inside the varint (more bytes may follow).
+
+    Raises:
+        CorruptSnapshotError: the varint is over 10 bytes.
+    """
+    value = shift = 0
+    for index in range(pos, min(pos + MAX_VARINT_BYTES, len(view))):
+        byte = view[index]
+        value |= (byte & 0x7F) << shift
+        if byte < 0x80:
+            return value, index + 1
+        shift += 7
+    if len(view) - pos >= MAX_VARINT_BYTES:
+        raise CorruptSnapshotError(f"bad length prefix at payload offset {pos}", path=path)
+    return 0, -1
+
+
+def iter_entries(payload: bytes | memoryview, *, path: Path | str | None = None) -> Iterator[memoryview]:
+    """Yield the body of each field-1 entry of ``payload`` (each serialized Command), without parsing it.
+
+    Raises:
+        CorruptSnapshotError: the payload is not a sequence of field-1 entries.
+    """
+    view = memoryview(payload)
+    end = len(view)
+    pos = 0
+    while pos < end:
+        if view[pos] != ENTRY_TAG[0]:
+            raise CorruptSnapshotError(f"unexpected field tag {view[pos]} at payload offset {pos}", path=path)
+        length, pos = read_varint(view, pos + 1, path)
+        if pos + length > end:
+            raise CorruptSnapshotError(f"command entry at payload offset {pos} runs past the end", path=path)
+        yield view[pos : pos + length]
+        pos += length
+
+
+def split_entries(buffer: bytearray, *, path: Path | str | None = None) -> tuple[list[bytes], int]:
+    """The bodies of the complete field-1 entries at the start of ``buffer``, and how many bytes they take.
+
+    For a payload arriving in pieces: the caller drops the bytes used and keeps
+    the rest, an entry cut by the end of the piece, for the next one.
+
+    Raises:
+        CorruptSnapshotError: a tag other than field 1, or a bad length prefix.
+    """
+    entries: list[bytes] = []
+    pos, end = 0, len(buffer)
+    with memoryview(buffer) as view:  # released before the caller resizes the buffer
+        while pos < end:
+            if view[pos] != ENTRY_TAG[0]:
+                raise CorruptSnapshotError(f"unexpected field tag {view[pos]} in the payload", path=path)
+            length, start = peek_varint(view, pos + 1, path)
+            if start < 0 or start + length > end:
+                break  # the rest of this entry is in the next piece
+            entries.append(bytes(view[start : start + length]))
+            pos = start + length
+    return entries, pos
+
+
+def command_name(command: bytes | memoryview) -> bytes:
+    """The UTF-8 name of a serialized Command, read without parsing the rest.
+
+    ``name`` is field 1, so a serialized Command with a name starts with it.
+    Returns b"" for a command without a name.
+    """
+    view = memoryview(command)
+    if not view or view[0] != ENTRY_TAG[0]:
+        return b""
+    length, start = read_varint(view, 1)
+    return bytes(view[start : start + length])

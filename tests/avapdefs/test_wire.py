@@ -1,0 +1,84 @@
+"""Protobuf framing written and read by hand agrees with protobuf's own encoding."""
+
+from __future__ import annotations
+
+import pytest
+from google.protobuf.internal import encoder
+from hypothesis import given
+from hypothesis import strategies as st
+
+from avapdefs.errors import CorruptSnapshotError
+from avapdefs.format import wire
+from avapdefs.v1.definitions_pb2 import Catalog, Command, GetCommandResponse, ListCommandsResponse
+
+
+@given(st.integers(min_value=0, max_value=2**64 - 1))
+def test_varint_round_trips(value: int) -> None:
+    encoded = wire.varint(value)
+    assert encoded == encoder._VarintBytes(value)
+    assert wire.read_varint(memoryview(encoded), 0) == (value, len(encoded))
+
+
+@given(st.integers(min_value=1, max_value=2**29 - 1))
+def test_tag_is_protobufs_own(field_number: int) -> None:
+    assert wire.tag(field_number) == encoder.TagBytes(field_number, wire.LENGTH_DELIMITED)
+
+
+@given(st.binary(min_size=1, max_size=300), st.sampled_from(["bytecode", "signed_package", "content_hash"]))
+def test_encode_entry_is_protobufs_own_framing(body: bytes, field: str) -> None:
+    number = Command.DESCRIPTOR.fields_by_name[field].number
+    assert wire.encode_entry(body, number) == Command(**{field: body}).SerializeToString()
+
+
+@given(st.lists(st.text(min_size=1, max_size=40), max_size=20))
+def test_entries_are_catalog_commands(names: list[str]) -> None:
+    commands = [Command(name=name, code="x" * len(name)).SerializeToString() for name in names]
+    payload = b"".join(wire.encode_entry(command) for command in commands)
+    assert payload == Catalog(commands=[Command.FromString(c) for c in commands]).SerializeToString()
+    assert [bytes(entry) for entry in wire.iter_entries(payload)] == commands
+    assert [wire.command_name(entry) for entry in wire.iter_entries(payload)] == [n.encode() for n in names]
+
+
+def test_an_entry_is_a_get_command_response_and_a_list_entry() -> None:
+    command = Command(name="addVar", code="pass")
+    entry = wire.encode_entry(command.SerializeToString())
+    assert GetCommandResponse.FromString(entry).command == command
+    listed = wire.encode_entry(command.SerializeToString(), ListCommandsResponse.COMMANDS_FIELD_NUMBER)
+    assert list(ListCommandsResponse.FromString(listed).commands) == [command]
+
+
+@given(st.lists(st.binary(max_size=200), max_size=10), st.integers(min_value=1, max_value=64))
+def test_split_entries_reassembles_a_payload_cut_anywhere(bodies: list[bytes], piece: int) -> None:
+    payload = b"".join(wire.encode_entry(body) for body in bodies)
+    pending = bytearray()
+    found: list[bytes] = []
+    for start in range(0, len(payload), piece):
+        pending += payload[start : start + piece]
+        entries, used = wire.split_entries(pending)
+        del pending[:used]
+        found += entries
+    assert found == bodies and not pending
+
+
+def test_command_name_of_a_command_without_one_is_empty() -> None:
+    assert wire.command_name(Command(code="x").SerializeToString()) == b""
+    assert wire.command_name(b"") == b""
+
+
+@pytest.mark.parametrize(
+    ("payload", "says"),
+    [
+        (b"\x12\x00", "unexpected field tag 18"),
+        (b"\x0a\x05abc", "runs past the end"),
+        (b"\x0a" + b"\xff" * 11, "bad length prefix"),
+        (b"\x0a\xff", "bad length prefix"),
+    ],
+)
+def test_bad_framing_is_refused(payload: bytes, says: str) -> None:
+    with pytest.raises(CorruptSnapshotError, match=says):
+        list(wire.iter_entries(payload, path="x.avsnap"))
+
+
+def test_split_entries_refuses_an_overlong_varint() -> None:
+    with pytest.raises(CorruptSnapshotError, match="bad length prefix"):
+        wire.split_entries(bytearray(b"\x0a" + b"\xff" * 11))
