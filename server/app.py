@@ -30,8 +30,10 @@ from avapdefs.errors import NoSnapshotError
 from server import legacy
 from server.auth import ApiKeyInterceptor
 from server.config import Settings
+from server.legacy.codec import LegacyCodec, LegacyProtoError, bundled_codec, load_codec
+from server.legacy.service import LegacyService
 from server.reload import Reloader
-from server.service import SERVICE_NAME, DefinitionService, LegacyService
+from server.service import SERVICE_NAME, DefinitionService
 from server.store import LoadedSnapshot, SnapshotStore
 
 logger = logging.getLogger(__name__)
@@ -156,12 +158,12 @@ class DefinitionServer:
         self._watch_pool.shutdown(wait=False)  # its threads end as soon as they are idle
 
 
-def _legacy_codec(settings: Settings) -> legacy.LegacyCodec | None:
+def _legacy_codec(settings: Settings) -> LegacyCodec | None:
     if not settings.legacy:
         return None
     if settings.legacy_proto is not None:
-        return legacy.load_codec(settings.legacy_proto)
-    return legacy.bundled_codec()
+        return load_codec(settings.legacy_proto)
+    return bundled_codec()
 
 
 def _install_signal_handlers(stop: threading.Event) -> dict[int, object]:
@@ -184,7 +186,7 @@ def run(settings: Settings) -> int:
         logger.warning("listening on %s with no API key: anyone who can reach it reads every definition", settings.host)
     try:
         server = DefinitionServer(settings)
-    except legacy.LegacyProtoError as exc:
+    except LegacyProtoError as exc:
         logger.error("%s", exc)
         return EXIT_USAGE
     if settings.cpu is not None:

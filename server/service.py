@@ -36,7 +36,6 @@ from avapdefs.v1.definitions_pb2 import (
     WatchCatalogRequest,
     WatchCatalogResponse,
 )
-from server.legacy import LegacyAnswers
 from server.store import LoadedSnapshot, SnapshotStore
 
 logger = logging.getLogger(__name__)
@@ -60,8 +59,8 @@ _Unary = Callable[[Any, grpc.ServicerContext], bytes]
 _Stream = Callable[[Any, grpc.ServicerContext], Iterator[bytes]]
 
 
-class _Status(Exception):
-    """Ends a call with ``code``; raised by handlers, turned into a status by ``_unary``/``_stream``."""
+class StatusError(Exception):
+    """Ends a call with ``code``; raised by handlers, turned into a status by ``unary``/``stream``."""
 
     def __init__(self, code: grpc.StatusCode, details: str) -> None:
         super().__init__(details)
@@ -69,12 +68,14 @@ class _Status(Exception):
         self.details = details
 
 
-def _unary(method: _Unary) -> _Unary:
+def unary(method: _Unary) -> _Unary:
+    """``method`` as a unary handler: a StatusError becomes its status, anything else INTERNAL (logged)."""
+
     @functools.wraps(method)
     def call(request: Any, context: grpc.ServicerContext) -> bytes:
         try:
             return method(request, context)
-        except _Status as status:
+        except StatusError as status:
             context.abort(status.code, status.details)
         except Exception:
             logger.exception("%s failed", method.__name__)
@@ -83,12 +84,14 @@ def _unary(method: _Unary) -> _Unary:
     return call
 
 
-def _stream(method: _Stream) -> _Stream:
+def stream(method: _Stream) -> _Stream:
+    """``method`` as a streaming handler, its errors ending the stream as ``unary`` ends a call."""
+
     @functools.wraps(method)
     def call(request: Any, context: grpc.ServicerContext) -> Iterator[bytes]:
         try:
             yield from method(request, context)
-        except _Status as status:
+        except StatusError as status:
             context.abort(status.code, status.details)
         except Exception:
             logger.exception("%s failed", method.__name__)
@@ -97,25 +100,37 @@ def _stream(method: _Stream) -> _Stream:
     return call
 
 
-def _check_name(name: str) -> None:
+def check_name(name: str) -> None:
+    """Refuse an empty or overlong command name (INVALID_ARGUMENT)."""
+
     if not name:
-        raise _Status(grpc.StatusCode.INVALID_ARGUMENT, "command name is empty")
+        raise StatusError(grpc.StatusCode.INVALID_ARGUMENT, "command name is empty")
     if len(name) > MAX_NAME_CHARS:
-        raise _Status(grpc.StatusCode.INVALID_ARGUMENT, f"command name is over {MAX_NAME_CHARS} characters")
+        raise StatusError(grpc.StatusCode.INVALID_ARGUMENT, f"command name is over {MAX_NAME_CHARS} characters")
 
 
-def _parse(message_type: Callable[[bytes], _Request], request: bytes) -> _Request:
+def parse(message_type: Callable[[bytes], _Request], request: bytes) -> _Request:
+    """``request`` parsed with ``message_type``, or INVALID_ARGUMENT saying why it does not parse."""
+
     try:
         return message_type(request)
     except DecodeError as exc:
-        raise _Status(grpc.StatusCode.INVALID_ARGUMENT, f"request does not parse: {exc}") from exc
+        raise StatusError(grpc.StatusCode.INVALID_ARGUMENT, f"request does not parse: {exc}") from exc
+
+
+def require_snapshot(store: SnapshotStore) -> LoadedSnapshot:
+    """The live snapshot, read once; UNAVAILABLE before the first load."""
+    snap = store.current
+    if snap is None:
+        raise StatusError(grpc.StatusCode.UNAVAILABLE, "no catalog loaded yet")
+    return snap
 
 
 def _page_start(token: str) -> str:
     try:
         return base64.urlsafe_b64decode(token.encode("ascii")).decode("utf-8")
     except (UnicodeError, binascii.Error, ValueError) as exc:
-        raise _Status(grpc.StatusCode.INVALID_ARGUMENT, "page_token is not one this server gave") from exc
+        raise StatusError(grpc.StatusCode.INVALID_ARGUMENT, "page_token is not one this server gave") from exc
 
 
 def _page_token(name: str) -> str:
@@ -147,12 +162,6 @@ class DefinitionService:
         self._watch_pool = watch_pool
         self._closing = threading.Event()
 
-    def _require(self) -> LoadedSnapshot:
-        snap = self._store.current
-        if snap is None:
-            raise _Status(grpc.StatusCode.UNAVAILABLE, "no catalog loaded yet")
-        return snap
-
     def get_command(self, request: bytes, context: grpc.ServicerContext) -> bytes:
         """GetCommand: the stored GetCommandResponse bytes; ``request`` is the raw request."""
         snap = self._store.current
@@ -164,38 +173,40 @@ class DefinitionService:
 
     def _get_command_by_parsing(self, request: bytes) -> bytes:
         # Every request the fast path did not answer: odd encodings, long names, misses, errors.
-        name = _parse(GetCommandRequest.FromString, request).name
-        _check_name(name)
-        found = self._require().responses.get(name.encode("utf-8"))
+        name = parse(GetCommandRequest.FromString, request).name
+        check_name(name)
+        found = require_snapshot(self._store).responses.get(name.encode("utf-8"))
         if found is None:
-            raise _Status(grpc.StatusCode.NOT_FOUND, f"command {name!r} not found")
+            raise StatusError(grpc.StatusCode.NOT_FOUND, f"command {name!r} not found")
         return found
 
     def batch_get_commands(self, data: bytes, context: grpc.ServicerContext) -> bytes:
         """BatchGetCommands: found commands in request order, missing names reported."""
-        request = _parse(BatchGetCommandsRequest.FromString, data)
+        request = parse(BatchGetCommandsRequest.FromString, data)
         if len(request.names) > MAX_BATCH_NAMES:
-            raise _Status(grpc.StatusCode.INVALID_ARGUMENT, f"over {MAX_BATCH_NAMES} names in one batch")
-        snap = self._require()
+            raise StatusError(grpc.StatusCode.INVALID_ARGUMENT, f"over {MAX_BATCH_NAMES} names in one batch")
+        snap = require_snapshot(self._store)
         found: list[bytes] = []
         missing: list[str] = []
         for name in request.names:
-            _check_name(name)
+            check_name(name)
             response = snap.responses.get(name.encode("utf-8"))
             if response is None:
                 missing.append(name)
             else:
                 found.append(response)
         if sum(map(len, found)) > min(self._max_send_bytes // 2, MAX_BATCH_BYTES):
-            raise _Status(grpc.StatusCode.RESOURCE_EXHAUSTED, "the answer is too large: ask for fewer names at once")
+            raise StatusError(
+                grpc.StatusCode.RESOURCE_EXHAUSTED, "the answer is too large: ask for fewer names at once"
+            )
         # Serialized messages concatenate into one; the stored answers are already `commands` entries.
         tail = BatchGetCommandsResponse(missing_names=missing, catalog_version=snap.info.version)
         return b"".join(found) + tail.SerializeToString()
 
     def list_commands(self, data: bytes, context: grpc.ServicerContext) -> bytes:
         """ListCommands: one page of the ascending names starting with ``prefix``."""
-        request = _parse(ListCommandsRequest.FromString, data)
-        snap = self._require()
+        request = parse(ListCommandsRequest.FromString, data)
+        snap = require_snapshot(self._store)
         page_size = min(request.page_size or DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)
         start = bisect_left(snap.names, max(request.prefix, _page_start(request.page_token)))
         page: list[str] = []
@@ -212,16 +223,16 @@ class DefinitionService:
 
     def get_catalog_info(self, data: bytes, context: grpc.ServicerContext) -> bytes:
         """GetCatalogInfo: the stored CatalogInfo bytes."""
-        _parse(GetCatalogInfoRequest.FromString, data)
-        info = self._require().catalog_info
+        parse(GetCatalogInfoRequest.FromString, data)
+        info = require_snapshot(self._store).catalog_info
         pinned = self._store.pinned_version
         # Serialized messages concatenate: the appended field sets pinned_version.
         return info + CatalogInfo(pinned_version=pinned).SerializeToString() if pinned else info
 
     def sync_catalog(self, data: bytes, context: grpc.ServicerContext) -> Iterator[bytes]:
         """SyncCatalog: a header, then the file in pre-framed chunks (or only an up-to-date header)."""
-        request = _parse(SyncCatalogRequest.FromString, data)
-        snap = self._require()  # this version to the end of the stream, whatever is swapped in meanwhile
+        request = parse(SyncCatalogRequest.FromString, data)
+        snap = require_snapshot(self._store)  # this version to the end of the stream, whatever is swapped in meanwhile
         if request.have_version == snap.info.version and request.have_content_hash == snap.info.content_hash:
             logger.debug("sync: client already holds version %s", snap.info.version)
             yield snap.sync_up_to_date
@@ -243,9 +254,9 @@ class DefinitionService:
 
     def watch_catalog(self, data: bytes, context: grpc.ServicerContext) -> Iterator[bytes]:
         """WatchCatalog: the live version when it differs from the client's, then each new one, with heartbeats."""
-        request = _parse(WatchCatalogRequest.FromString, data)
+        request = parse(WatchCatalogRequest.FromString, data)
         if not self._watch_slots.acquire(blocking=False):
-            raise _Status(
+            raise StatusError(
                 grpc.StatusCode.RESOURCE_EXHAUSTED,
                 f"over {self._max_watch_streams} watch streams open here; retry later (with backoff)",
             )
@@ -257,7 +268,7 @@ class DefinitionService:
     def _watch(self, seen: int, context: grpc.ServicerContext) -> Iterator[bytes]:
         store = self._store
         while context.is_active() and not self._closing.is_set():
-            snap = self._require()
+            snap = require_snapshot(self._store)
             if snap.info.version != seen:
                 seen = snap.info.version
                 yield wire.encode_entry(snap.catalog_info)  # field 1: WatchCatalogResponse.catalog
@@ -280,60 +291,19 @@ class DefinitionService:
         """The method handlers, by method name, ready for ``add_registered_method_handlers``."""
         # No (de)serializers at all: handlers take the raw request bytes (so a request
         # that does not parse is INVALID_ARGUMENT here, not grpc's INTERNAL) and return bytes.
-        unary = grpc.unary_unary_rpc_method_handler
-        stream = grpc.unary_stream_rpc_method_handler
-        watch = _stream(self.watch_catalog)
+        as_unary = grpc.unary_unary_rpc_method_handler
+        as_stream = grpc.unary_stream_rpc_method_handler
+        watch = stream(self.watch_catalog)
         if self._watch_pool is not None:
             # grpcio runs a handler whose function carries `experimental_thread_pool`
             # on that pool instead of the server's: parked watch streams then never
             # take (or grow) the threads that answer GetCommand. test_live checks it.
             watch.__dict__["experimental_thread_pool"] = self._watch_pool
         return {
-            "GetCommand": unary(_unary(self.get_command)),
-            "BatchGetCommands": unary(_unary(self.batch_get_commands)),
-            "ListCommands": unary(_unary(self.list_commands)),
-            "GetCatalogInfo": unary(_unary(self.get_catalog_info)),
-            "SyncCatalog": stream(_stream(self.sync_catalog)),
-            "WatchCatalog": stream(watch),
-        }
-
-
-class LegacyService:
-    """Answers the legacy ``avap.DefinitionEngine`` calls from ``store.current.legacy``.
-
-    The request is parsed with the legacy codec's own class (its field numbers
-    may be a deployment's); the answers were encoded when the snapshot loaded.
-    """
-
-    def __init__(self, store: SnapshotStore, request_type: Callable[[bytes], Any]) -> None:
-        self._store = store
-        self._request_type = request_type
-
-    def _answers(self) -> LegacyAnswers:
-        snap = self._store.current
-        if snap is None:
-            raise _Status(grpc.StatusCode.UNAVAILABLE, "no catalog loaded yet")
-        if snap.legacy is None:
-            raise _Status(grpc.StatusCode.UNIMPLEMENTED, "the legacy service is off on this server")
-        return snap.legacy.get()
-
-    def get_command(self, data: bytes, context: grpc.ServicerContext) -> bytes:
-        """GetCommand(CommandRequest): the legacy command message, or NOT_FOUND naming it."""
-        name = str(_parse(self._request_type, data).name)
-        _check_name(name)
-        found = self._answers().command(name.encode("utf-8"))
-        if found is None:
-            raise _Status(grpc.StatusCode.NOT_FOUND, f"command {name!r} not found")
-        return found
-
-    def sync_catalog(self, data: bytes, context: grpc.ServicerContext) -> bytes:
-        """SyncCatalog(Empty): every command in one message, prepared once per version."""
-        return self._answers().catalog
-
-    def handlers(self) -> dict[str, grpc.RpcMethodHandler[Any, Any]]:
-        """The method handlers, by method name."""
-        unary = grpc.unary_unary_rpc_method_handler
-        return {
-            "GetCommand": unary(_unary(self.get_command)),
-            "SyncCatalog": unary(_unary(self.sync_catalog)),
+            "GetCommand": as_unary(unary(self.get_command)),
+            "BatchGetCommands": as_unary(unary(self.batch_get_commands)),
+            "ListCommands": as_unary(unary(self.list_commands)),
+            "GetCatalogInfo": as_unary(unary(self.get_catalog_info)),
+            "SyncCatalog": as_stream(stream(self.sync_catalog)),
+            "WatchCatalog": as_stream(watch),
         }

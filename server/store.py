@@ -33,7 +33,8 @@ from avapdefs.folder import VerifiedFile, choose, first_valid, no_snapshot_error
 from avapdefs.format.snapshot import FORMAT_VERSION, SnapshotInfo
 from avapdefs.format.wire import command_name, encode_entry, iter_entries
 from avapdefs.v1.definitions_pb2 import CatalogInfo, SyncCatalogResponse, SyncHeader
-from server.legacy import LazyLegacyAnswers, LegacyCodec
+from server.legacy.answers import LazyLegacyAnswers
+from server.legacy.codec import LegacyCodec
 from server.sync import DeltaAnswer, frame_chunks, load_deltas
 
 logger = logging.getLogger(__name__)
