@@ -9,33 +9,12 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Iterator
-from typing import NamedTuple
 
 from avapdefs.format.package import build_package, is_package
 from avapdefs.format.snapshot import seal_command
 from avapdefs.v1.definitions_pb2 import Command
 from exporter.errors import BadDataError, RowProblem
-
-
-class SourceRow(NamedTuple):
-    """One row of the definitions table, joined with its precompiled package (if any).
-
-    The field order is the column order of the query in ``source.py``.
-    """
-
-    id: int
-    name: str | None
-    type: str | None
-    interface: str | None
-    code: str | None
-    description: str | None
-    logic: bool | None
-    componenttype: str | None
-    service: str | None
-    command: str | None
-    bytecode: bytes | None
-    bytecode_version: int | None
-    bytecode_source_hash: str | None
+from exporter.source import SourceRow
 
 
 class RowError(Exception):

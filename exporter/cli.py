@@ -19,11 +19,10 @@ import logging
 import os
 import sys
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
-from avapdefs.errors import LockedError, SnapshotError
+from avapdefs.errors import LockedError, OptionError, SnapshotError
+from avapdefs.options import Option, add_options, parse_bool, parse_log_level, resolve
 from exporter import inspection
 from exporter.config import ExportConfig
 from exporter.errors import (
@@ -56,6 +55,7 @@ EXIT_INTERRUPTED = 130
 # Checked in order: a subclass before its base.
 _EXIT_CODES: tuple[tuple[type[Exception], int], ...] = (
     (ConfigError, EXIT_USAGE),
+    (OptionError, EXIT_USAGE),
     (SchemaError, EXIT_SCHEMA),
     (SourceError, EXIT_DATABASE),
     (BadDataError, EXIT_BAD_DATA),
@@ -66,14 +66,6 @@ _EXIT_CODES: tuple[tuple[type[Exception], int], ...] = (
 )
 
 
-def _flag(text: str) -> bool:
-    if text.strip().lower() in ("1", "true", "yes", "on"):
-        return True
-    if text.strip().lower() in ("0", "false", "no", "off", ""):
-        return False
-    raise ValueError(f"not a boolean: {text!r}")
-
-
 def _key_file(text: str) -> bytes:
     try:
         return Path(text).read_bytes().rstrip(b"\r\n")
@@ -81,40 +73,30 @@ def _key_file(text: str) -> bytes:
         raise ValueError(f"cannot read the signing key file: {exc.strerror or exc}") from exc
 
 
-@dataclass(frozen=True)
-class _Option:
-    """One setting: its flag, its AVAP_* variable, how to parse it, and its ExportConfig field."""
-
-    flag: str
-    env: str
-    field: str
-    parse: Callable[[str], Any]
-    help: str
-    switch: bool = False  # a flag without a value (sets True)
-
-
 _EXPORT_OPTIONS = (
-    _Option("--snapshots", "AVAP_SNAPSHOTS", "snapshots", Path, "snapshot folder to publish into"),
-    _Option("--dsn", "AVAP_PG_DSN", "dsn", str, "libpq connection string; unset: libpq's PG* variables"),
-    _Option("--table", "AVAP_EXPORT_TABLE", "table", str, "command-definitions table ([schema.]name)"),
-    _Option("--bytecode-table", "AVAP_EXPORT_BYTECODE_TABLE", "bytecode_table", str, "packages table; '' for none"),
-    _Option("--keep", "AVAP_EXPORT_KEEP", "keep", int, "snapshots to keep; the newest is never deleted"),
-    _Option("--max-drop-percent", "AVAP_EXPORT_MAX_DROP_PERCENT", "max_drop_percent", float, "largest count drop"),
-    _Option("--allow-empty", "AVAP_EXPORT_ALLOW_EMPTY", "allow_empty", _flag, "publish an empty catalog", True),
-    _Option("--force", "AVAP_EXPORT_FORCE", "force", _flag, "publish despite the count-drop guard", True),
-    _Option("--level", "AVAP_EXPORT_LEVEL", "level", int, "zstd compression level"),
-    _Option("--connect-timeout-s", "AVAP_EXPORT_CONNECT_TIMEOUT_S", "connect_timeout_s", int, "connect timeout"),
-    _Option("--created-at-ms", "AVAP_EXPORT_CREATED_AT_MS", "created_at_unix_ms", int, "fixed creation time"),
-    _Option(
+    Option("--snapshots", "AVAP_SNAPSHOTS", "snapshots", Path, "snapshot folder to publish into"),
+    Option("--dsn", "AVAP_PG_DSN", "dsn", str, "libpq connection string; unset: libpq's PG* variables"),
+    Option("--table", "AVAP_EXPORT_TABLE", "table", str, "command-definitions table ([schema.]name)"),
+    Option("--bytecode-table", "AVAP_EXPORT_BYTECODE_TABLE", "bytecode_table", str, "packages table; '' for none"),
+    Option("--keep", "AVAP_EXPORT_KEEP", "keep", int, "snapshots to keep; the newest is never deleted"),
+    Option("--max-drop-percent", "AVAP_EXPORT_MAX_DROP_PERCENT", "max_drop_percent", float, "largest count drop"),
+    Option(
+        "--allow-empty", "AVAP_EXPORT_ALLOW_EMPTY", "allow_empty", parse_bool, "publish an empty catalog", switch=True
+    ),
+    Option("--force", "AVAP_EXPORT_FORCE", "force", parse_bool, "publish despite the count-drop guard", switch=True),
+    Option("--level", "AVAP_EXPORT_LEVEL", "level", int, "zstd compression level"),
+    Option("--connect-timeout-s", "AVAP_EXPORT_CONNECT_TIMEOUT_S", "connect_timeout_s", int, "connect timeout"),
+    Option("--created-at-ms", "AVAP_EXPORT_CREATED_AT_MS", "created_at_unix_ms", int, "fixed creation time"),
+    Option(
         "--signing-key-file",
         "AVAP_SIGNING_KEY_FILE",
         "signing_key",
         _key_file,
         "HMAC key file for signed packages (or the key itself in AVAP_SIGNING_KEY)",
     ),
-    _Option("--fetch-rows", "AVAP_EXPORT_FETCH_ROWS", "fetch_rows", int, "rows per cursor round trip"),
-    _Option("--deltas", "AVAP_DELTAS", "deltas", int, "write deltas from this many earlier versions; 0 for none"),
-    _Option(
+    Option("--fetch-rows", "AVAP_EXPORT_FETCH_ROWS", "fetch_rows", int, "rows per cursor round trip"),
+    Option("--deltas", "AVAP_DELTAS", "deltas", int, "write deltas from this many earlier versions; 0 for none"),
+    Option(
         "--delta-max-percent",
         "AVAP_EXPORT_DELTA_MAX_PERCENT",
         "delta_max_percent",
@@ -125,39 +107,13 @@ _EXPORT_OPTIONS = (
 _DEFAULTS = {field.name: field.default for field in dataclasses.fields(ExportConfig)}
 
 
-def _add_options(parser: argparse.ArgumentParser, options: Sequence[_Option]) -> None:
-    for option in options:
-        shown = _DEFAULTS.get(option.field)
-        default = "" if option.switch or shown in (None, "") else f"; default {shown}"
-        text = f"{option.help} (env {option.env}{default})"
-        if option.switch:
-            parser.add_argument(option.flag, dest=option.field, action="store_const", const=True, help=text)
-        else:
-            metavar = option.flag.lstrip("-").upper().replace("-", "_")
-            parser.add_argument(option.flag, dest=option.field, type=option.parse, metavar=metavar, help=text)
-
-
-def _resolve(args: argparse.Namespace, env: Mapping[str, str], options: Sequence[_Option]) -> dict[str, Any]:
-    """Each setting from its flag, else its variable; absent ones keep the dataclass default."""
-    values: dict[str, Any] = {}
-    for option in options:
-        value = getattr(args, option.field, None)
-        if value is None and option.env in env:
-            try:
-                value = option.parse(env[option.env])
-            except ValueError as exc:
-                raise ConfigError(f"{option.env}={env[option.env]!r}: {exc}") from exc
-        if value is not None:
-            values[option.field] = value
-    return values
+_LOG_LEVEL = Option(
+    "--log-level", "AVAP_LOG_LEVEL", "log_level", parse_log_level, "log level on stderr", default="warning"
+)
 
 
 def _add_logging(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--log-level",
-        choices=("debug", "info", "warning", "error"),
-        help="log level on stderr (env AVAP_LOG_LEVEL; default warning)",
-    )
+    add_options(parser, (_LOG_LEVEL,), {})
 
 
 def _export_parser() -> argparse.ArgumentParser:
@@ -168,7 +124,7 @@ def _export_parser() -> argparse.ArgumentParser:
         epilog="Exit codes: 0 ok or unchanged, 2 usage, 3 database, 4 missing table/column, 5 bad rows, "
         "6 refused by a guard, 7 locked by another exporter, 8 snapshot folder, 1 unexpected.",
     )
-    _add_options(parser, _EXPORT_OPTIONS)
+    add_options(parser, _EXPORT_OPTIONS, _DEFAULTS)
     parser.add_argument(
         "--no-progress",
         action="store_true",
@@ -179,11 +135,11 @@ def _export_parser() -> argparse.ArgumentParser:
 
 
 def _run_export(args: argparse.Namespace, env: Mapping[str, str]) -> int:
-    values = _resolve(args, env, _EXPORT_OPTIONS)
+    values = resolve(args, env, _EXPORT_OPTIONS)
     if "signing_key" not in values and env.get("AVAP_SIGNING_KEY"):
         # The key itself only ever comes from the environment or a file, never a flag that shows in ps.
         values["signing_key"] = env["AVAP_SIGNING_KEY"].encode("utf-8")
-    quiet = args.no_progress or _flag(env.get("AVAP_EXPORT_NO_PROGRESS", ""))
+    quiet = args.no_progress or parse_bool(env.get("AVAP_EXPORT_NO_PROGRESS", ""))
     config = ExportConfig(**values, progress=not quiet and sys.stderr.isatty())
     result = run_export(config, progress=sys.stderr if config.progress else None)
     print(result.summary(), flush=True)
@@ -218,7 +174,7 @@ def _sample_parser() -> argparse.ArgumentParser:
         description="Create the legacy tables (exporter/schema.sql) if missing and load the sample catalog: "
         "AVAP's own commands plus generated connector commands.",
     )
-    _add_options(parser, _SAMPLE_OPTIONS)
+    add_options(parser, _SAMPLE_OPTIONS, _DEFAULTS)
     what = parser.add_mutually_exclusive_group()
     what.add_argument("--replace", action="store_true", help="empty both tables first")
     what.add_argument("--if-empty", action="store_true", help="do nothing (exit 0) when the table has rows")
@@ -227,7 +183,7 @@ def _sample_parser() -> argparse.ArgumentParser:
 
 
 def _run_load_sample(args: argparse.Namespace, env: Mapping[str, str]) -> int:
-    values = _resolve(args, env, _SAMPLE_OPTIONS)
+    values = resolve(args, env, _SAMPLE_OPTIONS)
     config = ExportConfig(**values)
     with connect(config.dsn, connect_timeout_s=config.connect_timeout_s) as conn:
         loaded = load_sample(conn, replace=args.replace, if_empty=args.if_empty)
@@ -257,7 +213,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = make_parser().parse_args(words)
     except SystemExit as exc:  # argparse has printed the usage or the help
         return exc.code if isinstance(exc.code, int) else EXIT_USAGE
-    handler = _configure_logging(args.log_level or os.environ.get("AVAP_LOG_LEVEL", "warning"))
+    try:
+        level = resolve(args, os.environ, (_LOG_LEVEL,)).get("log_level", "WARNING")
+    except OptionError as exc:
+        print(f"{PROG}: {exc}", file=sys.stderr, flush=True)
+        return EXIT_USAGE
+    handler = _configure_logging(level)
     try:
         return run(args, os.environ)
     except KeyboardInterrupt:
@@ -279,5 +240,5 @@ def _configure_logging(level: str) -> logging.Handler:
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     root = logging.getLogger()
     root.addHandler(handler)
-    root.setLevel(level.upper())
+    root.setLevel(level)
     return handler

@@ -19,12 +19,12 @@ from avapdefs.folder import (
     snapshot_name,
 )
 from avapdefs.format.snapshot import SnapshotInfo, SnapshotWriter
+from avapdefs.progress import ProgressBar
 from exporter.build import iter_sealed
 from exporter.config import ExportConfig
 from exporter.deltas import write_deltas
 from exporter.errors import PublishError, SourceError
 from exporter.guards import check_guards
-from exporter.progress import ProgressBar
 from exporter.source import Source, connect, open_source
 
 logger = logging.getLogger(__name__)

@@ -10,12 +10,12 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections.abc import Iterator, Sequence
+from typing import NamedTuple
 
 import psycopg
 from psycopg import sql
 from psycopg.rows import args_row
 
-from exporter.build import SourceRow
 from exporter.errors import ConnectError, SchemaError, SourceError
 
 logger = logging.getLogger(__name__)
@@ -35,6 +35,27 @@ DEFINITION_COLUMNS = (
 )
 BYTECODE_COLUMNS = ("command_name", "bytecode", "version", "source_hash")
 _CURSOR_NAME = "avap_export_rows"
+
+
+class SourceRow(NamedTuple):
+    """One row of the definitions table, joined with its precompiled package (if any).
+
+    The field order is the column order of the query below (``DEFINITION_COLUMNS``, then ``BYTECODE_COLUMNS``).
+    """
+
+    id: int
+    name: str | None
+    type: str | None
+    interface: str | None
+    code: str | None
+    description: str | None
+    logic: bool | None
+    componenttype: str | None
+    service: str | None
+    command: str | None
+    bytecode: bytes | None
+    bytecode_version: int | None
+    bytecode_source_hash: str | None
 
 
 def _identifier(table: str) -> sql.Identifier:

@@ -1,9 +1,11 @@
-"""The server's settings: one frozen dataclass, built by ``cli.py`` only."""
+"""The server's settings: one frozen dataclass (built by ``cli.py`` only), and the option table that fills it."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
+
+from avapdefs.options import Option, parse_bool, parse_log_level
 
 # SyncCatalog chunk size, measured on loopback with a 41 MB snapshot (best of
 # three rounds, docs/server.md): 256 KiB 1,362 MB/s, 1 MiB 1,719 MB/s,
@@ -81,3 +83,61 @@ class Settings:
     def is_loopback(self) -> bool:
         """Whether the server listens on a loopback address only."""
         return self.host in ("localhost", "::1") or self.host.startswith("127.")
+
+
+DEFAULTS = {setting.name: setting.default for setting in fields(Settings)}
+SNAPSHOTS = Option("--snapshots", "AVAP_SNAPSHOTS", "snapshots_dir", Path, "snapshot folder to serve")
+# Every flag of avap-server, in --help order. Fields that are not Settings' belong to the program.
+OPTIONS: tuple[Option, ...] = (
+    SNAPSHOTS,
+    Option("--host", "AVAP_HOST", "host", str, "address to listen on"),
+    Option("--port", "AVAP_PORT", "port", int, "TCP port, 0 for any free one"),
+    Option("--grace-s", "AVAP_GRACE_S", "grace_s", float, "seconds in-flight calls may run on after SIGTERM/SIGINT"),
+    Option("--max-workers", "AVAP_MAX_WORKERS", "max_workers", int, "threads answering calls; a stream holds one"),
+    Option("--max-watch-streams", "AVAP_MAX_WATCH_STREAMS", "max_watch_streams", int, "WatchCatalog streams at once"),
+    Option("--heartbeat-s", "AVAP_HEARTBEAT_S", "heartbeat_s", float, "seconds between heartbeats on a quiet watch"),
+    Option(
+        "--legacy-proto",
+        "AVAP_LEGACY_PROTO",
+        "legacy_proto",
+        Path,
+        "a deployment's own avap.DefinitionEngine .proto: legacy answers use its field numbers "
+        "(default: the bundled proto/avap/definition_engine.proto)",
+    ),
+    Option(
+        "--no-legacy",
+        "AVAP_LEGACY",
+        "legacy",
+        parse_bool,
+        "do not serve the legacy avap.DefinitionEngine service (the variable: 0 for off)",
+        switch=True,
+        const=False,
+    ),
+    Option(
+        "--api-key-file",
+        "AVAP_API_KEY_FILE",
+        "api_key_file",
+        Path,
+        "file holding the API key that calls must carry in x-avap-auth; the key itself may be given "
+        "as AVAP_API_KEY (never as a flag, so it does not show in ps)",
+    ),
+    Option("--pin", "AVAP_PIN", "pin", int, "serve this catalog version, not the newest; a PIN file (avap-pin) wins"),
+    Option(
+        "--poll",
+        "AVAP_POLL",
+        "poll",
+        parse_bool,
+        "poll the folder for new snapshots instead of waiting for file events (Docker bind mounts)",
+        switch=True,
+    ),
+    Option(
+        "--processes",
+        "AVAP_PROCESSES",
+        "processes",
+        int,
+        "server processes sharing the port, each pinned to its own CPU; above 1 needs a fixed --port",
+        default=1,
+    ),
+    Option("--cpu", "AVAP_CPU", "cpu", int, "pin this process to one CPU (--processes sets it for each process)"),
+    Option("--log-level", "AVAP_LOG_LEVEL", "log_level", parse_log_level, "logging level", default="info"),
+)

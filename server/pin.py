@@ -19,6 +19,8 @@ from pathlib import Path
 
 from avapdefs.errors import SnapshotError
 from avapdefs.folder import read_verified, remove_pin, snapshot_name, write_pin
+from avapdefs.options import add_options, resolve
+from server.config import DEFAULTS, SNAPSHOTS
 
 EXIT_OK = 0
 EXIT_USAGE = 2
@@ -30,14 +32,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="avap-pin", description="Pin the servers of a snapshot folder to a version.")
     parser.add_argument("version", type=int, nargs="?", help="the catalog version to serve")
     parser.add_argument("--unpin", action="store_true", help="remove the pin: serve the newest version again")
-    parser.add_argument(
-        "--snapshots",
-        type=Path,
-        default=Path(os.environ.get("AVAP_SNAPSHOTS", "snapshots")),
-        help="snapshot folder [AVAP_SNAPSHOTS; default ./snapshots]",
-    )
+    add_options(parser, (SNAPSHOTS,), DEFAULTS)  # the server's own option, so both find the same folder
     try:
         args = parser.parse_args(argv)
+        folder: Path = resolve(args, os.environ, (SNAPSHOTS,)).get(SNAPSHOTS.field, DEFAULTS[SNAPSHOTS.field])
     except SystemExit as exc:
         return exc.code if isinstance(exc.code, int) else EXIT_USAGE
     if args.unpin == (args.version is not None):
@@ -45,13 +43,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("avap-pin: give a VERSION or --unpin")
         return EXIT_USAGE
     if args.unpin:
-        print("unpinned" if remove_pin(args.snapshots) else "was not pinned")
+        print("unpinned" if remove_pin(folder) else "was not pinned")
         return EXIT_OK
     try:
-        read_verified(args.snapshots / snapshot_name(args.version))
+        read_verified(folder / snapshot_name(args.version))
     except SnapshotError as exc:
         print(f"avap-pin: cannot pin version {args.version}: {exc}")
         return EXIT_NO_SUCH_VERSION
-    write_pin(args.snapshots, args.version)
+    write_pin(folder, args.version)
     print(f"pinned to version {args.version}")
     return EXIT_OK

@@ -18,7 +18,7 @@ import time
 from bisect import bisect_left
 from collections.abc import Callable, Iterator
 from concurrent import futures
-from typing import Any, TypeVar
+from typing import Any, NoReturn, TypeVar
 
 import grpc
 from google.protobuf.message import DecodeError
@@ -68,6 +68,14 @@ class StatusError(Exception):
         self.details = details
 
 
+def _abort(context: grpc.ServicerContext, exc: Exception, method: str) -> NoReturn:
+    # The one place an error becomes a status: a StatusError says which; anything else is a bug.
+    if isinstance(exc, StatusError):
+        context.abort(exc.code, exc.details)
+    logger.error("%s failed", method, exc_info=exc)
+    context.abort(grpc.StatusCode.INTERNAL, "internal error")
+
+
 def unary(method: _Unary) -> _Unary:
     """``method`` as a unary handler: a StatusError becomes its status, anything else INTERNAL (logged)."""
 
@@ -75,11 +83,8 @@ def unary(method: _Unary) -> _Unary:
     def call(request: Any, context: grpc.ServicerContext) -> bytes:
         try:
             return method(request, context)
-        except StatusError as status:
-            context.abort(status.code, status.details)
-        except Exception:
-            logger.exception("%s failed", method.__name__)
-            context.abort(grpc.StatusCode.INTERNAL, "internal error")
+        except Exception as exc:
+            _abort(context, exc, method.__name__)
 
     return call
 
@@ -91,11 +96,8 @@ def stream(method: _Stream) -> _Stream:
     def call(request: Any, context: grpc.ServicerContext) -> Iterator[bytes]:
         try:
             yield from method(request, context)
-        except StatusError as status:
-            context.abort(status.code, status.details)
-        except Exception:
-            logger.exception("%s failed", method.__name__)
-            context.abort(grpc.StatusCode.INTERNAL, "internal error")
+        except Exception as exc:
+            _abort(context, exc, method.__name__)
 
     return call
 

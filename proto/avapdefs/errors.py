@@ -10,6 +10,7 @@
      ├── CatalogOrderError             commands given to a writer out of order or twice
      ├── DeltaMismatchError            a delta applied to the wrong base, or its result fails the target hash
      ├── LockedError                   another writer holds a snapshot folder's lock (carries .lock_path)
+     ├── OptionError                   an AVAP_* variable's value cannot be used (carries .variable)
      └── ServerError                   a call to a definition server failed (carries .code, .details)
           ├── CommandNotFoundError     the server holds no command of that name (carries .name)
           ├── ServerUnavailableError   the server could not be reached, retries included
@@ -144,3 +145,15 @@ class LockedError(AvapDefsError):
     def __init__(self, lock_path: Path) -> None:
         self.lock_path = lock_path
         super().__init__(f"another exporter is running (it holds {lock_path}); nothing done")
+
+
+class OptionError(AvapDefsError, ValueError):
+    """An ``AVAP_*`` variable (or another setting) has a value its program cannot use.
+
+    Attributes:
+        variable: the variable, e.g. ``"AVAP_PORT"``.
+    """
+
+    def __init__(self, message: str, *, variable: str) -> None:
+        self.variable = variable
+        super().__init__(message)

@@ -26,13 +26,13 @@ import sys
 import threading
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TextIO
 
 from google.protobuf import json_format
 
 from avapdefs.client.follow import follow
-from avapdefs.client.rpc import DEFAULT_SERVER, DefinitionClient, Progress, SyncResult
+from avapdefs.client.rpc import DEFAULT_SERVER, DefinitionClient, SyncResult
 from avapdefs.errors import CommandNotFoundError, ServerError, ServerUnavailableError, SyncError
+from avapdefs.progress import ProgressBar
 from avapdefs.v1.definitions_pb2 import Command
 
 EXIT_OK = 0
@@ -56,29 +56,6 @@ def _parse(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> argpa
 def _server_error_exit(exc: ServerError) -> int:
     logging.getLogger(__name__).error("%s", exc)
     return EXIT_UNAVAILABLE if isinstance(exc, ServerUnavailableError) else EXIT_SERVER_ERROR
-
-
-class _ProgressBar:
-    """A one-line progress bar redrawn on a terminal, at most once per percent."""
-
-    def __init__(self, stream: TextIO, width: int = 30) -> None:
-        self._stream = stream
-        self._width = width
-        self._shown = -1
-
-    def __call__(self, received: int, total: int) -> None:
-        percent = received * 100 // total if total else 100
-        if percent == self._shown:
-            return
-        self._shown = percent
-        filled = self._width * percent // 100
-        bar = "#" * filled + "-" * (self._width - filled)
-        self._stream.write(f"\r[{bar}] {percent:3d}% {received / _MB:.1f}/{total / _MB:.1f} MB")
-        self._stream.flush()
-
-    def finish(self) -> None:
-        if self._shown >= 0:
-            self._stream.write("\n")
 
 
 def _summary(result: SyncResult, dest: Path) -> str:
@@ -129,11 +106,10 @@ def sync_main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="avap-sync: %(levelname)s: %(message)s")
     if args.watch:
         return _follow(args)
-    bar = _ProgressBar(sys.stderr) if sys.stderr.isatty() else None
-    progress: Progress | None = bar
+    bar = ProgressBar(sys.stderr if sys.stderr.isatty() else None, None, unit="MB", per_unit=_MB)
     try:
         with DefinitionClient(args.server, timeout_s=args.connect_timeout_s) as client:
-            result = client.sync(args.dest, progress=progress, timeout_s=args.timeout_s)
+            result = client.sync(args.dest, progress=bar.update, timeout_s=args.timeout_s)
     except KeyboardInterrupt:
         return EXIT_INTERRUPTED
     except SyncError as exc:
@@ -145,8 +121,7 @@ def sync_main(argv: Sequence[str] | None = None) -> int:
         logging.getLogger(__name__).error("cannot write %s: %s", args.dest, exc)
         return EXIT_CANNOT_WRITE
     finally:
-        if bar is not None:
-            bar.finish()
+        bar.close()
     print(_summary(result, args.dest))
     return EXIT_OK
 
