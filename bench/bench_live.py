@@ -27,10 +27,10 @@ import threading
 import time
 from pathlib import Path
 
+import catalog
 import grpc
 
-from avapdefs.folder import atomic_file, list_snapshots, snapshot_name
-from avapdefs.format.snapshot import write_snapshot
+from avapdefs.folder import list_snapshots
 from avapdefs.v1.definitions_pb2 import Command, GetCommandRequest, WatchCatalogRequest
 from avapdefs.v1.definitions_pb2_grpc import DefinitionServiceStub
 
@@ -52,8 +52,7 @@ def _commands(count: int, version: int) -> list[Command]:
 
 
 def _publish(folder: Path, version: int, count: int, keep: int = 3) -> None:
-    with atomic_file(folder / snapshot_name(version)) as file:
-        write_snapshot(file, _commands(count, version), version=version, source="bench")
+    catalog.publish(folder, _commands(count, version), version)
     for _, path in list_snapshots(folder)[:-keep]:
         path.unlink()
 

@@ -37,13 +37,12 @@ import time
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 
+import catalog
 import grpc
 import procs
 import psutil
 from loads import grpc_frame, run_h2load
 
-from avapdefs.folder import atomic_file, snapshot_name
-from avapdefs.format.snapshot import write_snapshot
 from avapdefs.format.wire import encode_entry
 from avapdefs.v1.definitions_pb2 import Command, GetCommandRequest, WatchCatalogRequest, WatchCatalogResponse
 from server.reload import Reloader
@@ -61,8 +60,7 @@ def _publish(folder: Path, version: int, count: int) -> None:
         Command(name=f"bench.cmd.{index:05d}", type="function", code=f"# version {version}\ndef cmd_{index}(): pass\n")
         for index in range(count)
     ]
-    with atomic_file(folder / snapshot_name(version)) as file:
-        write_snapshot(file, commands, version=version, source="bench")
+    catalog.publish(folder, commands, version)
 
 
 # --- the grpc.aio server (kind "aio") -------------------------------------------------
@@ -95,7 +93,7 @@ async def _aio_main(store: SnapshotStore, port: int) -> None:
         found = snap.responses.get(GetCommandRequest.FromString(request).name.encode())
         if found is None:
             await context.abort(grpc.StatusCode.NOT_FOUND, "not found")
-        return found  # type: ignore[return-value]
+        return found
 
     async def watch(request: bytes, context: grpc.aio.ServicerContext[bytes, bytes]) -> AsyncIterator[bytes]:
         seen = WatchCatalogRequest.FromString(request).have_version
@@ -115,7 +113,7 @@ async def _aio_main(store: SnapshotStore, port: int) -> None:
     threading.Thread(target=bridge, daemon=True).start()
     Reloader(store).start()
     server = grpc.aio.server()
-    handlers = {
+    handlers: dict[str, grpc.RpcMethodHandler[bytes, bytes]] = {
         "GetCommand": grpc.unary_unary_rpc_method_handler(get_command),
         "WatchCatalog": grpc.unary_stream_rpc_method_handler(watch),
     }
@@ -141,7 +139,8 @@ async def _hold_main(port: int, streams: int) -> None:
     request = WatchCatalogRequest(have_version=0).SerializeToString()
 
     async def one(channel: grpc.aio.Channel) -> None:
-        call = channel.unary_stream(SERVICE + "WatchCatalog")(request)
+        watch: grpc.aio.UnaryStreamMultiCallable[bytes, bytes] = channel.unary_stream(SERVICE + "WatchCatalog")
+        call = watch(request)
         async for data in call:
             message = WatchCatalogResponse.FromString(data)
             if message.WhichOneof("event") == "catalog":

@@ -6,6 +6,9 @@ reads the snapshot built here from them. Fields map one to one (``name``,
 ``updated_at`` have no counterpart in ``avapdefs.v1.Command`` and are dropped,
 while ours adds a 32-byte ``content_hash`` per command.
 
+``publish`` writes any commands as one snapshot of a folder; the other bench
+scripts publish their generated catalogs with it.
+
     .venv/bin/python bench/catalog.py bench/.cache/catalogs/catalog_5000.jsonl OUT_DIR
 """
 
@@ -14,7 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 
 from avapdefs.folder import atomic_file, snapshot_name
@@ -43,6 +46,25 @@ def read_names(jsonl: Path) -> list[str]:
         return [json.loads(line)["name"] for line in lines if line.strip()]
 
 
+def publish(
+    folder: Path,
+    commands: Iterable[Command],
+    version: int,
+    *,
+    source: str = "bench",
+    created_at_unix_ms: int | None = None,
+) -> Path:
+    """Write ``commands`` into ``folder`` as snapshot ``version``, atomically, as the exporter publishes.
+
+    Returns:
+        The snapshot file's path.
+    """
+    path = folder / snapshot_name(version)
+    with atomic_file(path) as file:
+        write_snapshot(file, commands, version=version, source=source, created_at_unix_ms=created_at_unix_ms)
+    return path
+
+
 def build(jsonl: Path, folder: Path) -> Path:
     """Write ``folder/catalog-0000000001.avsnap`` from ``jsonl`` unless it is already newer.
 
@@ -53,10 +75,7 @@ def build(jsonl: Path, folder: Path) -> Path:
     if path.exists() and path.stat().st_mtime >= jsonl.stat().st_mtime:
         return path
     folder.mkdir(parents=True, exist_ok=True)
-    with atomic_file(path) as file:
-        commands = read_commands(jsonl)
-        write_snapshot(file, commands, version=VERSION, source=SOURCE, created_at_unix_ms=_CREATED_AT_UNIX_MS)
-    return path
+    return publish(folder, read_commands(jsonl), VERSION, source=SOURCE, created_at_unix_ms=_CREATED_AT_UNIX_MS)
 
 
 def describe(info: SnapshotInfo) -> str:

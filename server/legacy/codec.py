@@ -84,7 +84,7 @@ def load_codec(proto_path: Path) -> LegacyCodec:
         LegacyProtoError: the file does not compile, or has no
             ``avap.DefinitionEngine`` service with the contract's fields.
     """
-    from grpc_tools import protoc  # type: ignore[import-untyped]  # only needed for this option
+    from grpc_tools import protoc  # only needed for this option
 
     with tempfile.TemporaryDirectory() as scratch:
         out = Path(scratch) / "legacy.pb"

@@ -16,7 +16,7 @@ from avapdefs.folder import TEMP_PREFIX, list_snapshots, snapshot_name
 from avapdefs.format import snapshot
 from avapdefs.v1.definitions_pb2 import GetCommandRequest
 from server.app import DefinitionServer
-from tests.conftest import MakeSnapshot
+from tests.helpers import MakeSnapshot
 from tests.server.helpers import big_commands, running_server, stub_for
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+from collections.abc import Set
 from pathlib import Path
 
 import pytest
@@ -10,14 +11,14 @@ import pytest
 from avapdefs.errors import CorruptSnapshotError, DeltaMismatchError, SnapshotError
 from avapdefs.format import delta, snapshot
 from avapdefs.v1.definitions_pb2 import Command
-from tests.factories import sample_command
+from tests.helpers import sample_command
 
 
 def _snapshot(commands: list[Command], version: int) -> snapshot.Snapshot:
     return snapshot.verify(snapshot.encode_snapshot(commands, version=version, source="test")[1])
 
 
-def _catalog(count: int, changed: set[int] = frozenset(), code: str = "pass") -> list[Command]:
+def _catalog(count: int, changed: Set[int] = frozenset(), code: str = "pass") -> list[Command]:
     return [sample_command(f"cmd{i:05d}", code=f"# v2\n{code}" if i in changed else code) for i in range(count)]
 
 
@@ -101,7 +102,9 @@ def test_streamed_files_give_the_same_delta_and_result(tmp_path: Path) -> None:
 def test_a_change_larger_than_the_limit_gives_none(tmp_path: Path) -> None:
     base_path = _file(tmp_path, _catalog(100), 1)
     target_path = _file(tmp_path, _catalog(100, changed=set(range(100))), 2)
-    upsert_bytes = sum(len(u) for u in delta.make_delta_files(base_path, target_path).upserts)
+    made = delta.make_delta_files(base_path, target_path)
+    assert made is not None
+    upsert_bytes = sum(len(u) for u in made.upserts)
     assert delta.make_delta_files(base_path, target_path, max_upsert_bytes=upsert_bytes - 1) is None
     assert delta.make_delta_files(base_path, target_path, max_upsert_bytes=upsert_bytes) is not None
 
@@ -117,6 +120,7 @@ def test_a_damaged_base_file_is_refused_while_streaming(tmp_path: Path) -> None:
     base_path = _file(tmp_path, _catalog(50), 1)
     target_path = _file(tmp_path, _catalog(50, changed={1}), 2)
     made = delta.make_delta_files(base_path, target_path)
+    assert made is not None
     data = bytearray(base_path.read_bytes())
     data[-10] ^= 0x01  # inside the frame: the zstd checksum or the content hash fails at the end
     base_path.write_bytes(bytes(data))

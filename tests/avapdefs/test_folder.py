@@ -9,7 +9,7 @@ import pytest
 from avapdefs import folder
 from avapdefs.errors import NoSnapshotError, SnapshotError
 from avapdefs.format import snapshot
-from tests.conftest import MakeSnapshot
+from tests.helpers import MakeSnapshot
 
 
 def _versions(candidates: list[tuple[int, Path]]) -> list[int]:

@@ -13,7 +13,7 @@ import pytest
 from avapdefs.client import DefinitionClient, SyncResult
 from avapdefs.client.follow import backoff_s, follow
 from avapdefs.folder import list_snapshots
-from tests.conftest import MakeSnapshot
+from tests.helpers import MakeSnapshot
 from tests.server.helpers import running_server
 
 

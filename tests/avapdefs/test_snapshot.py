@@ -25,7 +25,7 @@ from avapdefs.errors import (
 from avapdefs.format import snapshot, wire
 from avapdefs.format.reader import CommandReader, iter_file_commands
 from avapdefs.v1.definitions_pb2 import Catalog, Command
-from tests.factories import sample_command
+from tests.helpers import sample_command
 
 NAMES = ["if", "addVar", "ñandú.cálculo", "RequestGet", "end", "日本語コマンド", "addParam"]
 

@@ -8,7 +8,7 @@ import psycopg
 import pytest
 
 from exporter.cli import EXIT_BAD_DATA, EXIT_DATABASE, EXIT_SCHEMA
-from tests.exporter.conftest import insert_rows, row, run_export
+from tests.exporter.helpers import insert_rows, row, run_export
 
 
 def _export_fails(pg_dsn: str, folder: Path, capsys: pytest.CaptureFixture[str], code: int, *extra: str) -> str:
@@ -22,8 +22,8 @@ def _export_fails(pg_dsn: str, folder: Path, capsys: pytest.CaptureFixture[str],
 
 
 def _ids(db: psycopg.Connection, *names: str | None) -> list[int]:
-    return [db.execute("SELECT id FROM obex_dapl_functions WHERE name IS NOT DISTINCT FROM %s", [n]).fetchone()[0]
-            for n in names]  # fmt: skip
+    query = "SELECT id FROM obex_dapl_functions WHERE name IS NOT DISTINCT FROM %s"
+    return [row[0] for name in names for row in db.execute(query, [name]).fetchall()]
 
 
 def test_null_name(db: psycopg.Connection, pg_dsn: str, folder: Path, capsys: pytest.CaptureFixture[str]) -> None:

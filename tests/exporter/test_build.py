@@ -6,8 +6,11 @@ import pytest
 
 from avapdefs.format.package import open_package
 from avapdefs.v1.definitions_pb2 import Command
-from exporter.build import SourceRow, build_command, iter_sealed
+from exporter.build import build_command, iter_sealed
 from exporter.errors import BadDataError
+from exporter.source import SourceRow
+
+CODE = "def f(self, x):\n    return x\n"
 
 
 def source_row(row_id: int, name: str | None, **fields: object) -> SourceRow:
@@ -16,7 +19,7 @@ def source_row(row_id: int, name: str | None, **fields: object) -> SourceRow:
         "name": name,
         "type": "function",
         "interface": '[{"item":"x","type":"value"}]',
-        "code": "def f(self, x):\n    return x\n",
+        "code": CODE,
         "description": "d",
         "logic": None,
         "componenttype": None,
@@ -35,7 +38,7 @@ def test_build_command_maps_every_column_and_nulls_to_defaults() -> None:
                      bytecode=b"\x01\x02", bytecode_version=3, bytecode_source_hash="abc")  # fmt: skip
     command = build_command(row)
     assert command == Command(
-        name="addVar", type="function", interface_json='[{"item":"x","type":"value"}]', code=row.code,
+        name="addVar", type="function", interface_json='[{"item":"x","type":"value"}]', code=CODE,
         description="d", logic=True, component_type="variables", service="core", command="addVar",
         source_id=7, bytecode=b"\x01\x02", bytecode_version=3, bytecode_source_hash="abc",
     )  # fmt: skip

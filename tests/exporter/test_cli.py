@@ -12,7 +12,7 @@ import pytest
 from avapdefs.folder import list_snapshots
 from exporter import cli
 from exporter.cli import EXIT_BAD_SNAPSHOT, EXIT_OK, EXIT_USAGE, main
-from tests.exporter.conftest import insert_rows, row
+from tests.exporter.helpers import insert_rows, row
 
 _ENV = (
     "AVAP_PG_DSN", "AVAP_SNAPSHOTS", "AVAP_EXPORT_KEEP", "AVAP_EXPORT_LEVEL", "AVAP_EXPORT_ALLOW_EMPTY",

@@ -12,7 +12,7 @@ import pytest
 from avapdefs.folder import delta_name, list_deltas, list_snapshots, snapshot_name
 from avapdefs.format import delta, snapshot
 from exporter.cli import EXIT_BAD_SNAPSHOT, EXIT_OK, main
-from tests.exporter.conftest import insert_generated, run_export
+from tests.exporter.helpers import insert_generated, run_export
 
 ROWS = 200
 

@@ -13,7 +13,7 @@ from avapdefs.format import snapshot
 from avapdefs.format.package import open_package
 from exporter.config import ExportConfig
 from exporter.export import run_export as export_now
-from tests.exporter.conftest import insert_rows, row, run_export
+from tests.exporter.helpers import insert_rows, row, run_export
 
 CREATED = "1700000000000"
 
@@ -38,10 +38,10 @@ def test_round_trip_rows_to_file_to_catalog(db: psycopg.Connection, pg_dsn: str,
     assert loaded.info.created_at_unix_ms == int(CREATED)
     commands = list(loaded.catalog().commands)
     assert [c.name for c in commands] == ["RequestGet", "addVar", "if"]  # UTF-8 byte order: upper case first
-    ids = dict(db.execute("SELECT name, id FROM obex_dapl_functions").fetchall())
+    ids: dict[str, int] = dict(db.execute("SELECT name, id FROM obex_dapl_functions").fetchall())
     by_name = {c.name: c for c in commands}
     for values in rows:
-        command = by_name[values["name"]]
+        command = by_name[str(values["name"])]
         assert command.source_id == ids[command.name]
         assert command.interface_json == (values["interface"] or "")
         assert command.code == (values["code"] or "")

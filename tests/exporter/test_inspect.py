@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from exporter.cli import EXIT_BAD_SNAPSHOT, EXIT_OK, main
-from tests.factories import sample_command
+from tests.helpers import sample_command
 
 
 def test_inspect_prints_the_header_and_counts(make_snapshot, capsys: pytest.CaptureFixture[str]) -> None:

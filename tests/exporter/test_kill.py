@@ -12,7 +12,7 @@ import psycopg
 
 from avapdefs.folder import TEMP_PREFIX, list_snapshots, snapshot_name
 from avapdefs.format.snapshot import read_file
-from tests.exporter.conftest import insert_generated, run_export
+from tests.exporter.helpers import insert_generated, run_export
 
 ROWS = 60_000
 

@@ -13,7 +13,7 @@ from avapdefs.errors import LockedError
 from avapdefs.folder import LOCK_NAME, folder_lock, list_snapshots, snapshot_name
 from avapdefs.format import snapshot
 from exporter.cli import EXIT_LOCKED, EXIT_REFUSED
-from tests.exporter.conftest import insert_generated, insert_rows, row, run_export
+from tests.exporter.helpers import insert_generated, insert_rows, row, run_export
 
 
 def _versions(folder: Path) -> list[int]:

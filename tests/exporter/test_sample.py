@@ -63,6 +63,6 @@ def test_load_sample_refuses_a_filled_table_unless_told(pg_dsn: str, capsys: pyt
     assert "sample not loaded" in capsys.readouterr().out
     assert main(["load-sample", "--dsn", pg_dsn, "--replace"]) == 0
     with psycopg.connect(pg_dsn) as conn:
-        count, max_id = conn.execute("SELECT count(*), max(id) FROM obex_dapl_functions").fetchone()
+        count, max_id = conn.execute("SELECT count(*), max(id) FROM obex_dapl_functions").fetchall()[0]
         assert count == max_id == len(sample_definitions())
         conn.execute("INSERT INTO obex_dapl_functions (name) VALUES ('next')")  # the sequence is past the ids

@@ -8,34 +8,28 @@ from pathlib import Path
 import grpc
 import pytest
 from google.protobuf.descriptor_pool import DescriptorPool
-from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1 import health_pb2
 from grpc_reflection.v1alpha.proto_reflection_descriptor_database import ProtoReflectionDescriptorDatabase
 
 from avapdefs.format import snapshot
 from avapdefs.v1.definitions_pb2 import GetCommandRequest, SyncCatalogRequest
 from server.service import SERVICE_NAME
-from tests.conftest import MakeSnapshot
-from tests.server.helpers import big_commands, running_server, stub_for
+from tests.helpers import MakeSnapshot
+from tests.server.helpers import big_commands, health_status, running_server, stub_for
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 
 
-def _health(port: int, service: str = "") -> int:
-    with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
-        request = health_pb2.HealthCheckRequest(service=service)
-        return health_pb2_grpc.HealthStub(channel).Check(request, timeout=5).status
-
-
 def test_health_is_not_serving_until_loaded_and_after_shutdown_begins(make_snapshot: MakeSnapshot) -> None:
     path = make_snapshot()
     with running_server(path.parent, load=False) as server:
-        assert _health(server.port) == NOT_SERVING
+        assert health_status(server.port) == NOT_SERVING
         server.load()
-        assert _health(server.port) == SERVING
-        assert _health(server.port, SERVICE_NAME) == SERVING
+        assert health_status(server.port) == SERVING
+        assert health_status(server.port, SERVICE_NAME) == SERVING
         server.health.enter_graceful_shutdown()
-        assert _health(server.port, SERVICE_NAME) == NOT_SERVING
+        assert health_status(server.port, SERVICE_NAME) == NOT_SERVING
 
 
 def test_reflection_describes_the_service(make_snapshot: MakeSnapshot) -> None:

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
+import logging
 import re
 import signal
 import subprocess
-import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
@@ -15,8 +14,8 @@ import pytest
 from avapdefs.v1.definitions_pb2 import GetCommandRequest, SyncCatalogRequest
 from avapdefs.v1.definitions_pb2_grpc import DefinitionServiceStub
 from server import cli
-from tests.conftest import MakeSnapshot
-from tests.server.helpers import big_commands
+from tests.helpers import MakeSnapshot
+from tests.server.helpers import big_commands, log_lines, server_process, wait_for_line
 
 SERVING_LINE = re.compile(r"serving catalog version (\d+) \((\d+) commands, loaded in \d+ ms\) on 127\.0\.0\.1:(\d+)")
 
@@ -39,9 +38,24 @@ def test_environment_variables_configure_and_flags_win(
     assert cli.main(["--port", "0"]) == 3
 
 
-@pytest.mark.parametrize("argv", [["--port", "70000"], ["--grace-s", "-1"], ["--no-such-flag"]])
-def test_bad_options_exit_2(argv: list[str]) -> None:
+@pytest.mark.parametrize(
+    ("argv", "problem"),
+    [
+        (["--port", "70000"], r"port 70000 is not between 0 and 65535"),
+        (["--grace-s", "-1"], r"grace.s -1(\.0)? is negative"),
+        (["--no-such-flag"], r"unrecognized arguments: --no-such-flag"),
+    ],
+)
+def test_bad_options_exit_2_with_one_line_naming_the_problem(
+    argv: list[str], problem: str, capsys: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture
+) -> None:
     assert cli.main(argv) == 2
+    # argparse prints its own errors after the usage; the checks of values log theirs.
+    printed = [line for line in capsys.readouterr().err.splitlines() if line.startswith("avap-server: error: ")]
+    logged = [record.getMessage() for record in caplog.records if record.levelno >= logging.ERROR]
+    errors = printed + logged
+    assert len(errors) == 1, errors
+    assert re.search(problem, errors[0]), errors[0]
 
 
 def test_an_address_that_cannot_be_listened_on_exits_4(make_snapshot: MakeSnapshot) -> None:
@@ -50,24 +64,8 @@ def test_an_address_that_cannot_be_listened_on_exits_4(make_snapshot: MakeSnapsh
     assert cli.main(["--snapshots", str(path.parent), "--host", "192.0.2.1", "--port", "0"]) == 4
 
 
-def _lines(process: subprocess.Popen[str]) -> Iterator[str]:
-    assert process.stderr is not None
-    yield from process.stderr
-
-
-def _wait_for(lines: Iterator[str], pattern: str, seen: list[str]) -> re.Match[str]:
-    # Reading the server's log is the synchronisation: each line is a state it reached.
-    for line in lines:
-        seen.append(line)
-        match = re.search(pattern, line)
-        if match:
-            return match
-    raise AssertionError(f"the server ended without logging {pattern!r}:\n{''.join(seen)}")
-
-
 def _start(folder: Path) -> subprocess.Popen[str]:
-    argv = [sys.executable, "-m", "server", "--snapshots", str(folder), "--port", "0", "--log-level", "DEBUG"]
-    return subprocess.Popen(argv, stderr=subprocess.PIPE, text=True, cwd=Path(__file__).parents[2])
+    return server_process("--snapshots", str(folder), "--port", "0", "--log-level", "DEBUG")
 
 
 def test_sigterm_lets_an_in_flight_sync_finish_then_exits_0(make_snapshot: MakeSnapshot) -> None:
@@ -76,15 +74,15 @@ def test_sigterm_lets_an_in_flight_sync_finish_then_exits_0(make_snapshot: MakeS
     process = _start(path.parent)
     seen: list[str] = []
     try:
-        lines = _lines(process)
-        port = _wait_for(lines, SERVING_LINE.pattern, seen).group(3)
+        lines = log_lines(process)
+        port = wait_for_line(lines, SERVING_LINE.pattern, seen).group(3)
         with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
             call = DefinitionServiceStub(channel).SyncCatalog(SyncCatalogRequest(), timeout=30)
             first = [next(call), next(call)]
             process.send_signal(signal.SIGTERM)
-            _wait_for(lines, "shutting down", seen)
+            wait_for_line(lines, "shutting down", seen)
             data = b"".join(message.chunk for message in [*first, *call])
-        _wait_for(lines, "stopped", seen)
+        wait_for_line(lines, "stopped", seen)
         assert process.wait(timeout=30) == 0
     finally:
         process.kill()
@@ -99,8 +97,8 @@ def test_sigint_on_an_idle_server_exits_0(make_snapshot: MakeSnapshot) -> None:
     process = _start(path.parent)
     seen: list[str] = []
     try:
-        lines = _lines(process)
-        match = _wait_for(lines, SERVING_LINE.pattern, seen)
+        lines = log_lines(process)
+        match = wait_for_line(lines, SERVING_LINE.pattern, seen)
         assert match.group(1, 2) == ("5", "3")
         with grpc.insecure_channel(f"127.0.0.1:{match.group(3)}") as channel:
             stub = DefinitionServiceStub(channel)

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
-import logging
 import shutil
 import threading
 from collections.abc import Iterator
@@ -11,81 +9,53 @@ from pathlib import Path
 
 import grpc
 import pytest
-from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1 import health_pb2
 
 from avapdefs.client import DefinitionClient
 from avapdefs.folder import atomic_file, delta_name, read_pin, snapshot_name
 from avapdefs.format import delta, snapshot
 from avapdefs.v1.definitions_pb2 import (
-    Command,
     GetCatalogInfoRequest,
     GetCommandRequest,
     SyncCatalogRequest,
     SyncHeader,
     WatchCatalogRequest,
-    WatchCatalogResponse,
 )
 from avapdefs.v1.definitions_pb2_grpc import DefinitionServiceStub
 from server import pin
 from server.app import DefinitionServer
-from tests.conftest import MakeSnapshot
-from tests.factories import sample_command
-from tests.server.helpers import big_commands, running_server
+from tests.helpers import MakeSnapshot, sample_command
+from tests.server.helpers import (
+    VERSIONED_NAMES,
+    LogWaiter,
+    WatchStream,
+    big_commands,
+    health_status,
+    live_server,
+    next_version,
+    running_server,
+    versioned_commands,
+)
 
-NAMES = [f"cmd.{index:03d}" for index in range(40)]
 
-
-def _catalog(version: int, names: list[str] = NAMES) -> list[Command]:
-    # Every command says which version it belongs to, so an answer shows its version.
-    return [sample_command(name, code=f"# version {version}\n") for name in names]
-
-
-def _watch(stub: DefinitionServiceStub, have: int) -> Iterator[WatchCatalogResponse]:
+def _watch(stub: DefinitionServiceStub, have: int) -> WatchStream:
     return stub.WatchCatalog(WatchCatalogRequest(have_version=have), timeout=60)
-
-
-def _next_version(stream: Iterator[WatchCatalogResponse]) -> int:
-    for message in stream:
-        if message.WhichOneof("event") == "catalog":
-            return message.catalog.version
-    raise AssertionError("the watch stream ended")
-
-
-@contextlib.contextmanager
-def _live(folder: Path, **overrides: object) -> Iterator[tuple[DefinitionServer, DefinitionServiceStub]]:
-    with running_server(folder, heartbeat_s=30.0, **overrides) as server:
-        assert server.reloader is not None and server.reloader.ready.wait(10)
-        with grpc.insecure_channel(f"127.0.0.1:{server.port}") as channel:
-            yield server, DefinitionServiceStub(channel)
 
 
 @pytest.fixture
 def live(make_snapshot: MakeSnapshot) -> Iterator[tuple[DefinitionServer, DefinitionServiceStub]]:
-    path = make_snapshot(version=1, commands=_catalog(1))
-    with _live(path.parent) as served:
+    path = make_snapshot(version=1, commands=versioned_commands(1))
+    with live_server(path.parent) as served:
         yield served
-
-
-class _LogWaiter(logging.Handler):
-    """Sets an event when a record containing ``text`` is logged."""
-
-    def __init__(self, text: str) -> None:
-        super().__init__()
-        self.text = text
-        self.seen = threading.Event()
-
-    def emit(self, record: logging.LogRecord) -> None:
-        if self.text in record.getMessage():
-            self.seen.set()
 
 
 def test_polling_picks_up_a_published_snapshot(make_snapshot: MakeSnapshot) -> None:
     # For folders that deliver no file events (some Docker bind mounts): --poll.
-    path = make_snapshot(version=1, commands=_catalog(1))
-    with _live(path.parent, poll=True) as (_, stub):
+    path = make_snapshot(version=1, commands=versioned_commands(1))
+    with live_server(path.parent, poll=True) as (_, stub):
         stream = _watch(stub, 1)
-        make_snapshot(folder=path.parent, version=2, commands=_catalog(2))
-        assert _next_version(stream) == 2
+        make_snapshot(folder=path.parent, version=2, commands=versioned_commands(2))
+        assert next_version(stream) == 2
         stream.cancel()
 
 
@@ -96,8 +66,8 @@ def test_a_published_snapshot_goes_live_and_watchers_see_each_version_in_order(
     stream = _watch(stub, 1)
     folder = server.store.folder
     for version in range(2, 6):
-        make_snapshot(folder=folder, version=version, commands=_catalog(version))
-        assert _next_version(stream) == version
+        make_snapshot(folder=folder, version=version, commands=versioned_commands(version))
+        assert next_version(stream) == version
         answer = stub.GetCommand(GetCommandRequest(name="cmd.007"), timeout=5)
         assert answer.command.code == f"# version {version}\n"
     stream.cancel()
@@ -137,20 +107,15 @@ def test_a_bad_new_file_is_refused_and_the_live_version_keeps_serving(
 ) -> None:
     server, stub = live
     folder = server.store.folder
-    waiter = _LogWaiter("refused snapshot")
-    logging.getLogger("server.store").addHandler(waiter)
-    try:
+    with LogWaiter("server.store", "refused snapshot") as waiter:
         with atomic_file(folder / snapshot_name(2)) as file:
             file.write(b"AVAPSNAP but nothing after it")
         assert waiter.seen.wait(10)
-    finally:
-        logging.getLogger("server.store").removeHandler(waiter)
     assert stub.GetCatalogInfo(GetCatalogInfoRequest(), timeout=5).version == 1
-    health = health_pb2_grpc.HealthStub(grpc.insecure_channel(f"127.0.0.1:{server.port}"))
-    assert health.Check(health_pb2.HealthCheckRequest(), timeout=5).status == health_pb2.HealthCheckResponse.SERVING
+    assert health_status(server.port) == health_pb2.HealthCheckResponse.SERVING
     stream = _watch(stub, 1)
-    make_snapshot(folder=folder, version=3, commands=_catalog(3))
-    assert _next_version(stream) == 3
+    make_snapshot(folder=folder, version=3, commands=versioned_commands(3))
+    assert next_version(stream) == 3
     stream.cancel()
 
 
@@ -169,7 +134,8 @@ def test_swaps_under_constant_load_fail_no_request(
             while not stop.is_set():
                 index += 1
                 try:
-                    answer = client.GetCommand(GetCommandRequest(name=NAMES[index % len(NAMES)]), timeout=10)
+                    name = VERSIONED_NAMES[index % len(VERSIONED_NAMES)]
+                    answer = client.GetCommand(GetCommandRequest(name=name), timeout=10)
                     answers.append(answer.command.code)
                 except grpc.RpcError as exc:
                     failures.append(exc)
@@ -180,8 +146,8 @@ def test_swaps_under_constant_load_fail_no_request(
     try:
         stream = _watch(stub, 1)
         for version in range(2, 22):
-            make_snapshot(folder=server.store.folder, version=version, commands=_catalog(version))
-            assert _next_version(stream) == version
+            make_snapshot(folder=server.store.folder, version=version, commands=versioned_commands(version))
+            assert next_version(stream) == version
         stream.cancel()
     finally:
         stop.set()
@@ -197,12 +163,12 @@ def test_a_sync_spanning_a_swap_and_the_deletion_of_its_file_completes_on_its_ve
 ) -> None:
     old = make_snapshot(version=1, commands=big_commands(count=24))
     expected = old.read_bytes()
-    with _live(old.parent) as (_, stub):
+    with live_server(old.parent) as (_, stub):
         call = stub.SyncCatalog(SyncCatalogRequest(), timeout=30)
         head = [next(call), next(call)]
         stream = _watch(stub, 1)
-        make_snapshot(folder=old.parent, version=2, commands=_catalog(2))
-        assert _next_version(stream) == 2
+        make_snapshot(folder=old.parent, version=2, commands=versioned_commands(2))
+        assert next_version(stream) == 2
         stream.cancel()
         old.unlink()
         data = b"".join(message.chunk for message in [*head, *call])
@@ -211,9 +177,9 @@ def test_a_sync_spanning_a_swap_and_the_deletion_of_its_file_completes_on_its_ve
 
 
 def _with_delta(make_snapshot: MakeSnapshot) -> tuple[Path, Path, Path]:
-    base = make_snapshot(version=1, commands=_catalog(1))
-    changed = _catalog(1)
-    changed[5] = sample_command(NAMES[5], code="# changed in version 2\n")
+    base = make_snapshot(version=1, commands=versioned_commands(1))
+    changed = versioned_commands(1)
+    changed[5] = sample_command(VERSIONED_NAMES[5], code="# changed in version 2\n")
     target = make_snapshot(folder=base.parent, version=2, commands=[*changed, sample_command("zz.new")])
     made = delta.make_delta(snapshot.read_file(base), snapshot.read_file(target))
     delta_path = base.parent / delta_name(1, 2)
@@ -271,22 +237,22 @@ def test_a_delta_that_fails_to_apply_falls_back_to_a_full_sync(make_snapshot: Ma
 
 
 def test_pin_rolls_back_survives_a_restart_and_unpin_follows_the_newest(make_snapshot: MakeSnapshot) -> None:
-    path = make_snapshot(version=1, commands=_catalog(1))
-    make_snapshot(folder=path.parent, version=2, commands=_catalog(2))
+    path = make_snapshot(version=1, commands=versioned_commands(1))
+    make_snapshot(folder=path.parent, version=2, commands=versioned_commands(2))
     folder = path.parent
-    with _live(folder) as (_, stub):
+    with live_server(folder) as (_, stub):
         assert stub.GetCatalogInfo(GetCatalogInfoRequest(), timeout=5).version == 2
         stream = _watch(stub, 2)
         assert pin.main(["--snapshots", str(folder), "1"]) == 0
-        assert _next_version(stream) == 1
+        assert next_version(stream) == 1
         info = stub.GetCatalogInfo(GetCatalogInfoRequest(), timeout=5)
         assert (info.version, info.pinned_version) == (1, 1)
         stream.cancel()
-    with _live(folder) as (_, stub):  # a restart keeps the pin
+    with live_server(folder) as (_, stub):  # a restart keeps the pin
         assert stub.GetCatalogInfo(GetCatalogInfoRequest(), timeout=5).version == 1
         stream = _watch(stub, 1)
         assert pin.main(["--snapshots", str(folder), "--unpin"]) == 0
-        assert _next_version(stream) == 2
+        assert next_version(stream) == 2
         assert stub.GetCatalogInfo(GetCatalogInfoRequest(), timeout=5).pinned_version == 0
         stream.cancel()
 

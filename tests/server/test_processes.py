@@ -5,9 +5,6 @@ from __future__ import annotations
 import os
 import signal
 import socket
-import subprocess
-import sys
-from pathlib import Path
 
 import grpc
 import pytest
@@ -15,8 +12,8 @@ import pytest
 from avapdefs.v1.definitions_pb2 import GetCommandRequest
 from avapdefs.v1.definitions_pb2_grpc import DefinitionServiceStub
 from server import cli
-from tests.conftest import MakeSnapshot
-from tests.server.test_cli import _lines, _wait_for
+from tests.helpers import MakeSnapshot
+from tests.server.helpers import log_lines, server_process, wait_for_line
 
 STARTED = r"server process (\d) started: pid (\d+) on cpu (\d+)"
 
@@ -39,25 +36,24 @@ def _get(port: int, name: str) -> str:
 def test_processes_share_the_port_and_one_dying_is_restarted(make_snapshot: MakeSnapshot) -> None:
     path = make_snapshot(version=4)
     port = _free_port()
-    argv = [sys.executable, "-m", "server", "--snapshots", str(path.parent), "--port", str(port), "--processes", "2"]
-    process = subprocess.Popen(argv, stderr=subprocess.PIPE, text=True, cwd=Path(__file__).parents[2])
+    process = server_process("--snapshots", str(path.parent), "--port", str(port), "--processes", "2")
     seen: list[str] = []
     try:
-        lines = _lines(process)
+        lines = log_lines(process)
         children = {}
         for _ in range(2):
-            index, pid, _ = _wait_for(lines, STARTED, seen).groups()
+            index, pid, _ = wait_for_line(lines, STARTED, seen).groups()
             children[index] = int(pid)
         for _ in range(2):
-            _wait_for(lines, "serving catalog version 4", seen)
+            wait_for_line(lines, "serving catalog version 4", seen)
         assert os.sched_getaffinity(children["0"]) != os.sched_getaffinity(0) or len(os.sched_getaffinity(0)) == 1
         assert all(_get(port, "if") == "if" for _ in range(8))
 
         os.kill(children["1"], signal.SIGKILL)
-        _wait_for(lines, r"server process 1 \(pid \d+\) exited", seen)
+        wait_for_line(lines, r"server process 1 \(pid \d+\) exited", seen)
         assert _get(port, "addVar") == "addVar"  # the other process keeps serving meanwhile
-        restarted = int(_wait_for(lines, STARTED, seen).group(2))
-        _wait_for(lines, "serving catalog version 4", seen)
+        restarted = int(wait_for_line(lines, STARTED, seen).group(2))
+        wait_for_line(lines, "serving catalog version 4", seen)
 
         process.send_signal(signal.SIGTERM)
         assert process.wait(timeout=60) == 0

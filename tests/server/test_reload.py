@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import contextlib
 import threading
-from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
@@ -12,55 +10,31 @@ import pytest
 
 from avapdefs.folder import atomic_file, snapshot_name, write_pin
 from avapdefs.v1.definitions_pb2 import (
-    Command,
     GetCatalogInfoRequest,
     GetCommandRequest,
     WatchCatalogRequest,
-    WatchCatalogResponse,
 )
-from avapdefs.v1.definitions_pb2_grpc import DefinitionServiceStub
-from server.app import DefinitionServer
-from tests.conftest import MakeSnapshot
-from tests.factories import sample_command
-from tests.server.helpers import LogWaiter, running_server
-
-
-def _commands(version: int) -> list[Command]:
-    return [sample_command(f"cmd.{index}", code=f"# version {version}\n") for index in range(5)]
-
-
-def _next_version(stream: Iterator[WatchCatalogResponse]) -> int:
-    for message in stream:
-        if message.WhichOneof("event") == "catalog":
-            return message.catalog.version
-    raise AssertionError("the watch stream ended")
+from tests.helpers import MakeSnapshot
+from tests.server.helpers import LogWaiter, live_server, next_version, versioned_commands
 
 
 @pytest.fixture
 def two_versions(make_snapshot: MakeSnapshot) -> Path:
     """A folder holding versions 1 and 2."""
-    path = make_snapshot(version=1, commands=_commands(1))
-    make_snapshot(folder=path.parent, version=2, commands=_commands(2))
+    path = make_snapshot(version=1, commands=versioned_commands(1))
+    make_snapshot(folder=path.parent, version=2, commands=versioned_commands(2))
     return path.parent
 
 
-@contextlib.contextmanager
-def _served(folder: Path, **overrides: object) -> Iterator[tuple[DefinitionServer, DefinitionServiceStub]]:
-    with running_server(folder, heartbeat_s=30.0, **overrides) as server:
-        assert server.reloader is not None and server.reloader.ready.wait(10)
-        with grpc.insecure_channel(f"127.0.0.1:{server.port}") as channel:
-            yield server, DefinitionServiceStub(channel)
-
-
 def test_watch_streams_run_on_their_own_pool_and_leave_get_command_its_threads(make_snapshot: MakeSnapshot) -> None:
-    path = make_snapshot(version=1, commands=_commands(1))
-    with _served(path.parent, max_workers=1, max_watch_streams=6) as (_, stub):
+    path = make_snapshot(version=1, commands=versioned_commands(1))
+    with live_server(path.parent, max_workers=1, max_watch_streams=6) as (_, stub):
         streams = [stub.WatchCatalog(WatchCatalogRequest(), timeout=30) for _ in range(6)]
-        assert [_next_version(stream) for stream in streams] == [1] * 6
+        assert [next_version(stream) for stream in streams] == [1] * 6
         watch_threads = [thread for thread in threading.enumerate() if thread.name.startswith("avap-watch")]
         assert len(watch_threads) >= 6
         for _ in range(20):  # the one unary thread is free: every call is answered at once
-            answer = stub.GetCommand(GetCommandRequest(name="cmd.3"), timeout=5)
+            answer = stub.GetCommand(GetCommandRequest(name="cmd.003"), timeout=5)
             assert answer.command.code == "# version 1\n"
         with pytest.raises(grpc.RpcError) as refused:  # the 7th runs on a spare thread, to be refused
             next(stub.WatchCatalog(WatchCatalogRequest(), timeout=10))
@@ -72,19 +46,19 @@ def test_watch_streams_run_on_their_own_pool_and_leave_get_command_its_threads(m
 def test_deleting_the_live_file_keeps_it_serving_and_a_newer_one_still_goes_live(
     two_versions: Path, make_snapshot: MakeSnapshot
 ) -> None:
-    with _served(two_versions) as (_, stub):
+    with live_server(two_versions) as (_, stub):
         stream = stub.WatchCatalog(WatchCatalogRequest(have_version=2), timeout=30)
         with LogWaiter("server.store", "file of live version 2 is gone") as waiter:
             (two_versions / snapshot_name(2)).unlink()
             assert waiter.seen.wait(10)
-        assert stub.GetCommand(GetCommandRequest(name="cmd.1"), timeout=5).command.code == "# version 2\n"
-        make_snapshot(folder=two_versions, version=3, commands=_commands(3))
-        assert _next_version(stream) == 3  # not a fall back to version 1 on the way
+        assert stub.GetCommand(GetCommandRequest(name="cmd.001"), timeout=5).command.code == "# version 2\n"
+        make_snapshot(folder=two_versions, version=3, commands=versioned_commands(3))
+        assert next_version(stream) == 3  # not a fall back to version 1 on the way
         stream.cancel()
 
 
 def test_a_pin_to_a_version_that_does_not_verify_is_refused_and_the_live_one_keeps_serving(two_versions: Path) -> None:
-    with _served(two_versions) as (_, stub):
+    with live_server(two_versions) as (_, stub):
         with atomic_file(two_versions / snapshot_name(1)) as file:
             file.write(b"AVAPSNAP damaged in place")
         with LogWaiter("server.store", "refused snapshot") as waiter:
@@ -96,14 +70,14 @@ def test_a_pin_to_a_version_that_does_not_verify_is_refused_and_the_live_one_kee
         info = stub.GetCatalogInfo(GetCatalogInfoRequest(), timeout=5)
         # The pin in force is reported beside the version actually served, so the mismatch shows.
         assert (info.version, info.pinned_version) == (2, 9)
-        assert stub.GetCommand(GetCommandRequest(name="cmd.0"), timeout=5).command.code == "# version 2\n"
+        assert stub.GetCommand(GetCommandRequest(name="cmd.000"), timeout=5).command.code == "# version 2\n"
 
 
 def test_the_pin_setting_serves_an_older_version_and_the_pin_file_wins(two_versions: Path) -> None:
-    with _served(two_versions, pin=1) as (_, stub):
+    with live_server(two_versions, pin=1) as (_, stub):
         info = stub.GetCatalogInfo(GetCatalogInfoRequest(), timeout=5)
         assert (info.version, info.pinned_version) == (1, 1)
         stream = stub.WatchCatalog(WatchCatalogRequest(have_version=1), timeout=30)
         write_pin(two_versions, 2)
-        assert _next_version(stream) == 2
+        assert next_version(stream) == 2
         stream.cancel()

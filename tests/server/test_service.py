@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 
 import grpc
 import pytest
@@ -17,23 +18,21 @@ from avapdefs.v1.definitions_pb2 import (
     SyncHeader,
 )
 from server.service import MAX_BATCH_NAMES, MAX_NAME_CHARS
-from tests.conftest import MakeSnapshot
-from tests.factories import sample_command
-from tests.server.conftest import NAMES, Served
-from tests.server.helpers import running_server, stub_for
+from tests.helpers import MakeSnapshot, sample_command
+from tests.server.helpers import SERVED_NAMES, Served, raw_unary, running_server, stub_for
 
-SORTED = sorted(NAMES, key=lambda name: name.encode("utf-8"))
+SORTED = sorted(SERVED_NAMES, key=lambda name: name.encode("utf-8"))
 
 
-def _code(call: object) -> grpc.StatusCode:
+def _code(call: Callable[[], object]) -> grpc.StatusCode:
     with pytest.raises(grpc.RpcError) as caught:
-        call()  # type: ignore[operator]
+        call()
     return caught.value.code()
 
 
-@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("name", SERVED_NAMES)
 def test_get_command_answers_the_stored_bytes(served: Served, name: str) -> None:
-    raw = served.channel.unary_unary("/avapdefs.v1.DefinitionService/GetCommand")
+    raw = raw_unary(served.channel, "GetCommand")
     answer = raw(GetCommandRequest(name=name).SerializeToString(), timeout=5)
     stored = snapshot.verify(served.path.read_bytes()).catalog()
     expected = next(command for command in stored.commands if command.name == name)
@@ -45,7 +44,7 @@ def test_get_command_not_found_names_the_command(served: Served) -> None:
     with pytest.raises(grpc.RpcError) as caught:
         served.stub.GetCommand(GetCommandRequest(name="noSuchCommand"), timeout=5)
     assert caught.value.code() == grpc.StatusCode.NOT_FOUND
-    assert "noSuchCommand" in caught.value.details()
+    assert "noSuchCommand" in str(caught.value.details())
 
 
 @pytest.mark.parametrize("name", ["", "y" * (MAX_NAME_CHARS + 1)])
@@ -57,9 +56,9 @@ def test_get_command_refuses_empty_and_over_long_names(served: Served, name: str
 
 @pytest.mark.parametrize("request_bytes", [b"\x0a\x05ab", b"\x0a\x02\xff\xfe", b"\xff\xff\xff"])
 def test_requests_that_do_not_parse_are_invalid_arguments(served: Served, request_bytes: bytes) -> None:
-    raw = served.channel.unary_unary("/avapdefs.v1.DefinitionService/GetCommand")
+    raw = raw_unary(served.channel, "GetCommand")
     assert _code(lambda: raw(request_bytes, timeout=5)) == grpc.StatusCode.INVALID_ARGUMENT
-    raw_list = served.channel.unary_unary("/avapdefs.v1.DefinitionService/ListCommands")
+    raw_list = raw_unary(served.channel, "ListCommands")
     assert _code(lambda: raw_list(request_bytes, timeout=5)) == grpc.StatusCode.INVALID_ARGUMENT
 
 
@@ -81,8 +80,10 @@ def test_batch_get_refuses_bad_batches(served: Served) -> None:
 def test_batch_get_refuses_an_answer_over_the_message_limit(make_snapshot: MakeSnapshot) -> None:
     commands = [sample_command(f"c{index}", code="x" * 20_000) for index in range(4)]
     path = make_snapshot(commands=commands)
-    limits = {"max_send_bytes": 64 * 1024, "chunk_bytes": 16 * 1024}
-    with running_server(path.parent, **limits) as server, stub_for(server) as stub:
+    with (
+        running_server(path.parent, max_send_bytes=64 * 1024, chunk_bytes=16 * 1024) as server,
+        stub_for(server) as stub,
+    ):
         assert len(stub.BatchGetCommands(BatchGetCommandsRequest(names=["c0"]), timeout=5).commands) == 1
         request = BatchGetCommandsRequest(names=["c0", "c1", "c2"])
         assert _code(lambda: stub.BatchGetCommands(request, timeout=5)) == grpc.StatusCode.RESOURCE_EXHAUSTED
@@ -120,7 +121,7 @@ def test_list_commands_defaults_and_bad_token(served: Served) -> None:
 def test_get_catalog_info(served: Served) -> None:
     info = served.stub.GetCatalogInfo(GetCatalogInfoRequest(), timeout=5)
     header = snapshot.read_info(served.path.read_bytes())
-    assert info.version == 3 and info.command_count == len(NAMES)
+    assert info.version == 3 and info.command_count == len(SERVED_NAMES)
     assert info.content_hash == header.content_hash
     assert (info.compressed_size, info.uncompressed_size) == (header.compressed_size, header.uncompressed_size)
     assert info.file_size == served.path.stat().st_size and info.format_version == snapshot.FORMAT_VERSION

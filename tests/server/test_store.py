@@ -12,8 +12,7 @@ from avapdefs.folder import snapshot_name
 from avapdefs.format import snapshot
 from avapdefs.v1.definitions_pb2 import CatalogInfo, GetCommandResponse, SyncCatalogResponse, SyncHeader
 from server.store import SnapshotStore
-from tests.conftest import MakeSnapshot
-from tests.factories import sample_command
+from tests.helpers import MakeSnapshot, sample_command
 from tests.server.helpers import big_commands
 
 NAMES = ["if", "addVar", "ñandú.cálculo", "日本語コマンド", "end", "RequestGet"]

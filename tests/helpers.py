@@ -1,6 +1,12 @@
-"""Plain factories for test data (fixtures live in conftest.py)."""
+"""Plain helpers for every test package: sample commands and the make_snapshot factory's type.
+
+Fixtures live in conftest.py; what they and the tests share as plain code lives here.
+"""
 
 from __future__ import annotations
+
+from pathlib import Path
+from typing import Protocol
 
 from avapdefs.v1.definitions_pb2 import Command
 
@@ -16,3 +22,16 @@ def sample_command(name: str, **fields: object) -> Command:
     }
     values.update(fields)
     return Command(**values)  # type: ignore[arg-type]
+
+
+class MakeSnapshot(Protocol):
+    """The ``make_snapshot`` fixture: write a valid snapshot file into a folder and return its path."""
+
+    def __call__(
+        self,
+        *,
+        folder: Path | None = None,
+        version: int = 1,
+        commands: list[Command] | None = None,
+        source: str = "test",
+    ) -> Path: ...
