@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, TextIO
 
-from avapdefs.errors import CatalogOrderError
+from avapdefs.errors import CatalogOrderError, SnapshotError
 from avapdefs.folder import (
     Newest,
     atomic_file,
@@ -18,6 +18,7 @@ from avapdefs.folder import (
     remove_temp_files,
     snapshot_name,
 )
+from avapdefs.format.reader import verify_file
 from avapdefs.format.snapshot import SnapshotInfo, SnapshotWriter
 from avapdefs.progress import ProgressBar
 from exporter.build import iter_sealed
@@ -120,7 +121,7 @@ def _publish(path: Path, source: Source, config: ExportConfig, newest: Newest, p
     # file and the folder is as it was.
     with atomic_file(path) as file:
         info = _write(file, source, config, newest.version + 1, progress)
-        if newest.info is not None and info.content_hash == newest.info.content_hash:
+        if newest.info is not None and info.content_hash == newest.info.content_hash and _intact(newest):
             raise _Unchanged
         check_guards(
             info,
@@ -130,6 +131,21 @@ def _publish(path: Path, source: Source, config: ExportConfig, newest: Newest, p
             max_drop_percent=config.max_drop_percent,
         )
     return info
+
+
+def _intact(newest: Newest) -> bool:
+    # Same content hash as the newest header: unchanged, but only if that file is still whole.
+    # A truncated or bit-flipped newest file is replaced by a new, higher version instead.
+    assert newest.path is not None and newest.info is not None
+    if newest.info.version != newest.version:
+        logger.warning("the newest snapshot, version %s, is not readable; publishing the table anew", newest.version)
+        return False
+    try:
+        verify_file(newest.path)
+    except SnapshotError as exc:
+        logger.warning("the newest snapshot does not verify (%s); publishing the table as a new version", exc)
+        return False
+    return True
 
 
 def _write(file: BinaryIO, source: Source, config: ExportConfig, version: int, progress: TextIO | None) -> SnapshotInfo:

@@ -50,6 +50,9 @@ def server_options(settings: Settings) -> list[tuple[str, int]]:
     return [
         ("grpc.max_receive_message_length", settings.max_receive_bytes),
         ("grpc.max_send_message_length", settings.max_send_bytes),
+        # grpc shares a port by default; only the processes of one --processes group may,
+        # so a second, unrelated server on a busy port is refused (exit 4), never handed half the calls.
+        ("grpc.so_reuseport", 1 if settings.reuse_port else 0),
         # Clients (workers holding WatchCatalog streams, idle editor channels)
         # may ping every 30 s, calls or not, without being sent GOAWAY for it;
         # the defaults (5 min, and no pings without calls) would cut them off.

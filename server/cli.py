@@ -30,17 +30,26 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _api_key(path: Path | None, env: Mapping[str, str]) -> str | None:
-    """The API key from the key file (trailing newline stripped), else AVAP_API_KEY, else None.
+    """The API key from the key file, else AVAP_API_KEY, else None; surrounding white space is not part of it.
+
+    A key that is set but blank is refused rather than taken as "no key": a
+    deployment that meant to protect the server must not silently run open.
 
     Raises:
-        ValueError: the key file cannot be read.
+        ValueError: the key file cannot be read, or the key it or the variable holds is blank.
     """
     if path is None:
-        return env.get("AVAP_API_KEY") or None
-    try:
-        return path.read_text(encoding="utf-8").rstrip("\r\n")
-    except OSError as exc:
-        raise ValueError(f"cannot read the API key file {path}: {exc.strerror or exc}") from exc
+        if "AVAP_API_KEY" not in env:
+            return None
+        key, where = env["AVAP_API_KEY"].strip(), "AVAP_API_KEY is set but blank"
+    else:
+        try:
+            key, where = path.read_text(encoding="utf-8").strip(), f"the API key file {path} is blank"
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ValueError(f"cannot read the API key file {path}: {getattr(exc, 'strerror', None) or exc}") from exc
+    if not key:
+        raise ValueError(f"{where}; give a key, or unset it to run without one")
+    return key
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -75,6 +84,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         logging.getLogger(__name__).error("%s", exc)
         return EXIT_USAGE
     if processes_wanted > 1:
+        busy = processes.port_is_free(settings.host, settings.port)
+        if busy is not None:
+            logging.getLogger(__name__).error("cannot listen on %s: %s", settings.address, busy.strerror or busy)
+            return app.EXIT_CANNOT_LISTEN
         given = list(sys.argv[1:] if argv is None else argv)
         return processes.run(given, processes=processes_wanted, grace_s=settings.grace_s)
     return app.run(settings)

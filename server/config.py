@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
+from avapdefs.folder import MAX_VERSION
 from avapdefs.options import Option, parse_bool, parse_log_level
 
 # SyncCatalog chunk size, measured on loopback with a 41 MB snapshot (best of
@@ -36,6 +37,8 @@ class Settings:
         reload: follow the folder (hot reload); off, the first snapshot loaded serves until exit.
         heartbeat_s: seconds between WatchCatalog heartbeats on a quiet stream.
         max_watch_streams: WatchCatalog streams open at once; each holds a thread of the watch pool.
+        reuse_port: share the port with the other processes of one ``--processes`` group (SO_REUSEPORT);
+            off, a port another server listens on is refused.
     """
 
     snapshots_dir: Path = Path("snapshots")
@@ -58,6 +61,7 @@ class Settings:
     # 1,000 parked watch streams cost about 50 MB and 1,000 threads of their own pool, and
     # no CPU or GetCommand throughput (bench/bench_watch.py, docs/server.md).
     max_watch_streams: int = 1000
+    reuse_port: bool = False
 
     def __post_init__(self) -> None:
         if not 0 <= self.port <= 65535:
@@ -68,6 +72,8 @@ class Settings:
             raise ValueError("max_watch_streams must be 0 or more and heartbeat_s above 0")
         if self.max_workers < 1:
             raise ValueError(f"max_workers {self.max_workers} is below 1")
+        if self.pin is not None and not 0 < self.pin <= MAX_VERSION:
+            raise ValueError(f"pin {self.pin} is not a catalog version (1..{MAX_VERSION})")
         if self.api_key is not None and not self.api_key:
             raise ValueError("the API key is empty")
         if not MIN_CHUNK_BYTES <= self.chunk_bytes <= self.max_send_bytes // 2:
@@ -139,5 +145,13 @@ OPTIONS: tuple[Option, ...] = (
         default=1,
     ),
     Option("--cpu", "AVAP_CPU", "cpu", int, "pin this process to one CPU (--processes sets it for each process)"),
+    Option(
+        "--reuse-port",
+        "AVAP_REUSE_PORT",
+        "reuse_port",
+        parse_bool,
+        "share the port with the other processes of a group (--processes sets it for each of them)",
+        switch=True,
+    ),
     Option("--log-level", "AVAP_LOG_LEVEL", "log_level", parse_log_level, "logging level", default="info"),
 )

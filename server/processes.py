@@ -19,6 +19,7 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -44,7 +45,24 @@ class _Child:
 
 
 def _command(args: Sequence[str], cpu: int) -> list[str]:
-    return [sys.executable, "-m", "server", *args, "--processes", "1", "--cpu", str(cpu)]
+    return [sys.executable, "-m", "server", *args, "--processes", "1", "--cpu", str(cpu), "--reuse-port"]
+
+
+def port_is_free(host: str, port: int) -> OSError | None:
+    """None when ``host:port`` can be listened on by a process that does not share it, else the error.
+
+    The group's processes share their port (SO_REUSEPORT); a server outside the
+    group must not, so the supervisor checks the port before starting them.
+    """
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as grpc does: TIME_WAIT is no obstacle
+        try:
+            probe.bind((host, port))
+            probe.listen(1)
+        except OSError as exc:
+            return exc
+    return None
 
 
 def _start(child: _Child, args: Sequence[str]) -> None:

@@ -263,9 +263,16 @@ class DefinitionService:
                 f"over {self._max_watch_streams} watch streams open here; retry later (with backoff)",
             )
         try:
+            # A client that goes away wakes its stream at once, so its slot (and its
+            # thread) is free now, not at the next heartbeat.
+            context.add_callback(self._wake_watchers)
             yield from self._watch(request.have_version, context)
         finally:
             self._watch_slots.release()
+
+    def _wake_watchers(self) -> None:
+        with self._store.swapped:
+            self._store.swapped.notify_all()
 
     def _watch(self, seen: int, context: grpc.ServicerContext) -> Iterator[bytes]:
         store = self._store
@@ -277,7 +284,9 @@ class DefinitionService:
                 continue
             with store.swapped:
                 swapped = store.swapped.wait_for(
-                    lambda live=snap: store.current is not live or self._closing.is_set(),  # type: ignore[misc]
+                    lambda live=snap: (  # type: ignore[misc]
+                        store.current is not live or self._closing.is_set() or not context.is_active()
+                    ),
                     timeout=self._heartbeat_s,
                 )
             if not swapped:
@@ -286,8 +295,7 @@ class DefinitionService:
     def close(self) -> None:
         """End every watch stream (the server is shutting down)."""
         self._closing.set()
-        with self._store.swapped:
-            self._store.swapped.notify_all()
+        self._wake_watchers()
 
     def handlers(self) -> dict[str, grpc.RpcMethodHandler[Any, Any]]:
         """The method handlers, by method name, ready for ``add_registered_method_handlers``."""

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
 import threading
 import time
 from collections.abc import Mapping
@@ -163,6 +164,7 @@ class SnapshotStore:
         self.pinned_version = 0  # the pin in force at the last refresh; 0 for none
         self.current: LoadedSnapshot | None = None
         self._missing_noted: Path | None = None
+        self._refused_files: dict[Path, tuple[tuple[int, int, int], SnapshotError]] = {}
         self.swapped = threading.Condition()  # notified after each swap (WatchCatalog waits on it)
 
     def load_newest(self) -> LoadedSnapshot:
@@ -185,6 +187,7 @@ class SnapshotStore:
         current = self.current
         choice = choose(self.folder, pin=self.pin, live=current.info.version if current else None)
         self.pinned_version = choice.pinned
+        self._refused_files = {path: known for path, known in self._refused_files.items() if path.exists()}
         if choice.missing_pin is not None:
             instead = f"still serving {current.info.version}" if current else "serving the newest instead"
             logger.error("pinned version %s is not in %s; %s", choice.missing_pin, self.folder, instead)
@@ -200,9 +203,22 @@ class SnapshotStore:
         return loaded
 
     def _build(self, path: Path) -> LoadedSnapshot:
-        return build(read_verified(path), chunk_bytes=self.chunk_bytes, legacy_codec=self.legacy_codec)
+        # A file refused once is not read again until it changes: every later folder
+        # event would otherwise read (and log) the same bad file again.
+        seen = _identity(path)
+        known = self._refused_files.get(path)
+        if known is not None and seen is not None and known[0] == seen:
+            raise _RefusedBefore(known[1].reason, path=path)
+        try:
+            return build(read_verified(path), chunk_bytes=self.chunk_bytes, legacy_codec=self.legacy_codec)
+        except SnapshotError as exc:
+            if seen is not None:
+                self._refused_files[path] = (seen, exc)
+            raise
 
     def _refused(self, path: Path, exc: SnapshotError) -> None:
+        if isinstance(exc, _RefusedBefore):
+            return  # said when it was first refused
         current = self.current
         still = f"still serving version {current.info.version}" if current else "nothing served yet"
         logger.warning("refused snapshot %s: %s; %s", path, exc.reason, still)
@@ -231,3 +247,16 @@ class SnapshotStore:
             self._swap(current := replace(current, deltas=deltas))
             logger.info("catalog version %s: deltas from %s", current.info.version, sorted(deltas) or "none")
         return current
+
+
+class _RefusedBefore(SnapshotError):
+    """A file refused earlier and unchanged since (same inode, size and mtime): not read again."""
+
+
+def _identity(path: Path) -> tuple[int, int, int] | None:
+    """What tells a changed file from the same one: inode, size, mtime (None when it cannot be seen)."""
+    try:
+        seen = os.lstat(path)
+    except OSError:
+        return None
+    return seen.st_ino, seen.st_size, seen.st_mtime_ns

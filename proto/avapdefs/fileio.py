@@ -3,10 +3,20 @@
 Every reader of those files (the snapshot format, the streamed reader, the
 folder, the server's deltas, inspect) comes here, so an ``OSError`` becomes
 a ``SnapshotError`` naming the file in one place, with the original chained.
+
+Nothing in a folder is trusted by its name: only a regular file is read. The
+file is opened with ``O_NOFOLLOW`` (a symbolic link is refused, so no name
+can lead out of the folder or to ``/dev/zero``) and ``O_NONBLOCK`` (opening a
+FIFO returns at once instead of waiting for a writer), then ``fstat`` of the
+opened descriptor must say "regular file" before a byte is read. Checking the
+descriptor, not the name, leaves no window for the name to be swapped.
 """
 
 from __future__ import annotations
 
+import errno
+import os
+import stat
 from pathlib import Path
 from typing import BinaryIO
 
@@ -21,12 +31,23 @@ def open_file(path: Path | str, what: str = "snapshot") -> BinaryIO:
         what: what the file is, for the error message ("snapshot", "delta", ...).
 
     Raises:
-        SnapshotError: the file cannot be opened (the OSError chained).
+        SnapshotError: the file cannot be opened, is a symbolic link, or is not a
+            regular file (a FIFO, a device, a directory).
     """
     try:
-        return open(path, "rb")
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
     except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise SnapshotError(f"{what} is a symbolic link; only regular files are read", path=path) from exc
         raise _error(exc, path, what) from exc
+    try:
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            raise SnapshotError(f"{what} is not a regular file ({_kind(mode)}); not read", path=path)
+        return os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
 
 
 def read_bytes(path: Path | str, what: str = "snapshot", *, prefix_bytes: int | None = None) -> bytes:
@@ -52,6 +73,12 @@ def read_from(file: BinaryIO, size: int, path: Path | str, what: str = "snapshot
         return file.read(size)
     except OSError as exc:
         raise _error(exc, path, what) from exc
+
+
+def _kind(mode: int) -> str:
+    kinds = ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO"), (stat.S_ISCHR, "a character device"),
+             (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"))  # fmt: skip
+    return next((name for test, name in kinds if test(mode)), "not a regular file")
 
 
 def _error(exc: OSError, path: Path | str, what: str) -> SnapshotError:

@@ -29,8 +29,16 @@ from pathlib import Path
 from typing import BinaryIO, TypeVar
 
 from avapdefs import fileio
-from avapdefs.errors import LockedError, NoSnapshotError, SnapshotError
-from avapdefs.format.snapshot import MAX_HEADER_BYTES, PREAMBLE, Snapshot, SnapshotInfo, read_info, verify
+from avapdefs.errors import CorruptSnapshotError, LockedError, NoSnapshotError, SnapshotError
+from avapdefs.format.snapshot import (
+    MAX_HEADER_BYTES,
+    PREAMBLE,
+    Snapshot,
+    SnapshotInfo,
+    read_file_bytes,
+    read_info,
+    verify,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -42,6 +50,10 @@ LOCK_NAME = ".lock"
 _NAME = re.compile(r"^catalog-(\d{10,})\.avsnap$")
 _DELTA_NAME = re.compile(r"^catalog-(\d{10,})\.from-(\d{10,})\.avdelta$")
 _T = TypeVar("_T")
+# Every version number read from a name, a pin file or a flag is bounded: the header's
+# field is 64 bits, and one more than the largest version must still fit.
+MAX_VERSION = (1 << 63) - 1
+_MAX_VERSION_DIGITS = len(str(MAX_VERSION))
 
 
 def snapshot_name(version: int) -> str:
@@ -52,7 +64,14 @@ def snapshot_name(version: int) -> str:
 def parse_version(name: str) -> int | None:
     """The catalog version in a snapshot file name, or None for any other name."""
     match = _NAME.match(name)
-    return int(match.group(1)) if match else None
+    return _bounded(match.group(1)) if match else None
+
+
+def _bounded(digits: str) -> int | None:
+    if len(digits) > _MAX_VERSION_DIGITS:
+        return None
+    value = int(digits)
+    return value if value <= MAX_VERSION else None
 
 
 def delta_name(base_version: int, target_version: int) -> str:
@@ -79,10 +98,9 @@ def list_snapshots(folder: Path) -> list[tuple[int, Path]]:
 
 def list_deltas(folder: Path) -> list[tuple[int, int, Path]]:
     """Every delta file in ``folder`` as (base version, target version, path), sorted."""
-    found = [
-        (int(m.group(2)), int(m.group(1)), folder / name) for name in _names(folder) if (m := _DELTA_NAME.match(name))
-    ]
-    return sorted(found)
+    matches = [(match, name) for name in _names(folder) if (match := _DELTA_NAME.match(name))]
+    bounded = [(_bounded(match.group(2)), _bounded(match.group(1)), folder / name) for match, name in matches]
+    return sorted((base, target, path) for base, target, path in bounded if base is not None and target is not None)
 
 
 def read_header(path: Path) -> SnapshotInfo:
@@ -91,7 +109,16 @@ def read_header(path: Path) -> SnapshotInfo:
     Raises:
         SnapshotError: the file cannot be read or its header is not valid.
     """
-    return read_info(fileio.read_bytes(path, prefix_bytes=PREAMBLE.size + MAX_HEADER_BYTES), path=path)
+    info = read_info(fileio.read_bytes(path, prefix_bytes=PREAMBLE.size + MAX_HEADER_BYTES), path=path)
+    return _check_name(path, info)
+
+
+def _check_name(path: Path, info: SnapshotInfo) -> SnapshotInfo:
+    # A file renamed to a higher version (a copy of an old one, say) would be a silent rollback.
+    named = parse_version(path.name)
+    if named is not None and named != info.version:
+        raise CorruptSnapshotError(f"file name says version {named}, its header says {info.version}", path=path)
+    return info
 
 
 @dataclass(frozen=True)
@@ -104,13 +131,15 @@ class VerifiedFile:
 
 
 def read_verified(path: Path) -> VerifiedFile:
-    """Read the snapshot file at ``path`` into memory and verify it.
+    """Read the snapshot file at ``path`` into memory and verify it, and that its name names its version.
 
     Raises:
-        SnapshotError: the file cannot be read or is not a valid snapshot.
+        SnapshotError: the file cannot be read or is not a valid snapshot, or its name gives another version.
     """
-    data = fileio.read_bytes(path)
-    return VerifiedFile(path, data, verify(data, path=path))
+    data = read_file_bytes(path)
+    verified = verify(data, path=path)
+    _check_name(path, verified.info)
+    return VerifiedFile(path, data, verified)
 
 
 def _warn_skipped(path: Path, exc: SnapshotError) -> None:
@@ -167,17 +196,20 @@ class Newest:
     Attributes:
         version: the highest version present (0 when none); the next is this + 1.
         info: the header of the newest snapshot whose header reads, or None.
+        path: the file of ``info``, or None.
     """
 
     version: int
     info: SnapshotInfo | None
+    path: Path | None = None
 
 
 def read_newest_header(folder: Path) -> Newest:
     """The highest version in ``folder`` and the newest header that reads."""
     snapshots = list_snapshots(folder)
-    info, _ = first_valid(reversed(snapshots), read_header)
-    return Newest(snapshots[-1][0] if snapshots else 0, info)
+    found, _ = first_valid(reversed(snapshots), lambda path: (read_header(path), path))
+    info, path = found if found is not None else (None, None)
+    return Newest(snapshots[-1][0] if snapshots else 0, info, path)
 
 
 @dataclass(frozen=True)
@@ -221,7 +253,8 @@ def read_pin(folder: Path) -> int | None:
         text = fileio.read_bytes(folder / PIN_NAME, "pin file", prefix_bytes=64).decode("ascii").strip()
     except (SnapshotError, UnicodeDecodeError):
         return None
-    return int(text) if text.isdigit() and int(text) > 0 else None
+    version = _bounded(text) if text.isdigit() else None
+    return version or None
 
 
 def write_pin(folder: Path, version: int) -> None:
@@ -282,6 +315,9 @@ def remove_temp_files(folder: Path) -> list[Path]:
     """
     removed = []
     for path in folder.glob(f"{TEMP_PREFIX}*"):
+        if path.is_dir() and not path.is_symlink():
+            logger.warning("leaving %s alone: a directory, not a file this folder's writers make", path)
+            continue
         with contextlib.suppress(FileNotFoundError):
             path.unlink()
             removed.append(path)

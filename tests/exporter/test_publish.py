@@ -116,14 +116,46 @@ def test_stale_temp_files_are_removed_and_versions_continue(
     assert _versions(folder) == [7, 8]
 
 
-def test_a_corrupt_newest_file_is_skipped_for_the_checks_but_never_reused(
+def test_a_corrupt_newest_file_is_never_taken_for_unchanged_nor_reused(
     db: psycopg.Connection, pg_dsn: str, folder: Path
 ) -> None:
     insert_rows(db, [row("a")])
     assert run_export(pg_dsn, folder) == 0
     (folder / snapshot_name(2)).write_bytes(b"garbage")
-    assert run_export(pg_dsn, folder) == 0  # unchanged compared with version 1
-    assert _versions(folder) == [1, 2]
+    assert run_export(pg_dsn, folder) == 0  # the newest is unreadable: the table is published anew
+    assert _versions(folder) == [1, 2, 3]
+    same = [snapshot.read_file(folder / snapshot_name(v)).info.content_hash for v in (1, 3)]
+    assert same[0] == same[1]
     insert_rows(db, [row("b")])
     assert run_export(pg_dsn, folder) == 0
-    assert _versions(folder) == [1, 2, 3]
+    assert _versions(folder) == [1, 2, 3, 4]
+
+
+@pytest.mark.parametrize("damage", ["truncate", "flip a payload bit"])
+def test_a_damaged_newest_file_with_an_intact_header_is_replaced_by_a_new_version(
+    db: psycopg.Connection, pg_dsn: str, folder: Path, damage: str
+) -> None:
+    insert_rows(db, [row("a"), row("b")])
+    assert run_export(pg_dsn, folder) == 0
+    path = folder / snapshot_name(1)
+    data = bytearray(path.read_bytes())
+    if damage == "truncate":
+        del data[-10:]
+    else:
+        data[-20] ^= 0x01
+    path.write_bytes(bytes(data))
+    assert run_export(pg_dsn, folder, "--keep", "1") == 0  # not "unchanged at version 1"
+    assert _versions(folder) == [2]  # and a server of this folder can start
+    assert snapshot.read_file(folder / snapshot_name(2)).info.command_count == 2
+    assert run_export(pg_dsn, folder) == 0
+    assert _versions(folder) == [2]  # intact now: unchanged
+
+
+def test_odd_names_in_the_folder_do_not_stop_an_export(db: psycopg.Connection, pg_dsn: str, folder: Path) -> None:
+    insert_rows(db, [row("a")])
+    folder.mkdir()
+    (folder / ".tmp-x").mkdir()  # a directory named like a temp file is left alone
+    (folder / "catalog-18446744073709551615.avsnap").write_bytes(b"")  # past any version: not a snapshot name
+    assert run_export(pg_dsn, folder) == 0
+    assert _versions(folder) == [1]
+    assert (folder / ".tmp-x").is_dir()

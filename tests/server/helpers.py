@@ -74,8 +74,8 @@ def stub_for(server: DefinitionServer) -> Iterator[DefinitionServiceStub]:
 
 @contextlib.contextmanager
 def live_server(folder: Path, **overrides: Any) -> Iterator[tuple[DefinitionServer, DefinitionServiceStub]]:
-    """``running_server`` once its reloader watches ``folder``, with a stub; heartbeats every 30 s."""
-    with running_server(folder, heartbeat_s=30.0, **overrides) as server:
+    """``running_server`` once its reloader watches ``folder``, with a stub; heartbeats every 30 s unless overridden."""
+    with running_server(folder, **{"heartbeat_s": 30.0, **overrides}) as server:
         assert server.reloader is not None and server.reloader.ready.wait(10)
         with stub_for(server) as stub:
             yield server, stub

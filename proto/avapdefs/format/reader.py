@@ -15,9 +15,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from avapdefs import fileio
-from avapdefs.errors import CorruptSnapshotError, TruncatedSnapshotError
+from avapdefs.errors import CorruptSnapshotError
 from avapdefs.format import wire
-from avapdefs.format.snapshot import MAX_HEADER_BYTES, PREAMBLE, SnapshotInfo, inflate_frame, read_info
+from avapdefs.format.snapshot import MAX_HEADER_BYTES, PREAMBLE, SnapshotInfo, check_size, inflate_frame, read_info
 
 
 class CommandReader:
@@ -55,9 +55,7 @@ class CommandReader:
         prefix = fileio.read_from(self._file, PREAMBLE.size + MAX_HEADER_BYTES, self.path)
         size = os.fstat(self._file.fileno()).st_size
         info = read_info(prefix, path=self.path)
-        if size != info.file_size:
-            kind = TruncatedSnapshotError if size < info.file_size else CorruptSnapshotError
-            raise kind(f"file is {size} bytes, header says {info.file_size}", path=self.path)
+        check_size(size, info, self.path)
         return info
 
     def __enter__(self) -> CommandReader:
@@ -93,6 +91,18 @@ class CommandReader:
     def _pieces(self) -> Iterator[bytes]:
         self._file.seek(self.info.payload_offset)
         yield from inflate_frame(lambda size: fileio.read_from(self._file, size, self.path), self.info, self.path)
+
+
+def verify_file(path: Path | str) -> SnapshotInfo:
+    """Verify the whole snapshot file at ``path``, streamed: memory stays at one slice plus the largest command.
+
+    Raises:
+        SnapshotError: the file is not a valid snapshot.
+    """
+    with CommandReader(path) as reader:
+        for _ in reader:
+            pass
+        return reader.info
 
 
 def iter_file_commands(path: Path | str) -> Iterator[bytes]:

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import os
 import struct
 import time
 import zlib
@@ -333,10 +334,7 @@ def verify(data: bytes | memoryview, *, path: Path | str | None = None) -> Snaps
         SnapshotError: a subclass saying precisely what is wrong.
     """
     info = read_info(data, path=path)
-    if len(data) < info.file_size:
-        raise TruncatedSnapshotError(f"file is {len(data)} bytes, header says {info.file_size}", path=path)
-    if len(data) > info.file_size:
-        raise CorruptSnapshotError(f"file is {len(data)} bytes, header says {info.file_size}", path=path)
+    check_size(len(data), info, path)
     frame = io.BytesIO(memoryview(data)[info.payload_offset : info.file_size])
     payload = b"".join(inflate_frame(frame.read, info, path))
     if hashlib.sha256(payload).digest() != info.content_hash:
@@ -384,10 +382,40 @@ def inflate_frame(read: Callable[[int], bytes], info: SnapshotInfo, path: Path |
         raise CorruptSnapshotError(f"payload is {produced} bytes, header says {info.uncompressed_size}", path=path)
 
 
+def check_size(size: int, info: SnapshotInfo, path: Path | str | None = None) -> None:
+    """Refuse a file of ``size`` bytes whose header says another size.
+
+    Raises:
+        TruncatedSnapshotError: the file is shorter than its header says.
+        CorruptSnapshotError: the file is longer.
+    """
+    if size != info.file_size:
+        kind = TruncatedSnapshotError if size < info.file_size else CorruptSnapshotError
+        raise kind(f"file is {size} bytes, header says {info.file_size}", path=path)
+
+
+def read_file_bytes(path: Path | str) -> bytes:
+    """The bytes of the snapshot file at ``path``, read whole only once its header and size agree.
+
+    The header is read first, so a file that is no snapshot, or whose size is
+    not the one its header states (a huge sparse file, a truncated copy), is
+    refused before its payload is read into memory. The bytes are not yet
+    verified: pass them to ``verify``.
+
+    Raises:
+        SnapshotError: the file cannot be read, its header is not valid, or its size is wrong.
+    """
+    with fileio.open_file(path) as file:
+        info = read_info(fileio.read_from(file, PREAMBLE.size + MAX_HEADER_BYTES, path), path=path)
+        check_size(os.fstat(file.fileno()).st_size, info, path)
+        file.seek(0)
+        return fileio.read_from(file, info.file_size, path)
+
+
 def read_file(path: Path | str) -> Snapshot:
     """Read and verify the snapshot file at ``path``.
 
     Raises:
         SnapshotError: the file is not a valid snapshot (or cannot be read).
     """
-    return verify(fileio.read_bytes(path), path=path)
+    return verify(read_file_bytes(path), path=path)
