@@ -49,6 +49,7 @@ PIN_NAME = "PIN"
 LOCK_NAME = ".lock"
 _NAME = re.compile(r"^catalog-(\d{10,})\.avsnap$")
 _DELTA_NAME = re.compile(r"^catalog-(\d{10,})\.from-(\d{10,})\.avdelta$")
+_TEMP_WRITER = re.compile(r"\.(\d{1,10})\.[0-9a-f]{8}$")  # atomic_file's ".<pid>.<random>" ending
 _T = TypeVar("_T")
 # Every version number read from a name, a pin file or a flag is bounded: the header's
 # field is 64 bits, and one more than the largest version must still fit.
@@ -307,8 +308,14 @@ def atomic_file(final_path: Path) -> Iterator[BinaryIO]:
     fsync_folder(folder)
 
 
-def remove_temp_files(folder: Path) -> list[Path]:
-    """Delete temporary files left in ``folder`` by writers that died; call only while holding the lock.
+def remove_temp_files(folder: Path, *, dead_writers_only: bool = False) -> list[Path]:
+    """Delete temporary files left in ``folder`` by writers that died.
+
+    Args:
+        folder: the folder.
+        dead_writers_only: remove only files whose writer (the process id in
+            the name) is no longer running on this machine; without it, call only
+            while holding the folder's lock, when no other writer can be at work.
 
     Returns:
         The paths removed.
@@ -318,10 +325,25 @@ def remove_temp_files(folder: Path) -> list[Path]:
         if path.is_dir() and not path.is_symlink():
             logger.warning("leaving %s alone: a directory, not a file this folder's writers make", path)
             continue
+        if dead_writers_only and _writer_alive(path.name):
+            continue
         with contextlib.suppress(FileNotFoundError):
             path.unlink()
             removed.append(path)
     return removed
+
+
+def _writer_alive(name: str) -> bool:
+    match = _TEMP_WRITER.search(name)
+    if match is None:
+        return False  # not a name atomic_file gives: no writer of ours
+    try:
+        os.kill(int(match.group(1)), 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError, ValueError):
+        return True  # someone else's process, or a number no process has: leave it
+    return True
 
 
 @contextlib.contextmanager

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -103,3 +106,19 @@ def test_prune_keeps_the_current_version_and_those_below_it_never_newer_ones(
     assert _versions(folder.list_snapshots(path.parent)) == left
     kept_deltas = [(base, target) for base, target, _ in folder.list_deltas(path.parent)]
     assert kept_deltas == [pair for pair in [(1, 2), (4, 5)] if set(pair) <= set(left)]
+
+
+def test_temp_files_of_dead_writers_go_those_of_live_ones_stay(tmp_path: Path) -> None:
+    finished = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    dead_pid = int(finished.stdout)
+    name = folder.snapshot_name(4)
+    dead = tmp_path / f"{folder.TEMP_PREFIX}{name}.{dead_pid}.0123abcd"
+    live = tmp_path / f"{folder.TEMP_PREFIX}{name}.{os.getpid()}.0123abcd"
+    odd = tmp_path / f"{folder.TEMP_PREFIX}not-ours"
+    for path in (dead, live, odd):
+        path.write_bytes(b"partial")
+    (tmp_path / f"{folder.TEMP_PREFIX}a-directory").mkdir()
+    assert sorted(folder.remove_temp_files(tmp_path, dead_writers_only=True)) == sorted([dead, odd])
+    assert live.exists()
+    assert folder.remove_temp_files(tmp_path) == [live]  # under the lock: every writer is gone
+    assert (tmp_path / f"{folder.TEMP_PREFIX}a-directory").is_dir()

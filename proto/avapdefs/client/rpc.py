@@ -36,7 +36,7 @@ from avapdefs.errors import (
     SnapshotError,
     SyncError,
 )
-from avapdefs.folder import VerifiedFile, atomic_file, prune, read_newest, snapshot_name
+from avapdefs.folder import VerifiedFile, atomic_file, prune, read_newest, remove_temp_files, snapshot_name
 from avapdefs.format.delta import apply_delta, decode_delta
 from avapdefs.format.snapshot import Snapshot, SnapshotInfo, verify
 from avapdefs.v1.definitions_pb2 import (
@@ -256,6 +256,8 @@ class DefinitionClient:
         """
         started = time.perf_counter()
         dest_dir.mkdir(parents=True, exist_ok=True)
+        for stale in remove_temp_files(dest_dir, dead_writers_only=True):
+            logger.info("removed %s, left by a sync that was killed", stale.name)
         cached = _newest_cached(dest_dir)
         request = SyncCatalogRequest()
         if cached is not None:
