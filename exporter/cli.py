@@ -86,6 +86,13 @@ _EXPORT_OPTIONS = (
     Option("--force", "AVAP_EXPORT_FORCE", "force", parse_bool, "publish despite the count-drop guard", switch=True),
     Option("--level", "AVAP_EXPORT_LEVEL", "level", int, "zstd compression level"),
     Option("--connect-timeout-s", "AVAP_EXPORT_CONNECT_TIMEOUT_S", "connect_timeout_s", int, "connect timeout"),
+    Option(
+        "--statement-timeout-s",
+        "AVAP_EXPORT_STATEMENT_TIMEOUT_S",
+        "statement_timeout_s",
+        int,
+        "longest wait for one statement (lock waits included) or an idle transaction",
+    ),
     Option("--created-at-ms", "AVAP_EXPORT_CREATED_AT_MS", "created_at_unix_ms", int, "fixed creation time"),
     Option(
         "--signing-key-file",

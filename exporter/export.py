@@ -97,7 +97,9 @@ def _export_locked(config: ExportConfig, progress: TextIO | None, started: float
     newest = read_newest_header(folder)
     path = folder / snapshot_name(newest.version + 1)
     with (
-        connect(config.dsn, connect_timeout_s=config.connect_timeout_s) as conn,
+        connect(
+            config.dsn, connect_timeout_s=config.connect_timeout_s, statement_timeout_s=config.statement_timeout_s
+        ) as conn,
         open_source(
             conn, table=config.table, bytecode_table=config.bytecode_table, fetch_rows=config.fetch_rows
         ) as src,

@@ -69,14 +69,30 @@ def _first_line(exc: BaseException) -> str:
 
 
 @contextlib.contextmanager
-def connect(dsn: str, *, connect_timeout_s: int) -> Iterator[psycopg.Connection[tuple[object, ...]]]:
+def connect(
+    dsn: str, *, connect_timeout_s: int, statement_timeout_s: int = 600
+) -> Iterator[psycopg.Connection[tuple[object, ...]]]:
     """Open a connection for the export (libpq's PG* variables fill what ``dsn`` leaves out).
+
+    No step waits without bound: a statement (or a lock wait) longer than
+    ``statement_timeout_s`` is cancelled by the server, a transaction left
+    idle that long is ended, and TCP keepalives notice a peer that vanished.
 
     Raises:
         ConnectError: the database cannot be reached or refuses the connection.
     """
+    timeout_ms = statement_timeout_s * 1000
     try:
-        conn = psycopg.connect(dsn, connect_timeout=connect_timeout_s, application_name="avap-export")
+        conn = psycopg.connect(
+            dsn,
+            connect_timeout=connect_timeout_s,
+            application_name="avap-export",
+            options=f"-c statement_timeout={timeout_ms} -c idle_in_transaction_session_timeout={timeout_ms}",
+            keepalives=1,
+            keepalives_idle=30,
+            keepalives_interval=10,
+            keepalives_count=3,
+        )
     except psycopg.Error as exc:
         raise ConnectError(f"cannot connect to PostgreSQL: {_first_line(exc)}") from exc
     with conn:
@@ -182,5 +198,9 @@ def _translated(table: str) -> Iterator[None]:
         raise SchemaError(f"table {table!r}: {_first_line(exc)}", table=table) from exc
     except psycopg.errors.UndefinedColumn as exc:
         raise SchemaError(f"table {table!r}: {_first_line(exc)}", table=table) from exc
+    except psycopg.errors.QueryCanceled as exc:
+        raise SourceError(
+            f"PostgreSQL did not answer within the statement timeout (--statement-timeout-s): {_first_line(exc)}"
+        ) from exc
     except psycopg.Error as exc:
         raise SourceError(f"PostgreSQL failed during the export: {_first_line(exc)}") from exc
