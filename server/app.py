@@ -27,7 +27,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from avapdefs.errors import NoSnapshotError
-from server import legacy
+from server import legacy, logs
 from server.auth import ApiKeyInterceptor
 from server.config import Settings
 from server.legacy.codec import LegacyCodec, LegacyProtoError, bundled_codec, load_codec
@@ -74,6 +74,7 @@ class DefinitionServer:
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
+        logs.limit_client_driven_logs()  # a client must not be able to flood the log
         codec = _legacy_codec(settings)
         self.store = SnapshotStore(
             settings.snapshots_dir, chunk_bytes=settings.chunk_bytes, legacy_codec=codec, pin=settings.pin

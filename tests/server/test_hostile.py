@@ -14,6 +14,7 @@ import pytest
 from avapdefs.folder import PIN_NAME, snapshot_name
 from avapdefs.v1.definitions_pb2 import GetCatalogInfoRequest, GetCommandRequest, WatchCatalogRequest
 from server import cli
+from server.logs import RateLimit
 from tests.helpers import MakeSnapshot
 from tests.server.helpers import live_server, next_version, running_server, stub_for, versioned_commands
 
@@ -129,3 +130,30 @@ def test_a_cancelled_watch_frees_its_slot_at_once_not_at_the_next_heartbeat(make
                 assert exc.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and time.monotonic() < deadline
             finally:
                 stream.cancel()
+
+
+def test_unparseable_health_requests_are_logged_once_not_once_each(
+    make_snapshot: MakeSnapshot, caplog: pytest.LogCaptureFixture
+) -> None:
+    folder = _two_versions(make_snapshot)
+    with running_server(folder) as server, grpc.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+        check: grpc.UnaryUnaryMultiCallable[bytes, bytes] = channel.unary_unary("/grpc.health.v1.Health/Check")
+        caplog.clear()
+        for _ in range(50):
+            with pytest.raises(grpc.RpcError) as refused:
+                check(b"\xff\xff\xff", timeout=5)  # not a HealthCheckRequest
+            assert refused.value.code() == grpc.StatusCode.INTERNAL
+    lines = [record for record in caplog.records if record.name.startswith("grpc.")]
+    # At most the first, with its traceback (none if an earlier test in this process logged one
+    # within the interval); the other 49 counted, not written.
+    assert len(lines) <= 1 and all(line.exc_info for line in lines)
+
+
+def test_the_rate_limit_says_how_many_lines_it_left_out() -> None:
+    now = [0.0]
+    limit = RateLimit(interval_s=60.0, clock=lambda: now[0])
+    record = logging.LogRecord("grpc._common", logging.ERROR, "x", 1, "Exception deserializing message!", None, None)
+    assert limit.filter(record)
+    assert not limit.filter(record) and not limit.filter(record)
+    now[0] = 61.0
+    assert limit.filter(record) and "(2 more like it in the last 60 s not logged)" in record.getMessage()
