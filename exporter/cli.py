@@ -111,6 +111,15 @@ _EXPORT_OPTIONS = (
         "keep a delta only when smaller than this percentage of the new file",
     ),
 )
+# Not an ExportConfig field: it decides `progress`, with whether stderr is a terminal.
+_NO_PROGRESS = Option(
+    "--no-progress",
+    "AVAP_EXPORT_NO_PROGRESS",
+    "no_progress",
+    parse_bool,
+    "no progress bar even on a terminal; never drawn when stderr is not one",
+    switch=True,
+)
 _DEFAULTS = {field.name: field.default for field in dataclasses.fields(ExportConfig)}
 
 
@@ -131,12 +140,7 @@ def _export_parser() -> argparse.ArgumentParser:
         epilog="Exit codes: 0 ok or unchanged, 2 usage, 3 database, 4 missing table/column, 5 bad rows, "
         "6 refused by a guard, 7 locked by another exporter, 8 snapshot folder, 1 unexpected.",
     )
-    add_options(parser, _EXPORT_OPTIONS, _DEFAULTS)
-    parser.add_argument(
-        "--no-progress",
-        action="store_true",
-        help="no progress bar even on a terminal (env AVAP_EXPORT_NO_PROGRESS); never drawn when stderr is not one",
-    )
+    add_options(parser, (*_EXPORT_OPTIONS, _NO_PROGRESS), _DEFAULTS)
     _add_logging(parser)
     return parser
 
@@ -146,7 +150,7 @@ def _run_export(args: argparse.Namespace, env: Mapping[str, str]) -> int:
     if "signing_key" not in values and env.get("AVAP_SIGNING_KEY"):
         # The key itself only ever comes from the environment or a file, never a flag that shows in ps.
         values["signing_key"] = env["AVAP_SIGNING_KEY"].encode("utf-8")
-    quiet = args.no_progress or parse_bool(env.get("AVAP_EXPORT_NO_PROGRESS", ""))
+    quiet = resolve(args, env, (_NO_PROGRESS,)).get(_NO_PROGRESS.field, False)
     config = ExportConfig(**values, progress=not quiet and sys.stderr.isatty())
     result = run_export(config, progress=sys.stderr if config.progress else None)
     print(result.summary(), flush=True)

@@ -123,7 +123,7 @@ def _publish(path: Path, source: Source, config: ExportConfig, newest: Newest, p
     # file and the folder is as it was.
     with atomic_file(path) as file:
         info = _write(file, source, config, newest.version + 1, progress)
-        if newest.info is not None and info.content_hash == newest.info.content_hash and _intact(newest):
+        if newest.info is not None and info.content_hash == newest.info.content_hash and _intact(path.parent, newest):
             raise _Unchanged
         check_guards(
             info,
@@ -135,15 +135,15 @@ def _publish(path: Path, source: Source, config: ExportConfig, newest: Newest, p
     return info
 
 
-def _intact(newest: Newest) -> bool:
+def _intact(folder: Path, newest: Newest) -> bool:
     # Same content hash as the newest header: unchanged, but only if that file is still whole.
     # A truncated or bit-flipped newest file is replaced by a new, higher version instead.
-    assert newest.path is not None and newest.info is not None
+    assert newest.info is not None
     if newest.info.version != newest.version:
         logger.warning("the newest snapshot, version %s, is not readable; publishing the table anew", newest.version)
         return False
     try:
-        verify_file(newest.path)
+        verify_file(folder / snapshot_name(newest.version))
     except SnapshotError as exc:
         logger.warning("the newest snapshot does not verify (%s); publishing the table as a new version", exc)
         return False

@@ -104,7 +104,6 @@ def stream(method: _Stream) -> _Stream:
 
 def check_name(name: str) -> None:
     """Refuse an empty or overlong command name (INVALID_ARGUMENT)."""
-
     if not name:
         raise StatusError(grpc.StatusCode.INVALID_ARGUMENT, "command name is empty")
     if len(name) > MAX_NAME_CHARS:
@@ -113,7 +112,6 @@ def check_name(name: str) -> None:
 
 def parse(message_type: Callable[[bytes], _Request], request: bytes) -> _Request:
     """``request`` parsed with ``message_type``, or INVALID_ARGUMENT saying why it does not parse."""
-
     try:
         return message_type(request)
     except DecodeError as exc:
@@ -277,7 +275,7 @@ class DefinitionService:
     def _watch(self, seen: int, context: grpc.ServicerContext) -> Iterator[bytes]:
         store = self._store
         while context.is_active() and not self._closing.is_set():
-            snap = require_snapshot(self._store)
+            snap = require_snapshot(store)
             if snap.info.version != seen:
                 seen = snap.info.version
                 yield wire.encode_entry(snap.catalog_info)  # field 1: WatchCatalogResponse.catalog

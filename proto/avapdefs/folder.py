@@ -29,12 +29,13 @@ from pathlib import Path
 from typing import BinaryIO, TypeVar
 
 from avapdefs import fileio
-from avapdefs.errors import CorruptSnapshotError, LockedError, NoSnapshotError, SnapshotError
+from avapdefs.errors import LockedError, NoSnapshotError, SnapshotError
 from avapdefs.format.snapshot import (
     MAX_HEADER_BYTES,
     PREAMBLE,
     Snapshot,
     SnapshotInfo,
+    check_version,
     read_file_bytes,
     read_info,
     verify,
@@ -111,15 +112,7 @@ def read_header(path: Path) -> SnapshotInfo:
         SnapshotError: the file cannot be read or its header is not valid.
     """
     info = read_info(fileio.read_bytes(path, prefix_bytes=PREAMBLE.size + MAX_HEADER_BYTES), path=path)
-    return _check_name(path, info)
-
-
-def _check_name(path: Path, info: SnapshotInfo) -> SnapshotInfo:
-    # A file renamed to a higher version (a copy of an old one, say) would be a silent rollback.
-    named = parse_version(path.name)
-    if named is not None and named != info.version:
-        raise CorruptSnapshotError(f"file name says version {named}, its header says {info.version}", path=path)
-    return info
+    return check_version(info, parse_version(path.name), path)
 
 
 @dataclass(frozen=True)
@@ -137,10 +130,8 @@ def read_verified(path: Path) -> VerifiedFile:
     Raises:
         SnapshotError: the file cannot be read or is not a valid snapshot, or its name gives another version.
     """
-    data = read_file_bytes(path)
-    verified = verify(data, path=path)
-    _check_name(path, verified.info)
-    return VerifiedFile(path, data, verified)
+    data = read_file_bytes(path, named_version=parse_version(path.name))
+    return VerifiedFile(path, data, verify(data, path=path))
 
 
 def _warn_skipped(path: Path, exc: SnapshotError) -> None:
@@ -197,20 +188,17 @@ class Newest:
     Attributes:
         version: the highest version present (0 when none); the next is this + 1.
         info: the header of the newest snapshot whose header reads, or None.
-        path: the file of ``info``, or None.
     """
 
     version: int
     info: SnapshotInfo | None
-    path: Path | None = None
 
 
 def read_newest_header(folder: Path) -> Newest:
     """The highest version in ``folder`` and the newest header that reads."""
     snapshots = list_snapshots(folder)
-    found, _ = first_valid(reversed(snapshots), lambda path: (read_header(path), path))
-    info, path = found if found is not None else (None, None)
-    return Newest(snapshots[-1][0] if snapshots else 0, info, path)
+    info, _ = first_valid(reversed(snapshots), read_header)
+    return Newest(snapshots[-1][0] if snapshots else 0, info)
 
 
 @dataclass(frozen=True)

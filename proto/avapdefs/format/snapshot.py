@@ -394,19 +394,33 @@ def check_size(size: int, info: SnapshotInfo, path: Path | str | None = None) ->
         raise kind(f"file is {size} bytes, header says {info.file_size}", path=path)
 
 
-def read_file_bytes(path: Path | str) -> bytes:
-    """The bytes of the snapshot file at ``path``, read whole only once its header and size agree.
+def check_version(info: SnapshotInfo, named_version: int | None, path: Path | str | None = None) -> SnapshotInfo:
+    """Refuse a header whose version is not ``named_version``, the one the file's name gives (None: no check).
 
-    The header is read first, so a file that is no snapshot, or whose size is
-    not the one its header states (a huge sparse file, a truncated copy), is
-    refused before its payload is read into memory. The bytes are not yet
-    verified: pass them to ``verify``.
+    A file renamed to a higher version (a copy of an old one, say) would be a silent rollback.
 
     Raises:
-        SnapshotError: the file cannot be read, its header is not valid, or its size is wrong.
+        CorruptSnapshotError: the versions differ.
+    """
+    if named_version is not None and named_version != info.version:
+        raise CorruptSnapshotError(f"file name says version {named_version}, its header says {info.version}", path=path)
+    return info
+
+
+def read_file_bytes(path: Path | str, *, named_version: int | None = None) -> bytes:
+    """The bytes of the snapshot file at ``path``, read whole only once its header and size agree.
+
+    The header is read first, so a file that is no snapshot, whose size is not
+    the one its header states (a huge sparse file, a truncated copy), or whose
+    version is not ``named_version`` is refused before its payload is read into
+    memory. The bytes are not yet verified: pass them to ``verify``.
+
+    Raises:
+        SnapshotError: the file cannot be read, its header is not valid, or its size or version is wrong.
     """
     with fileio.open_file(path) as file:
         info = read_info(fileio.read_from(file, PREAMBLE.size + MAX_HEADER_BYTES, path), path=path)
+        check_version(info, named_version, path)
         check_size(os.fstat(file.fileno()).st_size, info, path)
         file.seek(0)
         return fileio.read_from(file, info.file_size, path)
