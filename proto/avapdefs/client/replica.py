@@ -15,21 +15,23 @@ upb; 1,000,000 lookups of random names, median of 5 runs, one thread of a
 shared 2-core machine):
 
     design                                        get() per s   memory / payload          build
-    dict name -> Command, one Catalog parse (this)    6.6 M      1.27x                      11 ms
-    dict name -> bytes, parsed on each get            1.1 M      1.03x                      38 ms
-    dict name -> bytes, parsed once on first get      6.6 M      1.03x, 1.46x all touched   18 ms
+    dict name -> Command, one Catalog parse (this)    8.7 M      1.27x                      11 ms
+    dict name -> bytes, parsed on each get            0.7 M      1.03x                      19 ms
+    dict name -> bytes, parsed once on first get      6.3 M      1.03x, 1.46x all touched   19 ms
 
-Parsing on each get misses the 2 M/s goal. Parsing once on first get is as
-fast once warm, but ends near the 1.5x memory goal once completion lists have
-touched every command (each Command parsed alone has an arena of its own),
-and has reader threads write into the view. Parsing the whole Catalog once is
-as fast, its memory is fixed, and a view is truly read-only. Through
-``Replica.get`` on a live replica, ``bench/bench_replica.py`` measured 3.5 M
-lookups/s (2.9-11.7 M over 5 rounds, the machine busy) against 1,700 for
-``DefinitionClient.get_command`` over gRPC; a view held 1.29x the payload, a
-whole Replica 1.63x (the gRPC channel and thread add about 3.5 MB whatever
-the catalog's size). While a new version is built, the old view, the new
-file's payload and the new view coexist for a moment (about 3.5x).
+Parsing on each get misses the 2 M/s goal. Parsing once on first get is slower
+even once warm, and ends near the 1.5x memory goal once completion lists have
+touched every command (each Command parsed alone has an arena of its own), and
+has reader threads write into the view. Parsing the whole Catalog once is the
+fastest, its memory is fixed, and a view is truly read-only. Through
+``Replica.get`` on a live replica, ``bench/bench_replica.py`` measured 11.5 M
+lookups/s (median of 5 rounds, 9.3-11.6 M; 3.5 M when the machine was busy)
+against 2,100 for ``DefinitionClient.get_command`` over gRPC, and 130 ms from
+the server announcing a version to the replica swapping it in; a view held
+1.29x the payload, a whole Replica 1.63x (the gRPC channel and thread add
+about 3.5 MB whatever the catalog's size). While a new version is built, the
+old view, the new file's payload and the new view coexist for a moment (about
+3.5x).
 
 A returned ``Command`` is shared by every caller of that version: read it,
 never modify it (``Command().CopyFrom(command)`` gives a private copy).
