@@ -14,7 +14,6 @@ machine; the figures say what fits and its order of speed, not a peak.
 from __future__ import annotations
 
 import argparse
-import resource
 import tempfile
 import time
 from collections.abc import Iterator
@@ -26,8 +25,8 @@ import grpc
 from avap.definition_engine_pb2 import Catalog
 from avapdefs.format.package import build_package
 from avapdefs.v1.definitions_pb2 import Command
-from server.app import DefinitionServer
 from server.config import Settings
+from server.launch import ServerProcess
 
 KEY = b"bench signing key"
 
@@ -45,14 +44,20 @@ def _commands(count: int) -> Iterator[Command]:
         )
 
 
+def _peak_rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
 def _measure(count: int, scratch: Path) -> tuple[int, float, float, float]:
     folder = scratch / f"n{count}"
     folder.mkdir()
     catalog.publish(folder, _commands(count), 1)
-    server = DefinitionServer(Settings(snapshots_dir=folder, port=0))
-    server.start()
+    server = ServerProcess(Settings(snapshots_dir=folder, port=0))
     try:
-        loaded = server.load()
+        loaded = server.start()
         options = [("grpc.max_receive_message_length", -1)]
         with grpc.insecure_channel(f"127.0.0.1:{server.port}", options=options) as channel:
             call: grpc.UnaryUnaryMultiCallable[bytes, bytes] = channel.unary_unary("/avap.DefinitionEngine/SyncCatalog")
@@ -61,7 +66,7 @@ def _measure(count: int, scratch: Path) -> tuple[int, float, float, float]:
             seconds = time.perf_counter() - started
         parsed = Catalog.FromString(data)
         assert parsed.total_count == count == len(parsed.commands)
-        return len(data), seconds, loaded.load_ms, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        return len(data), seconds, loaded.load_ms, _peak_rss_mb(server.pid)
     finally:
         server.stop(0)
 

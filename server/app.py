@@ -1,138 +1,187 @@
-"""Build, start, serve and stop the gRPC server: services, options, signals.
+"""The ASGI application Envoy runs (through pyvoy): DefinitionService, the legacy service, health, reflection.
 
-A plain thread-pool ``grpc.server`` is used, not ``grpc.aio``: with answers
-pre-serialized, per-call cost is grpcio's own, and the thread-pool server
-answered GetCommand about 1.36x faster per core than grpc.aio when measured
-(docs/server.md). Each open stream holds one pool thread while it runs; a
-SyncCatalog stream lasts as long as one file transfer, so ``max_workers``
-bounds concurrent syncs and leaves the rest of the pool to unary calls.
-WatchCatalog streams stay open for hours, so they run on a pool of their own:
-1,000 parked ones cost about 50 MB and no CPU or GetCommand throughput, while a
-grpc.aio server, which would hold them without threads, answered GetCommand
-0.6-0.7x as fast (bench/bench_watch.py, docs/server.md).
+``avap-server`` does not answer calls itself: it starts an Envoy process
+(``server/launch.py``) whose HTTP/2 is Envoy's C++ and whose calls are
+answered by this application, running on one event loop inside that process.
+Why not grpcio's server: it costs about 150 us of CPU per GetCommand on this
+machine against about 50 us here, and each open stream held a thread
+(docs/server.md, docs/serving-stack.md).
+
+The application learns its settings over a control socket the launcher
+passes down (``AVAP_CONTROL_FD``): one JSON line with the settings, before
+anything is loaded. It answers with one line, ``loaded`` or ``failed``, and
+later takes ``drain`` (health NOT_SERVING, watch streams end, hot reload
+stops). When the launcher goes away the socket closes and the process ends
+itself, so no server outlives its ``avap-server``.
+
+Health says NOT_SERVING until a snapshot is loaded and from the moment a
+drain begins; the port is only listened on once the load is done.
 """
 
 from __future__ import annotations
 
+import asyncio
+import hmac
+import json
 import logging
 import os
 import signal
+import socket
 import threading
-from concurrent import futures
-from types import FrameType
+from collections.abc import AsyncIterator, Callable, Iterable
+from dataclasses import dataclass, fields
+from pathlib import Path
 from typing import Any
 
-import grpc
-from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
+from grpc_health.v1 import health_pb2
 
 from avapdefs.errors import NoSnapshotError
-from server import legacy, logs
-from server.auth import ApiKeyInterceptor
+from server import legacy
 from server.config import Settings
 from server.legacy.codec import LegacyCodec, LegacyProtoError, bundled_codec, load_codec
 from server.legacy.service import LegacyService
 from server.reload import Reloader
-from server.service import SERVICE_NAME, DefinitionService
+from server.rpc import (
+    END_BODY,
+    OK_TRAILERS,
+    START,
+    Code,
+    Disconnected,
+    MessageReader,
+    Receive,
+    Scope,
+    Send,
+    StatusError,
+    frame,
+    header,
+    is_grpc,
+    read_unary,
+    send_status,
+    timeout_s,
+)
+from server.service import SERVICE_NAME, DefinitionService, Signal, Stream, Unary, parse
 from server.store import LoadedSnapshot, SnapshotStore
 
 logger = logging.getLogger(__name__)
 
-EXIT_OK = 0
+CONTROL_FD_VARIABLE = "AVAP_CONTROL_FD"
+AUTH_METADATA_KEY = b"x-avap-auth"
+HEALTH_SERVICE = "grpc.health.v1.Health"
+REFLECTION_SERVICE = "grpc.reflection.v1alpha.ServerReflection"
 EXIT_USAGE = 2
 EXIT_NO_SNAPSHOT = 3
-EXIT_CANNOT_LISTEN = 4
-WATCH_SPARE_THREADS = 2
+
+SERVING = health_pb2.HealthCheckResponse.SERVING
+NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
+_SERVICE_UNKNOWN = health_pb2.HealthCheckResponse.SERVICE_UNKNOWN
+
+Bidi = Callable[[bytes], Iterable[bytes]]
 
 
-def server_options(settings: Settings) -> list[tuple[str, int]]:
-    """The channel arguments the server runs with, each chosen on purpose."""
-    return [
-        ("grpc.max_receive_message_length", settings.max_receive_bytes),
-        ("grpc.max_send_message_length", settings.max_send_bytes),
-        # grpc shares a port by default; only the processes of one --processes group may,
-        # so a second, unrelated server on a busy port is refused (exit 4), never handed half the calls.
-        ("grpc.so_reuseport", 1 if settings.reuse_port else 0),
-        # Clients (workers holding WatchCatalog streams, idle editor channels)
-        # may ping every 30 s, calls or not, without being sent GOAWAY for it;
-        # the defaults (5 min, and no pings without calls) would cut them off.
-        ("grpc.keepalive_permit_without_calls", 1),
-        ("grpc.http2.min_ping_interval_without_data_ms", 30_000),
-        ("grpc.http2.max_ping_strikes", 2),
-        # The server pings quiet connections itself, to drop peers that vanished.
-        ("grpc.keepalive_time_ms", 60_000),
-        ("grpc.keepalive_timeout_ms", 20_000),
-    ]
+@dataclass(frozen=True)
+class _Route:
+    unary: Unary | None = None
+    stream: Stream | None = None
+    bidi: Bidi | None = None  # called once per request message; its answers are sent in order
+    protected: bool = False  # needs the API key, when one is set
+
+
+class Health:
+    """grpc.health.v1.Health: ``""`` (the whole server) and the definition service share one status."""
+
+    def __init__(self, changes: Signal) -> None:
+        self._changes = changes
+        self.status: int = NOT_SERVING
+        self._services = {"", SERVICE_NAME}
+
+    def set(self, status: int) -> None:
+        """Report ``status`` from now on, and to every Watch."""
+        self.status = status
+        self._changes.notify()
+
+    def _status_of(self, data: bytes) -> int:
+        service = parse(health_pb2.HealthCheckRequest.FromString, data).service
+        return self.status if service in self._services else _SERVICE_UNKNOWN
+
+    def check(self, data: bytes) -> bytes:
+        """Check: the status, or NOT_FOUND for a service this server does not have."""
+        status = self._status_of(data)
+        if status == _SERVICE_UNKNOWN:
+            raise StatusError(Code.NOT_FOUND, "unknown service")
+        return health_pb2.HealthCheckResponse(status=status).SerializeToString()
+
+    async def watch(self, data: bytes, disconnected: asyncio.Future[None]) -> AsyncIterator[bytes]:
+        """Watch: the status now, then each change, until the client goes away."""
+        sent = None
+        while not disconnected.done():
+            status = self._status_of(data)
+            if status != sent:
+                sent = status
+                yield health_pb2.HealthCheckResponse(status=status).SerializeToString()
+            await self._changes.wait(3600.0, disconnected)
+
+
+def _reflection(service_names: list[str]) -> Bidi:
+    # grpcio-reflection answers from the descriptor pool; imported on first use, so
+    # a server that is never reflected on does not load grpcio at all.
+    servicer: Any = None
+
+    def answer(data: bytes) -> Iterable[bytes]:
+        nonlocal servicer
+        from grpc_reflection.v1alpha import reflection, reflection_pb2
+
+        if servicer is None:
+            servicer = reflection.ReflectionServicer(service_names)
+        request = parse(reflection_pb2.ServerReflectionRequest.FromString, data)
+        return [response.SerializeToString() for response in servicer.ServerReflectionInfo(iter([request]), None)]
+
+    return answer
 
 
 class DefinitionServer:
-    """The gRPC server: DefinitionService, health and reflection over one store.
+    """Everything that answers calls: the store, hot reload, the services, health and reflection.
 
-    Health says NOT_SERVING from start until a snapshot is loaded, SERVING
-    while it serves, and NOT_SERVING again once shutdown begins.
+    Lives on the event loop of the process it serves in; ``__call__`` is the ASGI entry point.
     """
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, loop: asyncio.AbstractEventLoop) -> None:
         self.settings = settings
-        logs.limit_client_driven_logs()  # a client must not be able to flood the log
+        self.loop = loop
         codec = _legacy_codec(settings)
         self.store = SnapshotStore(
             settings.snapshots_dir, chunk_bytes=settings.chunk_bytes, legacy_codec=codec, pin=settings.pin
         )
         self.reloader = Reloader(self.store, poll=settings.poll) if settings.reload else None
-        self.health = health.HealthServicer()
-        self.port = 0
-        pool = futures.ThreadPoolExecutor(max_workers=settings.max_workers, thread_name_prefix="avap-grpc")
-        # A watch stream holds a thread for as long as it is open: watch streams run on
-        # a pool of their own, so they neither take nor grow the pool unary calls run on
-        # (a bigger shared pool answered fewer GetCommand calls: docs/server.md). The
-        # spare threads let a call beyond the cap run just long enough to be refused.
-        self._watch_pool = futures.ThreadPoolExecutor(
-            max_workers=settings.max_watch_streams + WATCH_SPARE_THREADS, thread_name_prefix="avap-watch"
-        )
-        services = (SERVICE_NAME, legacy.SERVICE_NAME)
-        interceptors: list[grpc.ServerInterceptor] = (
-            [ApiKeyInterceptor(settings.api_key, services)] if settings.api_key else []
-        )
-        self._server = grpc.server(pool, options=server_options(settings), interceptors=interceptors)
+        swaps = Signal(loop)
+        self.store.on_swap = swaps.notify
         self.service = DefinitionService(
             self.store,
+            swaps,
             max_send_bytes=settings.max_send_bytes,
             heartbeat_s=settings.heartbeat_s,
             max_watch_streams=settings.max_watch_streams,
-            watch_pool=self._watch_pool,
+            max_sync_streams=settings.max_sync_streams,
         )
-        self._add(SERVICE_NAME, self.service.handlers())
-        names = [SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME]
+        self.health = Health(Signal(loop))
+        self._key = settings.api_key.encode("utf-8") if settings.api_key else None
+        names = [SERVICE_NAME, HEALTH_SERVICE, REFLECTION_SERVICE]
+        routes: dict[str, _Route] = {}
+        for method, unary in self.service.unary_methods().items():
+            routes[f"/{SERVICE_NAME}/{method}"] = _Route(unary=unary, protected=True)
+        for method, stream in self.service.stream_methods().items():
+            routes[f"/{SERVICE_NAME}/{method}"] = _Route(stream=stream, protected=True)
         if codec is not None:
-            self._add(legacy.SERVICE_NAME, LegacyService(self.store, codec.request.FromString).handlers())
+            for method, unary in LegacyService(self.store, codec.request.FromString).unary_methods().items():
+                routes[f"/{legacy.SERVICE_NAME}/{method}"] = _Route(unary=unary, protected=True)
             if settings.legacy_proto is None:  # reflection knows only the bundled numbering
                 names.append(legacy.SERVICE_NAME)
-        health_pb2_grpc.add_HealthServicer_to_server(self.health, self._server)
-        reflection.enable_server_reflection(names, self._server)
-        self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
-
-    def _add(self, service: str, handlers: dict[str, grpc.RpcMethodHandler[Any, Any]]) -> None:
-        self._server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(service, handlers),))
-        # Registered methods are matched by grpc core without a Python lookup per call.
-        self._server.add_registered_method_handlers(service, handlers)
-
-    def _set_health(self, status: int) -> None:
-        self.health.set("", status)
-        self.health.set(SERVICE_NAME, status)
-
-    def start(self) -> int:
-        """Listen on the configured address and start answering calls.
-
-        Returns:
-            The port listened on (the one picked, when the settings say 0).
-
-        Raises:
-            RuntimeError: the address cannot be listened on.
-        """
-        self.port = self._server.add_insecure_port(self.settings.address)
-        self._server.start()
-        return self.port
+        routes[f"/{HEALTH_SERVICE}/Check"] = _Route(unary=self.health.check)
+        routes[f"/{HEALTH_SERVICE}/Watch"] = _Route(stream=self.health.watch)
+        routes[f"/{REFLECTION_SERVICE}/ServerReflectionInfo"] = _Route(bidi=_reflection(names))
+        self._routes = routes
+        self._max_receive_bytes = settings.max_receive_bytes
+        self._max_send_bytes = settings.max_send_bytes
+        self._draining = False
 
     def load(self) -> LoadedSnapshot:
         """Load the snapshot the folder calls for, report SERVING, and start following the folder.
@@ -141,25 +190,133 @@ class DefinitionServer:
             NoSnapshotError: the snapshot folder holds no valid snapshot.
         """
         loaded = self.store.load_newest()
-        self._set_health(health_pb2.HealthCheckResponse.SERVING)
+        self.health.set(SERVING)
         if self.reloader is not None:
             self.reloader.start()
         return loaded
 
-    def stop(self, grace_s: float | None = None) -> None:
-        """Report NOT_SERVING, refuse new calls, and wait for in-flight calls.
+    def drain(self) -> None:
+        """Report NOT_SERVING, end every watch stream and stop following the folder (shutdown has begun).
 
-        Args:
-            grace_s: how long in-flight calls may run on before they are
-                cancelled; the settings' ``grace_s`` when None.
+        Calls to the definition services that arrive from now on are UNAVAILABLE, which clients
+        retry (on another process of the group, or once the server is back); calls in flight finish.
         """
-        grace = self.settings.grace_s if grace_s is None else grace_s
-        self.health.enter_graceful_shutdown()
-        self.service.close()  # watch streams end now rather than at the end of the grace period
+        self._draining = True
+        self.health.set(NOT_SERVING)
+        self.service.close()
         if self.reloader is not None:
-            self.reloader.stop()
-        self._server.stop(grace).wait()
-        self._watch_pool.shutdown(wait=False)  # its threads end as soon as they are idle
+            threading.Thread(target=self.reloader.stop, name="avap-reload-stop", daemon=True).start()
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        route = self._routes.get(scope["path"])
+        if route is None or not is_grpc(scope):
+            await self._not_a_method(scope, send)
+            return
+        try:
+            if route.protected:
+                if self._draining:
+                    raise StatusError(Code.UNAVAILABLE, "the server is shutting down; retry (with backoff)")
+                if self._key is not None:
+                    self._authenticate(scope)
+            if route.unary is not None:
+                await self._unary(route.unary, receive, send)
+            elif route.stream is not None:
+                await self._stream(route.stream, scope, receive, send)
+            elif route.bidi is not None:
+                await self._bidi(route.bidi, receive, send)
+        except StatusError as exc:
+            await send_status(send, exc.code, exc.details, started=False)
+        except (Disconnected, OSError):
+            pass  # the client went away: nobody is left to answer (OSError: pyvoy's ClientDisconnectedError)
+
+    async def _unary(self, handler: Unary, receive: Receive, send: Send) -> None:
+        request = await read_unary(receive, self._max_receive_bytes)
+        try:
+            answer = handler(request)
+        except StatusError:
+            raise
+        except Exception:
+            logger.exception("%s failed", getattr(handler, "__name__", handler))
+            raise StatusError(Code.INTERNAL, "internal error") from None
+        if len(answer) > self._max_send_bytes:
+            raise StatusError(Code.RESOURCE_EXHAUSTED, f"the answer of {len(answer)} bytes is over the send limit")
+        await send(START)
+        await send({"type": "http.response.body", "body": frame(answer), "more_body": False})
+        await send(OK_TRAILERS)
+
+    async def _stream(self, handler: Stream, scope: Scope, receive: Receive, send: Send) -> None:
+        request = await read_unary(receive, self._max_receive_bytes)
+        deadline_s = timeout_s(scope)
+        # After the request, receive() only returns once the client goes away.
+        disconnected: asyncio.Future[None] = asyncio.ensure_future(_disconnect(receive))
+        messages = handler(request, disconnected)
+        started = False
+        try:
+            async with asyncio.timeout(deadline_s):
+                async for message in messages:
+                    if not started:
+                        await send(START)
+                        started = True
+                    await send({"type": "http.response.body", "body": frame(message), "more_body": True})
+        except StatusError as exc:
+            await send_status(send, exc.code, exc.details, started=started)
+            return
+        except TimeoutError:
+            await send_status(send, Code.DEADLINE_EXCEEDED, "deadline exceeded", started=started)
+            return
+        except (Disconnected, OSError):
+            return
+        except Exception:
+            logger.exception("%s failed", getattr(handler, "__name__", handler))
+            await send_status(send, Code.INTERNAL, "internal error", started=started)
+            return
+        finally:
+            disconnected.cancel()
+            await messages.aclose()  # type: ignore[attr-defined]
+        if not started:
+            await send(START)
+        await send(END_BODY)
+        await send(OK_TRAILERS)
+
+    async def _bidi(self, handler: Bidi, receive: Receive, send: Send) -> None:
+        reader = MessageReader(receive, self._max_receive_bytes)
+        started = False
+        try:
+            while (request := await reader.next()) is not None:
+                for message in handler(request):
+                    if not started:
+                        await send(START)
+                        started = True
+                    await send({"type": "http.response.body", "body": frame(message), "more_body": True})
+        except StatusError as exc:
+            await send_status(send, exc.code, exc.details, started=started)
+            return
+        await send_status(send, Code.OK, "", started=started)
+
+    def _authenticate(self, scope: Scope) -> None:
+        # Constant-time comparison: how long a refusal takes says nothing about how much of a guess was right.
+        supplied = header(scope, AUTH_METADATA_KEY)
+        if supplied is None:
+            raise StatusError(Code.UNAUTHENTICATED, f"missing {AUTH_METADATA_KEY.decode()} metadata")
+        assert self._key is not None
+        if not hmac.compare_digest(supplied, self._key):
+            raise StatusError(Code.UNAUTHENTICATED, f"wrong {AUTH_METADATA_KEY.decode()} key")
+
+    async def _not_a_method(self, scope: Scope, send: Send) -> None:
+        if is_grpc(scope):
+            await send_status(send, Code.UNIMPLEMENTED, f"unknown method {scope['path']}", started=False)
+            return
+        body = b"this is a gRPC server: send gRPC calls (POST, content-type application/grpc)\n"
+        await send({"type": "http.response.start", "status": 415, "headers": [(b"content-type", b"text/plain")]})
+        await send({"type": "http.response.body", "body": body})
+
+
+async def _disconnect(receive: Receive) -> None:
+    try:
+        while (await receive())["type"] != "http.disconnect":
+            pass
+    except OSError:
+        pass
 
 
 def _legacy_codec(settings: Settings) -> LegacyCodec | None:
@@ -170,65 +327,99 @@ def _legacy_codec(settings: Settings) -> LegacyCodec | None:
     return bundled_codec()
 
 
-def _install_signal_handlers(stop: threading.Event) -> dict[int, object]:
-    def request_stop(signum: int, frame: FrameType | None) -> None:
-        # Only set the event: logging here could deadlock on a lock the main thread holds.
-        stop.set()
-
-    return {sig: signal.signal(sig, request_stop) for sig in (signal.SIGTERM, signal.SIGINT)}
+def settings_to_json(settings: Settings) -> dict[str, Any]:
+    """``settings`` as JSON values (paths as strings), for the control socket."""
+    values = {item.name: getattr(settings, item.name) for item in fields(Settings)}
+    return {name: str(value) if isinstance(value, Path) else value for name, value in values.items()}
 
 
-def run(settings: Settings) -> int:
-    """Serve until SIGTERM or SIGINT, then shut down gracefully (main thread only).
+def settings_from_json(values: dict[str, Any]) -> Settings:
+    """The inverse of ``settings_to_json``."""
+    paths = {"snapshots_dir", "legacy_proto"}
+    converted: dict[str, Any] = {
+        name: Path(value) if name in paths and value is not None else value for name, value in values.items()
+    }
+    return Settings(**converted)
 
-    Returns:
-        An exit code: ``EXIT_OK`` after a graceful shutdown, ``EXIT_NO_SNAPSHOT``
-        when no valid snapshot can be loaded, ``EXIT_CANNOT_LISTEN`` when the
-        address cannot be listened on.
+
+class Application:
+    """The ASGI entry point pyvoy loads (``server.app:application``).
+
+    Startup (ASGI lifespan) reads the settings from the control socket, builds
+    the server and loads the snapshot; Envoy listens only once that is done.
+    A failure is reported on the socket and ends the process before it listens.
     """
-    if not settings.is_loopback and not settings.api_key:
-        logger.warning("listening on %s with no API key: anyone who can reach it reads every definition", settings.host)
-    try:
-        server = DefinitionServer(settings)
-    except LegacyProtoError as exc:
-        logger.error("%s", exc)
-        return EXIT_USAGE
-    if settings.cpu is not None:
-        os.sched_setaffinity(0, {settings.cpu})
-    stop = threading.Event()
-    # Installed first, so a signal during a long load still ends in a clean stop.
-    previous = _install_signal_handlers(stop)
-    try:
-        return _serve(server, stop)
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)  # type: ignore[arg-type]
+
+    def __init__(self) -> None:
+        self.server: DefinitionServer | None = None
+        self._control: socket.socket | None = None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        server = self.server
+        if server is not None and scope["type"] == "http":
+            await server(scope, receive, send)
+        elif scope["type"] == "lifespan":
+            await self._lifespan(receive, send)
+
+    async def _lifespan(self, receive: Receive, send: Send) -> None:
+        await receive()  # lifespan.startup
+        failure = self._start()
+        if failure is not None:
+            await send({"type": "lifespan.startup.failed", "message": failure})
+            return
+        await send({"type": "lifespan.startup.complete"})
+        await receive()  # lifespan.shutdown
+        if self.server is not None:
+            self.server.drain()
+        await send({"type": "lifespan.shutdown.complete"})
+
+    def _start(self) -> str | None:
+        control = socket.socket(fileno=int(os.environ[CONTROL_FD_VARIABLE]))
+        self._control = control
+        lines = control.makefile("r", encoding="utf-8")
+        message = json.loads(lines.readline() or "{}")
+        logging.basicConfig(
+            level=message.get("log_level", "INFO"), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+        )
+        settings = settings_from_json(message["settings"])
+        loop = asyncio.get_running_loop()
+        try:
+            server = DefinitionServer(settings, loop)
+            loaded = server.load()
+        except LegacyProtoError as exc:
+            return self._report_failure(EXIT_USAGE, str(exc))
+        except NoSnapshotError as exc:
+            text = f"{exc}; nothing to serve (export one, or point --snapshots at a folder that has one)"
+            return self._report_failure(EXIT_NO_SNAPSHOT, text)
+        self.server = server
+        info = loaded.info
+        self._tell({"event": "loaded", "version": info.version, "commands": info.command_count,
+                    "load_ms": loaded.load_ms})  # fmt: skip
+        threading.Thread(target=self._follow_control, args=(lines, loop), name="avap-control", daemon=True).start()
+        return None
+
+    def _report_failure(self, exit_code: int, text: str) -> str:
+        self._tell({"event": "failed", "exit": exit_code, "message": text})
+        return text
+
+    def _tell(self, message: dict[str, Any]) -> None:
+        assert self._control is not None
+        self._control.sendall(json.dumps(message).encode("utf-8") + b"\n")
+
+    def _follow_control(self, lines: Any, loop: asyncio.AbstractEventLoop) -> None:
+        for line in lines:
+            if json.loads(line).get("command") == "drain":
+                done = threading.Event()
+                loop.call_soon_threadsafe(self._drain, done)
+                done.wait()
+                self._tell({"event": "draining"})
+        # The launcher is gone (it closed the socket, or died): a server nobody can stop must not live on.
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    def _drain(self, done: threading.Event) -> None:
+        assert self.server is not None
+        self.server.drain()
+        done.set()
 
 
-def _serve(server: DefinitionServer, stop: threading.Event) -> int:
-    settings = server.settings
-    # Load before listening: with --processes, every process listens on the same
-    # port, and one still loading would be handed connections it can only refuse.
-    try:
-        loaded = server.load()
-    except NoSnapshotError as exc:
-        logger.error("%s; nothing to serve (export one, or point --snapshots at a folder that has one)", exc)
-        return EXIT_NO_SNAPSHOT
-    try:
-        port = server.start()
-    except RuntimeError as exc:
-        logger.error("cannot listen on %s: %s", settings.address, exc)
-        return EXIT_CANNOT_LISTEN
-    logger.info(
-        "serving catalog version %s (%s commands, loaded in %.0f ms) on %s:%s",
-        loaded.info.version,
-        loaded.info.command_count,
-        loaded.load_ms,
-        settings.host,
-        port,
-    )
-    stop.wait()
-    logger.info("shutting down: in-flight calls have %.1f s to finish", settings.grace_s)
-    server.stop()
-    logger.info("stopped")
-    return EXIT_OK
+application = Application()

@@ -1,4 +1,4 @@
-"""``avap-server``: serve the newest valid snapshot of a folder over gRPC.
+"""``avap-server``: serve the newest valid snapshot of a folder over gRPC (Envoy's HTTP/2, see launch.py).
 
 Each option may also be given as an ``AVAP_*`` environment variable; a flag
 wins over the variable, the variable over the default.
@@ -17,7 +17,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from avapdefs.options import add_options, resolve
-from server import app, processes
+from server import launch, processes
 from server.config import DEFAULTS, OPTIONS, Settings
 
 EXIT_USAGE = 2
@@ -68,9 +68,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return exc.code if isinstance(exc.code, int) else EXIT_USAGE
     try:
         values = resolve(args, os.environ, OPTIONS)
-        logging.basicConfig(
-            level=values.pop("log_level", "INFO"), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-        )
+        log_level = values.pop("log_level", "INFO")
+        logging.basicConfig(level=log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
         processes_wanted = values.pop("processes", 1)
         values["api_key"] = _api_key(values.pop("api_key_file", None), os.environ)
         settings = Settings(**values)
@@ -87,7 +86,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         busy = processes.port_is_free(settings.host, settings.port)
         if busy is not None:
             logging.getLogger(__name__).error("cannot listen on %s: %s", settings.address, busy.strerror or busy)
-            return app.EXIT_CANNOT_LISTEN
+            return launch.EXIT_CANNOT_LISTEN
         given = list(sys.argv[1:] if argv is None else argv)
         return processes.run(given, processes=processes_wanted, grace_s=settings.grace_s)
-    return app.run(settings)
+    return launch.run(settings, log_level=log_level)

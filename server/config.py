@@ -24,7 +24,6 @@ class Settings:
         host: the address to listen on.
         port: the TCP port; 0 picks a free one.
         grace_s: how long in-flight calls may run on after SIGTERM/SIGINT.
-        max_workers: threads answering calls (each open stream holds one).
         chunk_bytes: SyncCatalog data bytes per message.
         max_receive_bytes: the largest request message accepted.
         max_send_bytes: the largest response message sent.
@@ -36,7 +35,10 @@ class Settings:
         poll: poll the folder for new snapshots instead of waiting for file events.
         reload: follow the folder (hot reload); off, the first snapshot loaded serves until exit.
         heartbeat_s: seconds between WatchCatalog heartbeats on a quiet stream.
-        max_watch_streams: WatchCatalog streams open at once; each holds a thread of the watch pool.
+        max_watch_streams: WatchCatalog streams open at once.
+        max_sync_streams: SyncCatalog transfers running at once; beyond it a sync gets RESOURCE_EXHAUSTED.
+        stream_idle_timeout_s: a stream that moves no bytes either way for this long is reset (a
+            client that stopped reading); above ``heartbeat_s``, so a quiet watch is never cut.
         reuse_port: share the port with the other processes of one ``--processes`` group (SO_REUSEPORT);
             off, a port another server listens on is refused.
     """
@@ -45,7 +47,6 @@ class Settings:
     host: str = "127.0.0.1"
     port: int = 50051
     grace_s: float = 10.0
-    max_workers: int = 32
     chunk_bytes: int = DEFAULT_CHUNK_BYTES
     max_receive_bytes: int = 4 << 20
     # protobuf's own limit: the legacy unary SyncCatalog sends the whole catalog as one message
@@ -58,9 +59,11 @@ class Settings:
     poll: bool = False
     reload: bool = True
     heartbeat_s: float = 15.0
-    # 1,000 parked watch streams cost about 50 MB and 1,000 threads of their own pool, and
-    # no CPU or GetCommand throughput (bench/bench_watch.py, docs/server.md).
-    max_watch_streams: int = 1000
+    # A parked watch stream is a coroutine and a few KB of buffers.
+    max_watch_streams: int = 10_000
+    # A sync that stopped reading holds about a stream window (1 MiB) and a chunk until the idle timeout.
+    max_sync_streams: int = 64
+    stream_idle_timeout_s: float = 60.0
     reuse_port: bool = False
 
     def __post_init__(self) -> None:
@@ -70,8 +73,12 @@ class Settings:
             raise ValueError(f"grace_s {self.grace_s} is negative")
         if self.max_watch_streams < 0 or self.heartbeat_s <= 0:
             raise ValueError("max_watch_streams must be 0 or more and heartbeat_s above 0")
-        if self.max_workers < 1:
-            raise ValueError(f"max_workers {self.max_workers} is below 1")
+        if self.max_sync_streams < 1:
+            raise ValueError(f"max_sync_streams {self.max_sync_streams} is below 1")
+        if self.stream_idle_timeout_s <= self.heartbeat_s:
+            raise ValueError(
+                f"stream_idle_timeout_s {self.stream_idle_timeout_s} must be above heartbeat_s {self.heartbeat_s}"
+            )
         if self.pin is not None and not 0 < self.pin <= MAX_VERSION:
             raise ValueError(f"pin {self.pin} is not a catalog version (1..{MAX_VERSION})")
         if self.api_key is not None and not self.api_key:
@@ -99,8 +106,15 @@ OPTIONS: tuple[Option, ...] = (
     Option("--host", "AVAP_HOST", "host", str, "address to listen on"),
     Option("--port", "AVAP_PORT", "port", int, "TCP port, 0 for any free one"),
     Option("--grace-s", "AVAP_GRACE_S", "grace_s", float, "seconds in-flight calls may run on after SIGTERM/SIGINT"),
-    Option("--max-workers", "AVAP_MAX_WORKERS", "max_workers", int, "threads answering calls; a stream holds one"),
     Option("--max-watch-streams", "AVAP_MAX_WATCH_STREAMS", "max_watch_streams", int, "WatchCatalog streams at once"),
+    Option("--max-sync-streams", "AVAP_MAX_SYNC_STREAMS", "max_sync_streams", int, "SyncCatalog transfers at once"),
+    Option(
+        "--stream-idle-timeout-s",
+        "AVAP_STREAM_IDLE_TIMEOUT_S",
+        "stream_idle_timeout_s",
+        float,
+        "reset a stream that moves no bytes for this long (a client that stopped reading)",
+    ),
     Option("--heartbeat-s", "AVAP_HEARTBEAT_S", "heartbeat_s", float, "seconds between heartbeats on a quiet watch"),
     Option(
         "--legacy-proto",

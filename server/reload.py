@@ -76,6 +76,7 @@ class Reloader:
                 if not self.ready.is_set():
                     # The watch is in place: catch up on anything published before it was.
                     self.ready.set()
+                    logger.debug("watch in place on %s", folder)
                     self._refresh()
                 elif batch:
                     self._refresh()

@@ -1,6 +1,7 @@
-"""DefinitionService over the live snapshot; the only place errors become gRPC status codes.
+"""DefinitionService over the live snapshot; the only place errors are chosen as gRPC status codes.
 
-Every method is registered without serializers: answers are
+Handlers take the request message's bytes and return (or, for streams,
+yield) the answer's bytes: answers are
 bytes prepared when the snapshot was loaded (``store.LoadedSnapshot``), so no
 protobuf message is built or serialized per call on the paths that matter
 (GetCommand, GetCatalogInfo, SyncCatalog). GetCommand also reads the request
@@ -9,18 +10,15 @@ bytes itself when they take the usual shape, so a hit is one dict lookup.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
-import functools
 import logging
-import threading
 import time
 from bisect import bisect_left
-from collections.abc import Callable, Iterator
-from concurrent import futures
-from typing import Any, NoReturn, TypeVar
+from collections.abc import AsyncIterator, Callable
+from typing import TypeVar
 
-import grpc
 from google.protobuf.message import DecodeError
 
 from avapdefs.format import wire
@@ -36,6 +34,7 @@ from avapdefs.v1.definitions_pb2 import (
     WatchCatalogRequest,
     WatchCatalogResponse,
 )
+from server.rpc import Code, StatusError
 from server.store import LoadedSnapshot, SnapshotStore
 
 logger = logging.getLogger(__name__)
@@ -55,59 +54,16 @@ _NAME_TAG = wire.tag(GetCommandRequest.NAME_FIELD_NUMBER)[0]
 _LIST_COMMANDS_TAG = wire.tag(ListCommandsResponse.COMMANDS_FIELD_NUMBER)
 
 _Request = TypeVar("_Request")
-_Unary = Callable[[Any, grpc.ServicerContext], bytes]
-_Stream = Callable[[Any, grpc.ServicerContext], Iterator[bytes]]
-
-
-class StatusError(Exception):
-    """Ends a call with ``code``; raised by handlers, turned into a status by ``unary``/``stream``."""
-
-    def __init__(self, code: grpc.StatusCode, details: str) -> None:
-        super().__init__(details)
-        self.code = code
-        self.details = details
-
-
-def _abort(context: grpc.ServicerContext, exc: Exception, method: str) -> NoReturn:
-    # The one place an error becomes a status: a StatusError says which; anything else is a bug.
-    if isinstance(exc, StatusError):
-        context.abort(exc.code, exc.details)
-    logger.error("%s failed", method, exc_info=exc)
-    context.abort(grpc.StatusCode.INTERNAL, "internal error")
-
-
-def unary(method: _Unary) -> _Unary:
-    """``method`` as a unary handler: a StatusError becomes its status, anything else INTERNAL (logged)."""
-
-    @functools.wraps(method)
-    def call(request: Any, context: grpc.ServicerContext) -> bytes:
-        try:
-            return method(request, context)
-        except Exception as exc:
-            _abort(context, exc, method.__name__)
-
-    return call
-
-
-def stream(method: _Stream) -> _Stream:
-    """``method`` as a streaming handler, its errors ending the stream as ``unary`` ends a call."""
-
-    @functools.wraps(method)
-    def call(request: Any, context: grpc.ServicerContext) -> Iterator[bytes]:
-        try:
-            yield from method(request, context)
-        except Exception as exc:
-            _abort(context, exc, method.__name__)
-
-    return call
+Unary = Callable[[bytes], bytes]
+Stream = Callable[[bytes, "asyncio.Future[None]"], AsyncIterator[bytes]]
 
 
 def check_name(name: str) -> None:
     """Refuse an empty or overlong command name (INVALID_ARGUMENT)."""
     if not name:
-        raise StatusError(grpc.StatusCode.INVALID_ARGUMENT, "command name is empty")
+        raise StatusError(Code.INVALID_ARGUMENT, "command name is empty")
     if len(name) > MAX_NAME_CHARS:
-        raise StatusError(grpc.StatusCode.INVALID_ARGUMENT, f"command name is over {MAX_NAME_CHARS} characters")
+        raise StatusError(Code.INVALID_ARGUMENT, f"command name is over {MAX_NAME_CHARS} characters")
 
 
 def parse(message_type: Callable[[bytes], _Request], request: bytes) -> _Request:
@@ -115,14 +71,14 @@ def parse(message_type: Callable[[bytes], _Request], request: bytes) -> _Request
     try:
         return message_type(request)
     except DecodeError as exc:
-        raise StatusError(grpc.StatusCode.INVALID_ARGUMENT, f"request does not parse: {exc}") from exc
+        raise StatusError(Code.INVALID_ARGUMENT, f"request does not parse: {exc}") from exc
 
 
 def require_snapshot(store: SnapshotStore) -> LoadedSnapshot:
     """The live snapshot, read once; UNAVAILABLE before the first load."""
     snap = store.current
     if snap is None:
-        raise StatusError(grpc.StatusCode.UNAVAILABLE, "no catalog loaded yet")
+        raise StatusError(Code.UNAVAILABLE, "no catalog loaded yet")
     return snap
 
 
@@ -130,39 +86,69 @@ def _page_start(token: str) -> str:
     try:
         return base64.urlsafe_b64decode(token.encode("ascii")).decode("utf-8")
     except (UnicodeError, binascii.Error, ValueError) as exc:
-        raise StatusError(grpc.StatusCode.INVALID_ARGUMENT, "page_token is not one this server gave") from exc
+        raise StatusError(Code.INVALID_ARGUMENT, "page_token is not one this server gave") from exc
 
 
 def _page_token(name: str) -> str:
     return base64.urlsafe_b64encode(name.encode("utf-8")).decode("ascii")
 
 
+class Signal:
+    """Wakes coroutines on the server's event loop when something changes: a version swapped in, a health status.
+
+    ``notify`` may be called from any thread (the reload thread swaps); waiters
+    run on ``loop``.
+    """
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        self._next: asyncio.Future[None] = loop.create_future()
+
+    def notify(self) -> None:
+        """Wake every waiter (thread-safe)."""
+        self._loop.call_soon_threadsafe(self._fire)
+
+    def _fire(self) -> None:
+        fired, self._next = self._next, self._loop.create_future()
+        fired.set_result(None)
+
+    async def wait(self, timeout_s: float, disconnected: asyncio.Future[None]) -> bool:
+        """Wait for the next change, up to ``timeout_s``; True when one came (or the client went away)."""
+        done, _ = await asyncio.wait((self._next, disconnected), timeout=timeout_s, return_when=asyncio.FIRST_COMPLETED)
+        return bool(done)
+
+
 class DefinitionService:
     """Answers DefinitionService calls from ``store.current``.
 
-    Thread safety: each call reads ``store.current`` once and uses only that
-    immutable snapshot, so calls run on any number of threads without locks.
+    Each call reads ``store.current`` once and uses only that immutable
+    snapshot, so a swap on the reload thread never mixes two versions in one
+    answer. Unary handlers run on the event loop without awaiting anything.
+    Streams are coroutines: an open watch or a stalled sync costs its
+    buffers, never a thread.
     """
 
     def __init__(
         self,
         store: SnapshotStore,
+        swaps: Signal,
         *,
         max_send_bytes: int,
         heartbeat_s: float = 15.0,
         max_watch_streams: int = 64,
-        watch_pool: futures.ThreadPoolExecutor | None = None,
+        max_sync_streams: int = 64,
     ) -> None:
         self._store = store
+        self._swaps = swaps
         self._max_send_bytes = max_send_bytes
         self._heartbeat_s = heartbeat_s
         self._max_watch_streams = max_watch_streams
-        # Each open watch stream holds a thread; the cap bounds how many.
-        self._watch_slots = threading.BoundedSemaphore(max_watch_streams)
-        self._watch_pool = watch_pool
-        self._closing = threading.Event()
+        self._max_sync_streams = max_sync_streams
+        self.watch_streams = 0
+        self.sync_streams = 0
+        self._closing = False
 
-    def get_command(self, request: bytes, context: grpc.ServicerContext) -> bytes:
+    def get_command(self, request: bytes) -> bytes:
         """GetCommand: the stored GetCommandResponse bytes; ``request`` is the raw request."""
         snap = self._store.current
         if snap is not None and len(request) > 2 and request[0] == _NAME_TAG and request[1] == len(request) - 2:
@@ -177,14 +163,14 @@ class DefinitionService:
         check_name(name)
         found = require_snapshot(self._store).responses.get(name.encode("utf-8"))
         if found is None:
-            raise StatusError(grpc.StatusCode.NOT_FOUND, f"command {name!r} not found")
+            raise StatusError(Code.NOT_FOUND, f"command {name!r} not found")
         return found
 
-    def batch_get_commands(self, data: bytes, context: grpc.ServicerContext) -> bytes:
+    def batch_get_commands(self, data: bytes) -> bytes:
         """BatchGetCommands: found commands in request order, missing names reported."""
         request = parse(BatchGetCommandsRequest.FromString, data)
         if len(request.names) > MAX_BATCH_NAMES:
-            raise StatusError(grpc.StatusCode.INVALID_ARGUMENT, f"over {MAX_BATCH_NAMES} names in one batch")
+            raise StatusError(Code.INVALID_ARGUMENT, f"over {MAX_BATCH_NAMES} names in one batch")
         snap = require_snapshot(self._store)
         found: list[bytes] = []
         missing: list[str] = []
@@ -196,14 +182,12 @@ class DefinitionService:
             else:
                 found.append(response)
         if sum(map(len, found)) > min(self._max_send_bytes // 2, MAX_BATCH_BYTES):
-            raise StatusError(
-                grpc.StatusCode.RESOURCE_EXHAUSTED, "the answer is too large: ask for fewer names at once"
-            )
+            raise StatusError(Code.RESOURCE_EXHAUSTED, "the answer is too large: ask for fewer names at once")
         # Serialized messages concatenate into one; the stored answers are already `commands` entries.
         tail = BatchGetCommandsResponse(missing_names=missing, catalog_version=snap.info.version)
         return b"".join(found) + tail.SerializeToString()
 
-    def list_commands(self, data: bytes, context: grpc.ServicerContext) -> bytes:
+    def list_commands(self, data: bytes) -> bytes:
         """ListCommands: one page of the ascending names starting with ``prefix``."""
         request = parse(ListCommandsRequest.FromString, data)
         snap = require_snapshot(self._store)
@@ -221,7 +205,7 @@ class DefinitionService:
         entries = (_LIST_COMMANDS_TAG + snap.responses[name.encode("utf-8")][1:] for name in page)
         return head.SerializeToString() + b"".join(entries)
 
-    def get_catalog_info(self, data: bytes, context: grpc.ServicerContext) -> bytes:
+    def get_catalog_info(self, data: bytes) -> bytes:
         """GetCatalogInfo: the stored CatalogInfo bytes."""
         parse(GetCatalogInfoRequest.FromString, data)
         info = require_snapshot(self._store).catalog_info
@@ -229,89 +213,76 @@ class DefinitionService:
         # Serialized messages concatenate: the appended field sets pinned_version.
         return info + CatalogInfo(pinned_version=pinned).SerializeToString() if pinned else info
 
-    def sync_catalog(self, data: bytes, context: grpc.ServicerContext) -> Iterator[bytes]:
-        """SyncCatalog: a header, then the file in pre-framed chunks (or only an up-to-date header)."""
+    async def sync_catalog(self, data: bytes, disconnected: asyncio.Future[None]) -> AsyncIterator[bytes]:
+        """SyncCatalog: a header, then the file in pre-framed chunks (or only an up-to-date header).
+
+        Each chunk waits until the client has room for it (HTTP/2 flow
+        control reaches ``send``), so a slow reader holds at most about a
+        stream window and a chunk here; one that stops reading is reset by
+        Envoy after the stream idle timeout.
+        """
         request = parse(SyncCatalogRequest.FromString, data)
         snap = require_snapshot(self._store)  # this version to the end of the stream, whatever is swapped in meanwhile
         if request.have_version == snap.info.version and request.have_content_hash == snap.info.content_hash:
             logger.debug("sync: client already holds version %s", snap.info.version)
             yield snap.sync_up_to_date
             return
-        delta = snap.deltas.get(request.have_version) if request.accept_delta else None
-        if delta is not None and delta.base_content_hash == request.have_content_hash:
-            header, chunks, what = delta.header, delta.chunks, f"the delta from version {request.have_version}"
-        else:
-            header, chunks, what = snap.sync_full_header, snap.sync_chunks, "the whole file"
-        yield header
-        for chunk in chunks:
-            # grpc stops pulling when the client goes away; the check also ends the
-            # stream when the server is stopping past its grace period.
-            if not context.is_active():
-                logger.debug("sync of version %s cancelled by the client", snap.info.version)
-                return
-            yield chunk
-        logger.debug("sync of version %s: sent %s", snap.info.version, what)
+        if self.sync_streams >= self._max_sync_streams:
+            raise StatusError(
+                Code.RESOURCE_EXHAUSTED,
+                f"over {self._max_sync_streams} catalog syncs running here; retry later (with backoff)",
+            )
+        self.sync_streams += 1
+        try:
+            delta = snap.deltas.get(request.have_version) if request.accept_delta else None
+            if delta is not None and delta.base_content_hash == request.have_content_hash:
+                header, chunks, what = delta.header, delta.chunks, f"the delta from version {request.have_version}"
+            else:
+                header, chunks, what = snap.sync_full_header, snap.sync_chunks, "the whole file"
+            yield header
+            for chunk in chunks:
+                yield chunk
+            logger.debug("sync of version %s: sent %s", snap.info.version, what)
+        finally:
+            self.sync_streams -= 1
 
-    def watch_catalog(self, data: bytes, context: grpc.ServicerContext) -> Iterator[bytes]:
+    async def watch_catalog(self, data: bytes, disconnected: asyncio.Future[None]) -> AsyncIterator[bytes]:
         """WatchCatalog: the live version when it differs from the client's, then each new one, with heartbeats."""
         request = parse(WatchCatalogRequest.FromString, data)
-        if not self._watch_slots.acquire(blocking=False):
+        if self.watch_streams >= self._max_watch_streams:
             raise StatusError(
-                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                Code.RESOURCE_EXHAUSTED,
                 f"over {self._max_watch_streams} watch streams open here; retry later (with backoff)",
             )
+        self.watch_streams += 1
         try:
-            # A client that goes away wakes its stream at once, so its slot (and its
-            # thread) is free now, not at the next heartbeat.
-            context.add_callback(self._wake_watchers)
-            yield from self._watch(request.have_version, context)
+            seen = request.have_version
+            while not self._closing and not disconnected.done():
+                snap = require_snapshot(self._store)
+                if snap.info.version != seen:
+                    seen = snap.info.version
+                    yield wire.encode_entry(snap.catalog_info)  # field 1: WatchCatalogResponse.catalog
+                    continue
+                # A client that goes away wakes its stream at once, so its slot is free now.
+                if not await self._swaps.wait(self._heartbeat_s, disconnected):
+                    yield WatchCatalogResponse(heartbeat_unix_ms=int(time.time() * 1000)).SerializeToString()
         finally:
-            self._watch_slots.release()
-
-    def _wake_watchers(self) -> None:
-        with self._store.swapped:
-            self._store.swapped.notify_all()
-
-    def _watch(self, seen: int, context: grpc.ServicerContext) -> Iterator[bytes]:
-        store = self._store
-        while context.is_active() and not self._closing.is_set():
-            snap = require_snapshot(store)
-            if snap.info.version != seen:
-                seen = snap.info.version
-                yield wire.encode_entry(snap.catalog_info)  # field 1: WatchCatalogResponse.catalog
-                continue
-            with store.swapped:
-                swapped = store.swapped.wait_for(
-                    lambda live=snap: (  # type: ignore[misc]
-                        store.current is not live or self._closing.is_set() or not context.is_active()
-                    ),
-                    timeout=self._heartbeat_s,
-                )
-            if not swapped:
-                yield WatchCatalogResponse(heartbeat_unix_ms=int(time.time() * 1000)).SerializeToString()
+            self.watch_streams -= 1
 
     def close(self) -> None:
         """End every watch stream (the server is shutting down)."""
-        self._closing.set()
-        self._wake_watchers()
+        self._closing = True
+        self._swaps.notify()
 
-    def handlers(self) -> dict[str, grpc.RpcMethodHandler[Any, Any]]:
-        """The method handlers, by method name, ready for ``add_registered_method_handlers``."""
-        # No (de)serializers at all: handlers take the raw request bytes (so a request
-        # that does not parse is INVALID_ARGUMENT here, not grpc's INTERNAL) and return bytes.
-        as_unary = grpc.unary_unary_rpc_method_handler
-        as_stream = grpc.unary_stream_rpc_method_handler
-        watch = stream(self.watch_catalog)
-        if self._watch_pool is not None:
-            # grpcio runs a handler whose function carries `experimental_thread_pool`
-            # on that pool instead of the server's: parked watch streams then never
-            # take (or grow) the threads that answer GetCommand. test_live checks it.
-            watch.__dict__["experimental_thread_pool"] = self._watch_pool
+    def unary_methods(self) -> dict[str, Unary]:
+        """The unary handlers, by method name."""
         return {
-            "GetCommand": as_unary(unary(self.get_command)),
-            "BatchGetCommands": as_unary(unary(self.batch_get_commands)),
-            "ListCommands": as_unary(unary(self.list_commands)),
-            "GetCatalogInfo": as_unary(unary(self.get_catalog_info)),
-            "SyncCatalog": as_stream(stream(self.sync_catalog)),
-            "WatchCatalog": as_stream(watch),
+            "GetCommand": self.get_command,
+            "BatchGetCommands": self.batch_get_commands,
+            "ListCommands": self.list_commands,
+            "GetCatalogInfo": self.get_catalog_info,
         }
+
+    def stream_methods(self) -> dict[str, Stream]:
+        """The server-streaming handlers, by method name."""
+        return {"SyncCatalog": self.sync_catalog, "WatchCatalog": self.watch_catalog}

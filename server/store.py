@@ -23,9 +23,8 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -165,7 +164,7 @@ class SnapshotStore:
         self.current: LoadedSnapshot | None = None
         self._missing_noted: Path | None = None
         self._refused_files: dict[Path, tuple[tuple[int, int, int], SnapshotError]] = {}
-        self.swapped = threading.Condition()  # notified after each swap (WatchCatalog waits on it)
+        self.on_swap: Callable[[], None] = _nothing  # called on the swapping thread after each swap
 
     def load_newest(self) -> LoadedSnapshot:
         """Make the snapshot the folder calls for live (see the class docstring).
@@ -233,8 +232,7 @@ class SnapshotStore:
 
     def _swap(self, loaded: LoadedSnapshot) -> None:
         self.current = loaded  # the one assignment that makes a version live
-        with self.swapped:
-            self.swapped.notify_all()
+        self.on_swap()
 
     def _refresh_deltas(self) -> LoadedSnapshot | None:
         # Deltas are written after their snapshot is published: pick up new ones.
@@ -247,6 +245,10 @@ class SnapshotStore:
             self._swap(current := replace(current, deltas=deltas))
             logger.info("catalog version %s: deltas from %s", current.info.version, sorted(deltas) or "none")
         return current
+
+
+def _nothing() -> None:
+    pass
 
 
 class _RefusedBefore(SnapshotError):

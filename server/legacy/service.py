@@ -8,10 +8,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-import grpc
-
 from server.legacy.answers import LegacyAnswers
-from server.service import StatusError, check_name, parse, require_snapshot, unary
+from server.rpc import Code, StatusError
+from server.service import Unary, check_name, parse, require_snapshot
 from server.store import SnapshotStore
 
 
@@ -29,26 +28,22 @@ class LegacyService:
     def _answers(self) -> LegacyAnswers:
         legacy = require_snapshot(self._store).legacy
         if legacy is None:
-            raise StatusError(grpc.StatusCode.UNIMPLEMENTED, "the legacy service is off on this server")
+            raise StatusError(Code.UNIMPLEMENTED, "the legacy service is off on this server")
         return legacy.get()
 
-    def get_command(self, data: bytes, context: grpc.ServicerContext) -> bytes:
+    def get_command(self, data: bytes) -> bytes:
         """GetCommand(CommandRequest): the legacy command message, or NOT_FOUND naming it."""
         name = str(parse(self._request_type, data).name)
         check_name(name)
         found = self._answers().command(name.encode("utf-8"))
         if found is None:
-            raise StatusError(grpc.StatusCode.NOT_FOUND, f"command {name!r} not found")
+            raise StatusError(Code.NOT_FOUND, f"command {name!r} not found")
         return found
 
-    def sync_catalog(self, data: bytes, context: grpc.ServicerContext) -> bytes:
+    def sync_catalog(self, data: bytes) -> bytes:
         """SyncCatalog(Empty): every command in one message, prepared once per version."""
         return self._answers().catalog
 
-    def handlers(self) -> dict[str, grpc.RpcMethodHandler[Any, Any]]:
-        """The method handlers, by method name."""
-        as_unary = grpc.unary_unary_rpc_method_handler
-        return {
-            "GetCommand": as_unary(unary(self.get_command)),
-            "SyncCatalog": as_unary(unary(self.sync_catalog)),
-        }
+    def unary_methods(self) -> dict[str, Unary]:
+        """The handlers, by method name."""
+        return {"GetCommand": self.get_command, "SyncCatalog": self.sync_catalog}

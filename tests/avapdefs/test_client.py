@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import socket
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,9 +17,8 @@ from avapdefs.errors import CommandNotFoundError, NoSnapshotError, ServerError, 
 from avapdefs.folder import TEMP_PREFIX, list_snapshots, snapshot_name
 from avapdefs.format import snapshot
 from avapdefs.v1.definitions_pb2 import GetCommandRequest
-from server.app import DefinitionServer
 from tests.helpers import MakeSnapshot
-from tests.server.helpers import big_commands, running_server, stub_for
+from tests.server.helpers import RunningServer, big_commands, running_server, stub_for
 
 
 class Interrupted(Exception):
@@ -25,7 +26,7 @@ class Interrupted(Exception):
 
 
 @pytest.fixture
-def served(make_snapshot: MakeSnapshot) -> Iterator[tuple[DefinitionServer, Path]]:
+def served(make_snapshot: MakeSnapshot) -> Iterator[tuple[RunningServer, Path]]:
     """A server on a 3 MB catalog (several sync chunks), and its file."""
     path = make_snapshot(version=4, commands=big_commands(count=24))
     with running_server(path.parent) as server:
@@ -38,18 +39,22 @@ def cache(tmp_path: Path) -> Path:
     return tmp_path / "cache"
 
 
-def _client(server: DefinitionServer, **kwargs: object) -> DefinitionClient:
+def _client(server: RunningServer, **kwargs: object) -> DefinitionClient:
     return DefinitionClient(f"127.0.0.1:{server.port}", **kwargs)  # type: ignore[arg-type]
 
 
+def _free_port() -> int:
+    # A port the kernel handed out and got back: nothing listens there now.
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
 def _dead_address() -> str:
-    # A port a server listened on and gave back: nothing answers there now.
-    with running_server(Path("unused"), load=False) as server:
-        port = server.port
-    return f"127.0.0.1:{port}"
+    return f"127.0.0.1:{_free_port()}"
 
 
-def test_get_command_and_its_errors(served: tuple[DefinitionServer, Path]) -> None:
+def test_get_command_and_its_errors(served: tuple[RunningServer, Path]) -> None:
     server, _ = served
     with _client(server) as client:
         assert client.get_command("big.0002").bytecode_version == 1
@@ -65,25 +70,29 @@ def test_get_command_and_its_errors(served: tuple[DefinitionServer, Path]) -> No
 def test_unavailable_is_retried_with_growing_backoff_then_raised(make_snapshot: MakeSnapshot) -> None:
     path = make_snapshot()
     pauses: list[float] = []
-    # A server that has not loaded its catalog yet answers UNAVAILABLE.
-    with (
-        running_server(path.parent, load=False) as server,
-        _client(server, retries=3, backoff_s=0.01, sleep=pauses.append) as client,
-        pytest.raises(ServerUnavailableError) as caught,
-    ):
-        client.get_command("if")
-    assert caught.value.code == "UNAVAILABLE" and "no catalog loaded" in caught.value.details
+    # A server that has begun to shut down answers UNAVAILABLE.
+    with running_server(path.parent) as server:
+        server.process.drain()
+        with (
+            _client(server, retries=3, backoff_s=0.01, sleep=pauses.append) as client,
+            pytest.raises(ServerUnavailableError) as caught,
+        ):
+            client.get_command("if")
+    assert caught.value.code == "UNAVAILABLE" and "shutting down" in caught.value.details
     assert len(pauses) == 3 and pauses[0] <= 0.01 < pauses[2] <= 0.04
 
 
 def test_a_retry_reaches_a_server_once_it_serves(make_snapshot: MakeSnapshot) -> None:
     path = make_snapshot()
-    with running_server(path.parent, load=False) as server:
+    port = _free_port()
+    with contextlib.ExitStack() as servers:
 
-        def load_instead_of_sleeping(pause: float) -> None:
-            server.load()
+        def start_instead_of_sleeping(pause: float) -> None:
+            servers.enter_context(running_server(path.parent, port=port))
 
-        with _client(server, retries=1, backoff_s=0.01, sleep=load_instead_of_sleeping) as client:
+        with DefinitionClient(
+            f"127.0.0.1:{port}", retries=1, backoff_s=0.01, sleep=start_instead_of_sleeping
+        ) as client:
             assert client.get_command("if").name == "if"
 
 
@@ -95,7 +104,7 @@ def test_an_unreachable_server_is_unavailable_within_the_deadline() -> None:
     assert time.monotonic() - started < 3
 
 
-def test_sync_round_trip_is_byte_identical_and_servable(served: tuple[DefinitionServer, Path], cache: Path) -> None:
+def test_sync_round_trip_is_byte_identical_and_servable(served: tuple[RunningServer, Path], cache: Path) -> None:
     server, path = served
     seen: list[tuple[int, int]] = []
     with _client(server) as client:
@@ -109,7 +118,7 @@ def test_sync_round_trip_is_byte_identical_and_servable(served: tuple[Definition
         assert copy.GetCommand(request, timeout=5) == original.GetCommand(request, timeout=5)
 
 
-def test_a_second_sync_is_up_to_date(served: tuple[DefinitionServer, Path], cache: Path) -> None:
+def test_a_second_sync_is_up_to_date(served: tuple[RunningServer, Path], cache: Path) -> None:
     server, path = served
     with _client(server) as client:
         client.sync(cache)
@@ -118,7 +127,7 @@ def test_a_second_sync_is_up_to_date(served: tuple[DefinitionServer, Path], cach
 
 
 def test_an_interrupted_sync_leaves_nothing_and_the_next_one_succeeds(
-    served: tuple[DefinitionServer, Path], cache: Path
+    served: tuple[RunningServer, Path], cache: Path
 ) -> None:
     server, path = served
 
@@ -135,7 +144,7 @@ def test_an_interrupted_sync_leaves_nothing_and_the_next_one_succeeds(
 
 
 def test_sync_replaces_an_older_cache_and_prunes_it(
-    served: tuple[DefinitionServer, Path], make_snapshot: MakeSnapshot, cache: Path
+    served: tuple[RunningServer, Path], make_snapshot: MakeSnapshot, cache: Path
 ) -> None:
     server, _ = served
     for version in (1, 2, 3):
@@ -147,7 +156,7 @@ def test_sync_replaces_an_older_cache_and_prunes_it(
     assert [version for version, _ in list_snapshots(cache)] == [3, 4, 9]
 
 
-def test_load_cached_works_offline(served: tuple[DefinitionServer, Path], cache: Path) -> None:
+def test_load_cached_works_offline(served: tuple[RunningServer, Path], cache: Path) -> None:
     server, _ = served
     with pytest.raises(NoSnapshotError):
         load_cached(cache)
@@ -167,7 +176,7 @@ def test_sync_from_a_dead_server_raises_unavailable(cache: Path) -> None:
     assert os.listdir(cache) == []
 
 
-def test_avap_sync_cli(served: tuple[DefinitionServer, Path], cache: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_avap_sync_cli(served: tuple[RunningServer, Path], cache: Path, capsys: pytest.CaptureFixture[str]) -> None:
     server, path = served
     argv = ["--server", f"127.0.0.1:{server.port}", "--dest", str(cache)]
     assert cli.sync_main(argv) == 0
@@ -181,7 +190,7 @@ def test_avap_sync_cli(served: tuple[DefinitionServer, Path], cache: Path, capsy
     assert cli.sync_main([]) == 2
 
 
-def test_avap_get_cli(served: tuple[DefinitionServer, Path], capsys: pytest.CaptureFixture[str]) -> None:
+def test_avap_get_cli(served: tuple[RunningServer, Path], capsys: pytest.CaptureFixture[str]) -> None:
     server, _ = served
     address = f"127.0.0.1:{server.port}"
     assert cli.get_main(["big.0001", "--server", address]) == 0

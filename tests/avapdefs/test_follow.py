@@ -14,7 +14,7 @@ from avapdefs.client import DefinitionClient, SyncResult
 from avapdefs.client.follow import backoff_s, follow
 from avapdefs.folder import list_snapshots
 from tests.helpers import MakeSnapshot
-from tests.server.helpers import running_server
+from tests.server.helpers import running_server, wait_until_watching
 
 
 def test_backoff_is_jittered_under_a_growing_cap() -> None:
@@ -57,7 +57,7 @@ def folder(make_snapshot: MakeSnapshot) -> Iterator[Path]:
 def test_each_new_version_reaches_the_cache(folder: Path, make_snapshot: MakeSnapshot, tmp_path: Path) -> None:
     cache = tmp_path / "cache"
     with running_server(folder) as server, _Follower(f"127.0.0.1:{server.port}", cache) as follower:
-        assert server.reloader is not None and server.reloader.ready.wait(10)
+        wait_until_watching(server)
         assert follower.next_version() == 1
         for version in (2, 3):
             make_snapshot(folder=folder, version=version)

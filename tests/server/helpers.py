@@ -7,7 +7,6 @@ catalogs, follow a WatchCatalog stream, wait for a log line.
 from __future__ import annotations
 
 import contextlib
-import logging
 import os
 import re
 import subprocess
@@ -16,15 +15,15 @@ import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import IO, Any, Protocol
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from avapdefs.v1.definitions_pb2 import Command, WatchCatalogResponse
 from avapdefs.v1.definitions_pb2_grpc import DefinitionServiceStub
-from server.app import DefinitionServer
 from server.config import Settings
+from server.launch import ServerProcess
 from tests.helpers import sample_command
 
 CHUNK_BYTES = 256 * 1024
@@ -37,48 +36,101 @@ SERVED_NAMES = ["addVar", "addParam", "addResult", "end", "if", "RequestGet", "Ã
 VERSIONED_NAMES = [f"cmd.{index:03d}" for index in range(40)]
 
 
+class RunningServer:
+    """A real server process (Envoy and the application) on 127.0.0.1, its log read as it comes.
+
+    Attributes:
+        process: the process handle (``server.launch.ServerProcess``).
+        port: the port it listens on.
+        loaded: what it reported once loaded.
+        lines: every line it has logged so far.
+    """
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.folder = settings.snapshots_dir
+        self.process = ServerProcess(settings, log_level="DEBUG", stderr=subprocess.PIPE)
+        self.lines: list[str] = []
+        self._waiters: list[LogWaiter] = []
+        self._lock = threading.Lock()
+        self.loaded = self.process.start()
+        self.port = self.process.port
+        assert self.process.process is not None and self.process.process.stderr is not None
+        self._reader = threading.Thread(target=self._read, args=(self.process.process.stderr,), daemon=True)
+        self._reader.start()
+
+    def _read(self, stream: IO[bytes]) -> None:
+        for raw in stream:
+            line = raw.decode("utf-8", errors="replace")
+            sys.stderr.write(line)  # shown by pytest when a test fails
+            with self._lock:
+                self.lines.append(line)
+                for waiter in self._waiters:
+                    waiter.offer(line)
+
+    def add_waiter(self, waiter: LogWaiter) -> None:
+        with self._lock:
+            self._waiters.append(waiter)
+            for line in self.lines if waiter.past else ():
+                waiter.offer(line)
+
+    def remove_waiter(self, waiter: LogWaiter) -> None:
+        with self._lock:
+            self._waiters.remove(waiter)
+
+    def stop(self, grace_s: float = 0.0) -> int:
+        code = self.process.stop(grace_s)
+        self._reader.join(10)
+        assert self.process.process is not None and self.process.process.stderr is not None
+        self.process.process.stderr.close()
+        return code
+
+
 @dataclass
 class Served:
     """A running server, the file it serves, a stub and the raw channel."""
 
-    server: DefinitionServer
+    server: RunningServer
     path: Path
     stub: DefinitionServiceStub
     channel: grpc.Channel
 
 
 @contextlib.contextmanager
-def running_server(folder: Path, *, load: bool = True, **overrides: Any) -> Iterator[DefinitionServer]:
+def running_server(folder: Path, **overrides: Any) -> Iterator[RunningServer]:
     """A real server on 127.0.0.1, a free port, serving ``folder``; stopped afterwards.
 
     ``overrides`` are Settings fields; the chunk size defaults to 256 KiB.
     """
     fields: dict[str, Any] = {"snapshots_dir": folder, "port": 0, "chunk_bytes": CHUNK_BYTES}
     fields.update(overrides)
-    server = DefinitionServer(Settings(**fields))
-    server.start()
+    server = RunningServer(Settings(**fields))
     try:
-        if load:
-            server.load()
         yield server
     finally:
-        server.stop(0)
+        server.stop()
 
 
 @contextlib.contextmanager
-def stub_for(server: DefinitionServer) -> Iterator[DefinitionServiceStub]:
+def stub_for(server: RunningServer) -> Iterator[DefinitionServiceStub]:
     """A real grpcio stub connected to ``server``."""
     with grpc.insecure_channel(f"127.0.0.1:{server.port}") as channel:
         yield DefinitionServiceStub(channel)
 
 
 @contextlib.contextmanager
-def live_server(folder: Path, **overrides: Any) -> Iterator[tuple[DefinitionServer, DefinitionServiceStub]]:
+def live_server(folder: Path, **overrides: Any) -> Iterator[tuple[RunningServer, DefinitionServiceStub]]:
     """``running_server`` once its reloader watches ``folder``, with a stub; heartbeats every 30 s unless overridden."""
     with running_server(folder, **{"heartbeat_s": 30.0, **overrides}) as server:
-        assert server.reloader is not None and server.reloader.ready.wait(10)
+        wait_until_watching(server)
         with stub_for(server) as stub:
             yield server, stub
+
+
+def wait_until_watching(server: RunningServer) -> None:
+    """Return once ``server``'s hot reload watches its folder (it says so in its log)."""
+    with LogWaiter(server, "server.reload", "watch in place", past=True) as waiter:
+        assert waiter.seen.wait(10)
 
 
 def raw_unary(channel: grpc.Channel, method: str) -> grpc.UnaryUnaryMultiCallable[bytes, bytes]:
@@ -107,25 +159,26 @@ def big_commands(count: int = 24, bytecode_bytes: int = 128 * 1024) -> list[Comm
     ]
 
 
-class LogWaiter(logging.Handler):
-    """Sets ``seen`` when a record containing ``text`` is logged by ``logger_name``; use with ``with``."""
+class LogWaiter:
+    """Sets ``seen`` when ``server`` logs a line of ``logger_name`` containing ``text``; use with ``with``."""
 
-    def __init__(self, logger_name: str, text: str) -> None:
-        super().__init__()
+    def __init__(self, server: RunningServer, logger_name: str, text: str, *, past: bool = False) -> None:
+        self.server = server
+        self.past = past  # also lines logged before the waiter was entered
+        self.marker = f" {logger_name}: "
         self.text = text
         self.seen = threading.Event()
-        self._logger = logging.getLogger(logger_name)
 
-    def emit(self, record: logging.LogRecord) -> None:
-        if self.text in record.getMessage():
+    def offer(self, line: str) -> None:
+        if self.marker in line and self.text in line:
             self.seen.set()
 
     def __enter__(self) -> LogWaiter:
-        self._logger.addHandler(self)
+        self.server.add_waiter(self)
         return self
 
     def __exit__(self, *exc_info: object) -> None:
-        self._logger.removeHandler(self)
+        self.server.remove_waiter(self)
 
 
 class WatchStream(Iterator[WatchCatalogResponse], Protocol):

@@ -8,7 +8,7 @@ from pathlib import Path
 import grpc
 import pytest
 from google.protobuf.descriptor_pool import DescriptorPool
-from grpc_health.v1 import health_pb2
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha.proto_reflection_descriptor_database import ProtoReflectionDescriptorDatabase
 
 from avapdefs.format import snapshot
@@ -21,15 +21,31 @@ SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 
 
-def test_health_is_not_serving_until_loaded_and_after_shutdown_begins(make_snapshot: MakeSnapshot) -> None:
+def test_health_is_serving_once_listening_and_not_serving_once_shutdown_begins(make_snapshot: MakeSnapshot) -> None:
+    # The port is only listened on once the snapshot is loaded: no client ever sees an empty server.
     path = make_snapshot()
-    with running_server(path.parent, load=False) as server:
-        assert health_status(server.port) == NOT_SERVING
-        server.load()
+    with running_server(path.parent) as server:
         assert health_status(server.port) == SERVING
         assert health_status(server.port, SERVICE_NAME) == SERVING
-        server.health.enter_graceful_shutdown()
+        with grpc.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+            check: grpc.UnaryUnaryMultiCallable[bytes, bytes] = channel.unary_unary("/grpc.health.v1.Health/Check")
+            unknown = health_pb2.HealthCheckRequest(service="no.such.Service").SerializeToString()
+            with pytest.raises(grpc.RpcError) as refused:
+                check(unknown, timeout=5)
+            assert refused.value.code() == grpc.StatusCode.NOT_FOUND
+        server.process.drain()
         assert health_status(server.port, SERVICE_NAME) == NOT_SERVING
+        assert health_status(server.port) == NOT_SERVING
+
+
+def test_health_watch_reports_the_change_when_shutdown_begins(make_snapshot: MakeSnapshot) -> None:
+    path = make_snapshot()
+    with running_server(path.parent) as server, grpc.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+        watch = health_pb2_grpc.HealthStub(channel).Watch(health_pb2.HealthCheckRequest(), timeout=10)  # type: ignore[attr-defined]
+        assert next(watch).status == SERVING
+        server.process.drain()
+        assert next(watch).status == NOT_SERVING
+        watch.cancel()
 
 
 def test_reflection_describes_the_service(make_snapshot: MakeSnapshot) -> None:
@@ -41,15 +57,17 @@ def test_reflection_describes_the_service(make_snapshot: MakeSnapshot) -> None:
         assert {method.name for method in service.methods} >= {"GetCommand", "SyncCatalog", "ListCommands"}
 
 
-def test_cancelled_syncs_free_their_threads(make_snapshot: MakeSnapshot) -> None:
+def test_cancelled_syncs_free_their_slots(make_snapshot: MakeSnapshot) -> None:
     path = make_snapshot(commands=big_commands(count=48))
-    # Two threads: if a cancelled stream kept its thread, the GetCommand below could never run.
-    with running_server(path.parent, max_workers=2) as server, stub_for(server) as stub:
+    # Two sync slots: if a cancelled stream kept its slot, the third sync could never start.
+    with running_server(path.parent, max_sync_streams=2) as server, stub_for(server) as stub:
         for _ in range(4):
             call = stub.SyncCatalog(SyncCatalogRequest(), timeout=30)
             assert next(call).WhichOneof("message") == "header"
             assert next(call).WhichOneof("message") == "chunk"
             call.cancel()
+        full = list(stub.SyncCatalog(SyncCatalogRequest(), timeout=30))
+        assert full[0].header.data_size == sum(len(message.chunk) for message in full[1:])
         assert stub.GetCommand(GetCommandRequest(name="big.0001"), timeout=10).command.name == "big.0001"
 
 

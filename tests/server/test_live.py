@@ -23,11 +23,11 @@ from avapdefs.v1.definitions_pb2 import (
 )
 from avapdefs.v1.definitions_pb2_grpc import DefinitionServiceStub
 from server import pin
-from server.app import DefinitionServer
 from tests.helpers import MakeSnapshot, sample_command
 from tests.server.helpers import (
     VERSIONED_NAMES,
     LogWaiter,
+    RunningServer,
     WatchStream,
     big_commands,
     health_status,
@@ -43,7 +43,7 @@ def _watch(stub: DefinitionServiceStub, have: int) -> WatchStream:
 
 
 @pytest.fixture
-def live(make_snapshot: MakeSnapshot) -> Iterator[tuple[DefinitionServer, DefinitionServiceStub]]:
+def live(make_snapshot: MakeSnapshot) -> Iterator[tuple[RunningServer, DefinitionServiceStub]]:
     path = make_snapshot(version=1, commands=versioned_commands(1))
     with live_server(path.parent) as served:
         yield served
@@ -60,11 +60,11 @@ def test_polling_picks_up_a_published_snapshot(make_snapshot: MakeSnapshot) -> N
 
 
 def test_a_published_snapshot_goes_live_and_watchers_see_each_version_in_order(
-    live: tuple[DefinitionServer, DefinitionServiceStub], make_snapshot: MakeSnapshot
+    live: tuple[RunningServer, DefinitionServiceStub], make_snapshot: MakeSnapshot
 ) -> None:
     server, stub = live
     stream = _watch(stub, 1)
-    folder = server.store.folder
+    folder = server.folder
     for version in range(2, 6):
         make_snapshot(folder=folder, version=version, commands=versioned_commands(version))
         assert next_version(stream) == version
@@ -103,11 +103,11 @@ def test_watch_streams_beyond_the_cap_are_refused(make_snapshot: MakeSnapshot) -
 
 
 def test_a_bad_new_file_is_refused_and_the_live_version_keeps_serving(
-    live: tuple[DefinitionServer, DefinitionServiceStub], make_snapshot: MakeSnapshot
+    live: tuple[RunningServer, DefinitionServiceStub], make_snapshot: MakeSnapshot
 ) -> None:
     server, stub = live
-    folder = server.store.folder
-    with LogWaiter("server.store", "refused snapshot") as waiter:
+    folder = server.folder
+    with LogWaiter(server, "server.store", "refused snapshot") as waiter:
         with atomic_file(folder / snapshot_name(2)) as file:
             file.write(b"AVAPSNAP but nothing after it")
         assert waiter.seen.wait(10)
@@ -120,7 +120,7 @@ def test_a_bad_new_file_is_refused_and_the_live_version_keeps_serving(
 
 
 def test_swaps_under_constant_load_fail_no_request(
-    live: tuple[DefinitionServer, DefinitionServiceStub], make_snapshot: MakeSnapshot
+    live: tuple[RunningServer, DefinitionServiceStub], make_snapshot: MakeSnapshot
 ) -> None:
     server, stub = live
     stop = threading.Event()
@@ -146,7 +146,7 @@ def test_swaps_under_constant_load_fail_no_request(
     try:
         stream = _watch(stub, 1)
         for version in range(2, 22):
-            make_snapshot(folder=server.store.folder, version=version, commands=versioned_commands(version))
+            make_snapshot(folder=server.folder, version=version, commands=versioned_commands(version))
             assert next_version(stream) == version
         stream.cancel()
     finally:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import threading
 from pathlib import Path
 
 import grpc
@@ -26,17 +25,16 @@ def two_versions(make_snapshot: MakeSnapshot) -> Path:
     return path.parent
 
 
-def test_watch_streams_run_on_their_own_pool_and_leave_get_command_its_threads(make_snapshot: MakeSnapshot) -> None:
+def test_open_watch_streams_leave_get_command_answering(make_snapshot: MakeSnapshot) -> None:
     path = make_snapshot(version=1, commands=versioned_commands(1))
-    with live_server(path.parent, max_workers=1, max_watch_streams=6) as (_, stub):
-        streams = [stub.WatchCatalog(WatchCatalogRequest(), timeout=30) for _ in range(6)]
-        assert [next_version(stream) for stream in streams] == [1] * 6
-        watch_threads = [thread for thread in threading.enumerate() if thread.name.startswith("avap-watch")]
-        assert len(watch_threads) >= 6
-        for _ in range(20):  # the one unary thread is free: every call is answered at once
+    with live_server(path.parent, max_watch_streams=200) as (_, stub):
+        # Each parked stream is a coroutine on the one event loop, not a thread: GetCommand still answers.
+        streams = [stub.WatchCatalog(WatchCatalogRequest(), timeout=30) for _ in range(200)]
+        assert [next_version(stream) for stream in streams] == [1] * 200
+        for _ in range(20):
             answer = stub.GetCommand(GetCommandRequest(name="cmd.003"), timeout=5)
             assert answer.command.code == "# version 1\n"
-        with pytest.raises(grpc.RpcError) as refused:  # the 7th runs on a spare thread, to be refused
+        with pytest.raises(grpc.RpcError) as refused:  # one past the cap
             next(stub.WatchCatalog(WatchCatalogRequest(), timeout=10))
         assert refused.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
         for stream in streams:
@@ -46,9 +44,9 @@ def test_watch_streams_run_on_their_own_pool_and_leave_get_command_its_threads(m
 def test_deleting_the_live_file_keeps_it_serving_and_a_newer_one_still_goes_live(
     two_versions: Path, make_snapshot: MakeSnapshot
 ) -> None:
-    with live_server(two_versions) as (_, stub):
+    with live_server(two_versions) as (server, stub):
         stream = stub.WatchCatalog(WatchCatalogRequest(have_version=2), timeout=30)
-        with LogWaiter("server.store", "file of live version 2 is gone") as waiter:
+        with LogWaiter(server, "server.store", "file of live version 2 is gone") as waiter:
             (two_versions / snapshot_name(2)).unlink()
             assert waiter.seen.wait(10)
         assert stub.GetCommand(GetCommandRequest(name="cmd.001"), timeout=5).command.code == "# version 2\n"
@@ -58,13 +56,13 @@ def test_deleting_the_live_file_keeps_it_serving_and_a_newer_one_still_goes_live
 
 
 def test_a_pin_to_a_version_that_does_not_verify_is_refused_and_the_live_one_keeps_serving(two_versions: Path) -> None:
-    with live_server(two_versions) as (_, stub):
+    with live_server(two_versions) as (server, stub):
         with atomic_file(two_versions / snapshot_name(1)) as file:
             file.write(b"AVAPSNAP damaged in place")
-        with LogWaiter("server.store", "refused snapshot") as waiter:
+        with LogWaiter(server, "server.store", "refused snapshot") as waiter:
             write_pin(two_versions, 1)
             assert waiter.seen.wait(10)
-        with LogWaiter("server.store", "pinned version 9 is not in") as waiter:
+        with LogWaiter(server, "server.store", "pinned version 9 is not in") as waiter:
             write_pin(two_versions, 9)
             assert waiter.seen.wait(10)
         info = stub.GetCatalogInfo(GetCatalogInfoRequest(), timeout=5)

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import dataclasses
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, MutableMapping
+from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
@@ -17,7 +21,10 @@ from avapdefs.v1.definitions_pb2 import (
     SyncCatalogRequest,
     SyncHeader,
 )
-from server.service import MAX_BATCH_NAMES, MAX_NAME_CHARS
+from server.app import DefinitionServer
+from server.config import Settings
+from server.rpc import frame
+from server.service import MAX_BATCH_NAMES, MAX_NAME_CHARS, SERVICE_NAME
 from tests.helpers import MakeSnapshot, sample_command
 from tests.server.helpers import SERVED_NAMES, Served, raw_unary, running_server, stub_for
 
@@ -147,20 +154,51 @@ def test_sync_catalog_up_to_date_sends_no_data(served: Served) -> None:
     assert first.header.kind == SyncHeader.KIND_FULL
 
 
+def _call_in_process(server: DefinitionServer, method: str, request: bytes) -> dict[bytes, bytes]:
+    """One call through the ASGI application itself, as pyvoy makes it; the trailers it ends with."""
+    sent: list[MutableMapping[str, Any]] = []
+    events = [{"type": "http.request", "body": frame(request), "more_body": False}]
+
+    async def receive() -> dict[str, Any]:
+        return events.pop() if events else {"type": "http.disconnect"}
+
+    async def send(message: MutableMapping[str, Any]) -> None:
+        sent.append(message)
+
+    scope = {"type": "http", "method": "POST", "path": f"/{SERVICE_NAME}/{method}",
+             "headers": [(b"content-type", b"application/grpc")]}  # fmt: skip
+    server.loop.run_until_complete(server(scope, receive, send))
+    assert sent[-1]["type"] == "http.response.trailers"
+    return dict(sent[-1]["headers"])
+
+
+@contextlib.contextmanager
+def _in_process(folder: Path) -> Iterator[DefinitionServer]:
+    loop = asyncio.new_event_loop()
+    try:
+        yield DefinitionServer(Settings(snapshots_dir=folder, reload=False, legacy=False), loop)
+    finally:
+        loop.close()
+
+
 def test_before_the_first_load_calls_are_unavailable(make_snapshot: MakeSnapshot) -> None:
-    path = make_snapshot()
-    with running_server(path.parent, load=False) as server, stub_for(server) as stub:
-        assert _code(lambda: stub.GetCommand(GetCommandRequest(name="if"), timeout=5)) == grpc.StatusCode.UNAVAILABLE
-        assert _code(lambda: list(stub.SyncCatalog(SyncCatalogRequest(), timeout=5))) == grpc.StatusCode.UNAVAILABLE
+    # The server listens only once loaded; the application still refuses rather than answer from nothing.
+    request = GetCommandRequest(name="if").SerializeToString()
+    with _in_process(make_snapshot().parent) as server:
+        trailers = _call_in_process(server, "GetCommand", request)
+        assert trailers[b"grpc-status"] == b"14" and trailers[b"grpc-message"] == b"no catalog loaded yet"
         server.load()
-        assert stub.GetCommand(GetCommandRequest(name="if"), timeout=5).command.name == "if"
+        assert _call_in_process(server, "GetCommand", request) == {b"grpc-status": b"0"}
 
 
-def test_an_unexpected_error_is_internal_and_logged(served: Served, caplog: pytest.LogCaptureFixture) -> None:
+def test_an_unexpected_error_is_internal_and_logged(
+    make_snapshot: MakeSnapshot, caplog: pytest.LogCaptureFixture
+) -> None:
     # A store whose names list a command its index lacks: a bug a call can only report.
-    live = served.server.store.current
-    assert live is not None
-    served.server.store.current = dataclasses.replace(live, responses={})
-    request = ListCommandsRequest(include_definitions=True)
-    assert _code(lambda: served.stub.ListCommands(request, timeout=5)) == grpc.StatusCode.INTERNAL
-    assert any(record.exc_info for record in caplog.records if record.name == "server.service")
+    request = ListCommandsRequest(include_definitions=True).SerializeToString()
+    with _in_process(make_snapshot(commands=[sample_command(name) for name in SERVED_NAMES]).parent) as server:
+        live = server.load()
+        server.store.current = dataclasses.replace(live, responses={})
+        trailers = _call_in_process(server, "ListCommands", request)
+    assert trailers[b"grpc-status"] == b"13" and trailers[b"grpc-message"] == b"internal error"
+    assert any(record.exc_info for record in caplog.records if record.name == "server.app")

