@@ -78,7 +78,7 @@ def _load(port: int, names: list[str], stop: threading.Event, counts: dict[str, 
 
 
 def _start_server(folder: Path, port: int) -> subprocess.Popen[str]:
-    argv = [sys.executable, "-m", "server", "--snapshots", str(folder), "--port", str(port), "--max-workers", "8"]
+    argv = [sys.executable, "-m", "server", "--snapshots", str(folder), "--port", str(port)]
     process = subprocess.Popen(argv, cwd=ROOT, stderr=subprocess.PIPE, text=True)
     assert process.stderr is not None
     for line in process.stderr:
