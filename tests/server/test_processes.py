@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import socket
 
@@ -64,7 +65,7 @@ def test_processes_share_the_port_and_one_dying_is_restarted(make_snapshot: Make
         assert process.stderr is not None
         process.stderr.close()
     # Both live processes (the first and the restarted one) shut down gracefully, and none is left.
-    assert "".join(seen).count("server.launch: stopped") == 2
+    assert len(re.findall(r"server process \d \(pid \d+\) stopped", "".join(seen))) == 2
     for pid in (children["0"], restarted):
         with pytest.raises(ProcessLookupError):
             os.kill(pid, 0)
