@@ -265,6 +265,8 @@ class DefinitionServer:
             await send_status(send, Code.DEADLINE_EXCEEDED, "deadline exceeded", started=started)
             return
         except (Disconnected, OSError):
+            # A reset by the client, or by Envoy once the stream moved no bytes for the idle timeout.
+            logger.debug("%s ended early: the client went away or stopped reading", handler.__name__)
             return
         except Exception:
             logger.exception("%s failed", getattr(handler, "__name__", handler))

@@ -162,8 +162,11 @@ def big_commands(count: int = 24, bytecode_bytes: int = 128 * 1024) -> list[Comm
 class LogWaiter:
     """Sets ``seen`` when ``server`` logs a line of ``logger_name`` containing ``text``; use with ``with``."""
 
-    def __init__(self, server: RunningServer, logger_name: str, text: str, *, past: bool = False) -> None:
+    def __init__(
+        self, server: RunningServer, logger_name: str, text: str, *, past: bool = False, times: int = 1
+    ) -> None:
         self.server = server
+        self.times = times  # how many such lines before ``seen`` is set
         self.past = past  # also lines logged before the waiter was entered
         self.marker = f" {logger_name}: "
         self.text = text
@@ -171,7 +174,9 @@ class LogWaiter:
 
     def offer(self, line: str) -> None:
         if self.marker in line and self.text in line:
-            self.seen.set()
+            self.times -= 1
+            if self.times <= 0:
+                self.seen.set()
 
     def __enter__(self) -> LogWaiter:
         self.server.add_waiter(self)

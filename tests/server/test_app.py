@@ -13,9 +13,10 @@ from grpc_reflection.v1alpha.proto_reflection_descriptor_database import ProtoRe
 
 from avapdefs.format import snapshot
 from avapdefs.v1.definitions_pb2 import GetCommandRequest, SyncCatalogRequest
+from avapdefs.v1.definitions_pb2_grpc import DefinitionServiceStub
 from server.service import SERVICE_NAME
 from tests.helpers import MakeSnapshot
-from tests.server.helpers import big_commands, health_status, running_server, stub_for
+from tests.server.helpers import LogWaiter, big_commands, health_status, running_server, stub_for
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
@@ -99,3 +100,30 @@ def test_a_served_file_changed_in_place_changes_nothing_served(make_snapshot: Ma
     assert in_flight == verified and after == verified
     expected = next(c for c in snapshot.verify(verified).catalog().commands if c.name == "big.0003")
     assert command == expected
+
+
+def test_stalled_syncs_neither_block_calls_nor_outlive_the_idle_timeout(make_snapshot: MakeSnapshot) -> None:
+    # Clients that open syncs and stop reading: each is a coroutine waiting on flow control, not a
+    # thread, so GetCommand answers; past the cap a sync is refused; Envoy resets them after the idle timeout.
+    path = make_snapshot(commands=big_commands(count=64))  # 8 MiB that does not compress: more than any window
+    settings = {"max_sync_streams": 2, "heartbeat_s": 1.0, "stream_idle_timeout_s": 3.0}
+    with running_server(path.parent, **settings) as server, stub_for(server) as stub:
+        # No BDP probing: the client's window stays at 64 KiB, as a reader that really stopped.
+        options = [("grpc.http2.bdp_probe", 0)]
+        with grpc.insecure_channel(f"127.0.0.1:{server.port}", options=options) as stalled_channel:
+            stalled = DefinitionServiceStub(stalled_channel)
+            with LogWaiter(server, "server.app", "sync_catalog ended early", times=2) as reset:
+                calls = [stalled.SyncCatalog(SyncCatalogRequest(), timeout=60) for _ in range(2)]
+                for call in calls:
+                    assert next(call).WhichOneof("message") == "header"  # then nothing more is read
+                with pytest.raises(grpc.RpcError) as refused:
+                    next(stub.SyncCatalog(SyncCatalogRequest(), timeout=10))
+                assert refused.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+                assert stub.GetCommand(GetCommandRequest(name="big.0001"), timeout=5).command.name == "big.0001"
+                assert reset.seen.wait(30)
+            for call in calls:  # what was buffered, then the reset: never the whole file
+                with pytest.raises(grpc.RpcError):
+                    for _ in call:
+                        pass
+        full = list(stub.SyncCatalog(SyncCatalogRequest(), timeout=30))  # the slots are free again
+        assert full[0].header.data_size == sum(len(message.chunk) for message in full[1:])
