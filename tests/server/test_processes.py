@@ -45,8 +45,7 @@ def test_processes_share_the_port_and_one_dying_is_restarted(make_snapshot: Make
         for _ in range(2):
             index, pid, _ = wait_for_line(lines, STARTED, seen).groups()
             children[index] = int(pid)
-        for _ in range(2):
-            wait_for_line(lines, "serving catalog version 4", seen)
+        wait_for_line(lines, "serving catalog version 4", seen)  # once both are ready
         assert os.sched_getaffinity(children["0"]) != os.sched_getaffinity(0) or len(os.sched_getaffinity(0)) == 1
         assert all(_get(port, "if") == "if" for _ in range(8))
 
@@ -54,7 +53,7 @@ def test_processes_share_the_port_and_one_dying_is_restarted(make_snapshot: Make
         wait_for_line(lines, r"server process 1 \(pid \d+\) exited", seen)
         assert _get(port, "addVar") == "addVar"  # the other process keeps serving meanwhile
         restarted = int(wait_for_line(lines, STARTED, seen).group(2))
-        wait_for_line(lines, "serving catalog version 4", seen)
+        wait_for_line(lines, "server process 1 is back, serving catalog version 4", seen)
 
         process.send_signal(signal.SIGTERM)
         assert process.wait(timeout=60) == 0
