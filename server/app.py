@@ -412,7 +412,10 @@ class Application:
         for line in lines:
             if json.loads(line).get("command") == "drain":
                 done = threading.Event()
-                loop.call_soon_threadsafe(self._drain, done)
+                try:
+                    loop.call_soon_threadsafe(self._drain, done)
+                except RuntimeError:  # the loop is closed: Envoy is already shutting down
+                    return
                 done.wait()
                 self._tell({"event": "draining"})
         # The launcher is gone (it closed the socket, or died): a server nobody can stop must not live on.

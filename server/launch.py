@@ -174,6 +174,9 @@ class ServerProcess:
             env=env,
             pass_fds=(theirs.fileno(),),
             stderr=self._stderr,
+            # Its own session: a Ctrl-C in a terminal reaches the supervisor only, which drains
+            # the process; were it to reach Envoy too, Envoy would stop at once.
+            start_new_session=True,
             # Pinned from the start, so every thread Envoy and pyvoy create runs on that CPU.
             preexec_fn=None if cpu is None else lambda: os.sched_setaffinity(0, {cpu}),
         )
