@@ -8,34 +8,59 @@ swapping in a new snapshot (one reference assignment, atomic under the GIL)
 never mixes two versions in one answer and a stream that started on the old
 version finishes on it.
 
-Why the file is read into memory rather than served from a live mmap: an
-operator may truncate or overwrite a published file in place, and touching a
-mapped page past a truncated file's end raises SIGBUS, which kills the whole
-process. Reading the file once, verifying those bytes and serving only them
-makes any later change to the file harmless: the server keeps serving exactly
-what it verified. The cost is small: the index needs the *uncompressed*
-payload in memory anyway (a zstd frame cannot be mapped into command bytes),
-and the file itself is the compressed, smaller copy.
+Why answers come from a mapped serving image (``image.py``): every process
+of a ``--processes`` group maps the same read-only file, so the catalog is in
+memory once (the page cache), and a restart or process N+1 maps and checks
+it instead of decompressing and indexing. The image is written once per
+version, by the first process to load it, from the snapshot file read whole
+into memory and verified on the way.
+
+Why the snapshot file itself is never mapped: an operator may truncate or
+overwrite a published file in place, and touching a mapped page past a
+truncated file's end raises SIGBUS, which kills the whole process. The file
+is read (not mapped), verified, and its bytes copied into the image, which
+lives in a folder only the server writes and is never modified: any later
+change to the snapshot file is harmless, and SyncCatalog streams the verified
+copy. With an image present, only the snapshot file's header and size are
+read, and must match the copy's.
 """
 
 from __future__ import annotations
 
-import hashlib
+import contextlib
 import logging
 import os
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+from avapdefs import fileio
 from avapdefs.errors import SnapshotError
-from avapdefs.folder import VerifiedFile, choose, first_valid, no_snapshot_error, read_verified
-from avapdefs.format.snapshot import FORMAT_VERSION, SnapshotInfo
-from avapdefs.format.wire import command_name, encode_entry, iter_entries
+from avapdefs.folder import (
+    choose,
+    first_valid,
+    list_snapshots,
+    no_snapshot_error,
+    parse_version,
+    read_header,
+    remove_temp_files,
+)
+from avapdefs.format.snapshot import (
+    FORMAT_VERSION,
+    MAX_HEADER_BYTES,
+    PREAMBLE,
+    SnapshotInfo,
+    check_size,
+    check_version,
+    read_file_bytes,
+    read_info,
+)
 from avapdefs.v1.definitions_pb2 import CatalogInfo, SyncCatalogResponse, SyncHeader
+from server.image import CACHE_NAME, Image, ImageError, image_name, open_image, remove_stale, write_image
 from server.legacy.answers import LazyLegacyAnswers
 from server.legacy.codec import LegacyCodec
-from server.sync import DeltaAnswer, frame_chunks, load_deltas
+from server.sync import DeltaAnswer, load_deltas
 
 logger = logging.getLogger(__name__)
 
@@ -47,27 +72,30 @@ class LoadedSnapshot:
     Attributes:
         info: the snapshot's header.
         path: the file it was read from (which may since have changed).
+        image: the serving image every answer below is read from.
         responses: UTF-8 command name -> serialized ``GetCommandResponse``.
         names: every command name, ascending (UTF-8 byte order is code point order).
         catalog_info: serialized ``CatalogInfo``.
         sync_full_header: serialized ``SyncCatalogResponse`` holding a KIND_FULL header.
         sync_up_to_date: serialized ``SyncCatalogResponse`` holding a KIND_UP_TO_DATE header.
-        sync_chunks: the file's bytes, in order, each piece a serialized ``SyncCatalogResponse.chunk``.
+        sync_chunks: the file's bytes, in order, each piece a serialized ``SyncCatalogResponse.chunk``
+            (cut from the image when asked for).
         file_sha256: sha256 of the whole file.
         loaded_at_unix_ms: when loading finished.
-        load_ms: how long reading, verifying and indexing took.
+        load_ms: how long reading, verifying and indexing (or mapping and checking the image) took.
         legacy: the legacy ``avap.DefinitionEngine`` answers, None when that service is off.
         deltas: deltas to this version, by the base version they apply to.
     """
 
     info: SnapshotInfo
     path: Path
+    image: Image
     responses: Mapping[bytes, bytes]
-    names: tuple[str, ...]
+    names: Sequence[str]
     catalog_info: bytes
     sync_full_header: bytes
     sync_up_to_date: bytes
-    sync_chunks: tuple[bytes, ...]
+    sync_chunks: Sequence[bytes]
     file_sha256: bytes
     loaded_at_unix_ms: int
     load_ms: float
@@ -76,16 +104,7 @@ class LoadedSnapshot:
 
     def file_bytes(self) -> bytes:
         """The whole snapshot file as it was verified."""
-        return b"".join(SyncCatalogResponse.FromString(chunk).chunk for chunk in self.sync_chunks)
-
-
-def _index(file: VerifiedFile) -> tuple[dict[bytes, bytes], tuple[str, ...]]:
-    responses: dict[bytes, bytes] = {}
-    for command in iter_entries(file.snapshot.payload, path=file.path):
-        # A payload entry is field 1 framing a Command: byte for byte a GetCommandResponse.
-        responses[command_name(command)] = encode_entry(command)
-    names = tuple(sorted(name.decode("utf-8", errors="replace") for name in responses))
-    return responses, names
+        return bytes(self.image.file)
 
 
 def _catalog_info(info: SnapshotInfo, file_size: int, loaded_at_unix_ms: int) -> CatalogInfo:
@@ -104,38 +123,38 @@ def _catalog_info(info: SnapshotInfo, file_size: int, loaded_at_unix_ms: int) ->
 
 
 def build(
-    file: VerifiedFile, *, chunk_bytes: int, started: float | None = None, legacy_codec: LegacyCodec | None = None
+    image: Image, path: Path, *, chunk_bytes: int, started: float, legacy_codec: LegacyCodec | None = None
 ) -> LoadedSnapshot:
-    """Index a verified file and pre-serialize every answer it can give.
+    """Pre-serialize every answer of a verified serving image that is not already in it.
 
     Args:
-        file: the verified snapshot file.
+        image: the serving image of the snapshot file at ``path``.
+        path: the snapshot file.
         chunk_bytes: data bytes per SyncCatalog chunk message.
+        started: ``time.perf_counter()`` when loading began.
         legacy_codec: also prepare the legacy service's answers, encoded with it.
-        started: ``time.perf_counter()`` when loading began; now when None.
     """
-    began = time.perf_counter() if started is None else started
-    responses, names = _index(file)
-    legacy = LazyLegacyAnswers(legacy_codec, file.snapshot.payload, file.snapshot.info) if legacy_codec else None
+    snapshot = image.info
+    legacy = LazyLegacyAnswers(legacy_codec, image.payload, snapshot) if legacy_codec else None
     loaded_at = int(time.time() * 1000)
-    info = _catalog_info(file.snapshot.info, len(file.data), loaded_at)
-    file_sha256 = hashlib.sha256(file.data).digest()
-    full = SyncHeader(kind=SyncHeader.KIND_FULL, catalog=info, data_size=len(file.data), data_sha256=file_sha256)
+    info = _catalog_info(snapshot, len(image.file), loaded_at)
+    full = SyncHeader(kind=SyncHeader.KIND_FULL, catalog=info, data_size=len(image.file), data_sha256=image.file_sha256)
     up_to_date = SyncHeader(kind=SyncHeader.KIND_UP_TO_DATE, catalog=info)
     return LoadedSnapshot(
-        info=file.snapshot.info,
-        path=file.path,
-        responses=responses,
-        names=names,
+        info=snapshot,
+        path=path,
+        image=image,
+        responses=image.answers,
+        names=image.names,
         catalog_info=info.SerializeToString(),
         sync_full_header=SyncCatalogResponse(header=full).SerializeToString(),
         sync_up_to_date=SyncCatalogResponse(header=up_to_date).SerializeToString(),
-        sync_chunks=frame_chunks(file.data, chunk_bytes),
-        file_sha256=file_sha256,
+        sync_chunks=image.chunks(chunk_bytes),
+        file_sha256=image.file_sha256,
         loaded_at_unix_ms=loaded_at,
-        load_ms=(time.perf_counter() - began) * 1000,
+        load_ms=(time.perf_counter() - started) * 1000,
         legacy=legacy,
-        deltas=load_deltas(file.path.parent, file.snapshot.info, info, chunk_bytes),
+        deltas=load_deltas(path.parent, snapshot, info, chunk_bytes),
     )
 
 
@@ -154,9 +173,16 @@ class SnapshotStore:
     """
 
     def __init__(
-        self, folder: Path, *, chunk_bytes: int, legacy_codec: LegacyCodec | None = None, pin: int | None = None
+        self,
+        folder: Path,
+        *,
+        chunk_bytes: int,
+        legacy_codec: LegacyCodec | None = None,
+        pin: int | None = None,
+        serving_cache: Path | None = None,
     ) -> None:
         self.folder = folder
+        self.serving_cache = serving_cache if serving_cache is not None else folder / CACHE_NAME
         self.chunk_bytes = chunk_bytes
         self.legacy_codec = legacy_codec
         self.pin = pin
@@ -164,6 +190,7 @@ class SnapshotStore:
         self.current: LoadedSnapshot | None = None
         self._missing_noted: Path | None = None
         self._refused_files: dict[Path, tuple[tuple[int, int, int], SnapshotError]] = {}
+        self._cache_failure_noted = False
         self.on_swap: Callable[[], None] = _nothing  # called on the swapping thread after each swap
 
     def load_newest(self) -> LoadedSnapshot:
@@ -193,12 +220,14 @@ class SnapshotStore:
         loaded, _ = first_valid(choice.candidates, self._build, self._refused)
         if loaded is None:
             self._note_missing_file()
+            self._prune_images()
             return self._refresh_deltas()
         self._swap(loaded)
         logger.info(
             "loaded catalog version %s from %s: %s commands, %s deltas, in %.0f ms",
             loaded.info.version, loaded.path, loaded.info.command_count, len(loaded.deltas), loaded.load_ms,
         )  # fmt: skip
+        self._prune_images()
         return loaded
 
     def _build(self, path: Path) -> LoadedSnapshot:
@@ -208,12 +237,56 @@ class SnapshotStore:
         known = self._refused_files.get(path)
         if known is not None and seen is not None and known[0] == seen:
             raise _RefusedBefore(known[1].reason, path=path)
+        started = time.perf_counter()
         try:
-            return build(read_verified(path), chunk_bytes=self.chunk_bytes, legacy_codec=self.legacy_codec)
+            image = self._image(path)
         except SnapshotError as exc:
             if seen is not None:
                 self._refused_files[path] = (seen, exc)
             raise
+        return build(image, path, chunk_bytes=self.chunk_bytes, started=started, legacy_codec=self.legacy_codec)
+
+    def _image(self, path: Path) -> Image:
+        # The image of this file when one exists and checks out; otherwise the file is read,
+        # verified and written as the image (in memory when the cache cannot be written).
+        info = _read_checked_header(path)
+        target = self.serving_cache / image_name(info)
+        try:
+            image = open_image(target, info)
+            logger.info("mapped serving image %s", target)
+            return image
+        except FileNotFoundError:
+            pass
+        except (ImageError, OSError) as exc:
+            logger.warning("serving image %s cannot be used (%s); rebuilding it", target, exc)
+            with contextlib.suppress(OSError):
+                target.unlink()
+        data = read_file_bytes(path, named_version=parse_version(path.name))
+        info = read_info(data, path=path)  # the file may have changed since its header was read
+        try:
+            self.serving_cache.mkdir(mode=0o755, exist_ok=True)
+            image = write_image(self.serving_cache / image_name(info), data, info, path)
+        except OSError as exc:
+            if not self._cache_failure_noted:
+                self._cache_failure_noted = True
+                logger.warning("cannot write serving images in %s (%s); each process holds its own copy in memory",
+                               self.serving_cache, exc)  # fmt: skip
+            return write_image(None, data, info, path)
+        logger.info("wrote serving image %s", image.path)
+        return image
+
+    def _prune_images(self) -> None:
+        # Images of versions no longer in the folder go; the live one stays even when its file is gone.
+        keep = set()
+        for _, path in list_snapshots(self.folder):
+            with contextlib.suppress(SnapshotError):
+                keep.add(image_name(read_header(path)))
+        if self.current is not None:
+            keep.add(image_name(self.current.info))
+        for removed in remove_stale(self.serving_cache, keep):
+            logger.info("removed serving image %s (its version is no longer in the folder)", removed.name)
+        if self.serving_cache.is_dir():
+            remove_temp_files(self.serving_cache, dead_writers_only=True)
 
     def _refused(self, path: Path, exc: SnapshotError) -> None:
         if isinstance(exc, _RefusedBefore):
@@ -228,7 +301,7 @@ class SnapshotStore:
         current = self.current
         if current is not None and current.path != self._missing_noted and not current.path.exists():
             self._missing_noted = current.path
-            logger.warning("the file of live version %s is gone; still serving it from memory", current.info.version)
+            logger.warning("the file of live version %s is gone; still serving its image", current.info.version)
 
     def _swap(self, loaded: LoadedSnapshot) -> None:
         self.current = loaded  # the one assignment that makes a version live
@@ -253,6 +326,15 @@ def _nothing() -> None:
 
 class _RefusedBefore(SnapshotError):
     """A file refused earlier and unchanged since (same inode, size and mtime): not read again."""
+
+
+def _read_checked_header(path: Path) -> SnapshotInfo:
+    """The header of the snapshot file at ``path``, once its name's version and the file's size agree with it."""
+    with fileio.open_file(path) as file:
+        info = read_info(fileio.read_from(file, PREAMBLE.size + MAX_HEADER_BYTES, path), path=path)
+        check_version(info, parse_version(path.name), path)
+        check_size(os.fstat(file.fileno()).st_size, info, path)
+        return info
 
 
 def _identity(path: Path) -> tuple[int, int, int] | None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -42,7 +43,7 @@ class DeltaAnswer:
 
     base_content_hash: bytes
     header: bytes
-    chunks: tuple[bytes, ...]
+    chunks: Sequence[bytes]
 
 
 def load_deltas(folder: Path, info: SnapshotInfo, catalog: CatalogInfo, chunk_bytes: int) -> dict[int, DeltaAnswer]:

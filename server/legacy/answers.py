@@ -57,7 +57,7 @@ def _legacy_command(codec: LegacyCodec, command: Command) -> Message:
     return codec.command(**fields)
 
 
-def build_answers(codec: LegacyCodec, payload: bytes, info: SnapshotInfo) -> LegacyAnswers:
+def build_answers(codec: LegacyCodec, payload: bytes | memoryview, info: SnapshotInfo) -> LegacyAnswers:
     """Encode every legacy answer of one snapshot payload.
 
     Serialized messages concatenate into one message, so the catalog is each
@@ -91,8 +91,8 @@ class LazyLegacyAnswers:
     Thread safety: ``get`` may be called from any number of threads.
     """
 
-    def __init__(self, codec: LegacyCodec, payload: bytes, info: SnapshotInfo) -> None:
-        self._inputs: tuple[LegacyCodec, bytes, SnapshotInfo] | None = (codec, payload, info)
+    def __init__(self, codec: LegacyCodec, payload: bytes | memoryview, info: SnapshotInfo) -> None:
+        self._inputs: tuple[LegacyCodec, bytes | memoryview, SnapshotInfo] | None = (codec, payload, info)
         self._value: LegacyAnswers | None = None
         self._lock = threading.Lock()
         threading.Thread(target=self.get, name="avap-legacy-build", daemon=True).start()

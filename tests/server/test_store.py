@@ -21,7 +21,7 @@ NAMES = ["if", "addVar", "ñandú.cálculo", "日本語コマンド", "end", "Re
 def test_index_holds_get_command_responses_and_sorted_names(make_snapshot: MakeSnapshot) -> None:
     path = make_snapshot(commands=[sample_command(name) for name in NAMES])
     loaded = SnapshotStore(path.parent, chunk_bytes=1024).load_newest()
-    assert loaded.names == tuple(sorted(NAMES, key=lambda name: name.encode("utf-8")))
+    assert tuple(loaded.names) == tuple(sorted(NAMES, key=lambda name: name.encode("utf-8")))
     for name in NAMES:
         response = GetCommandResponse.FromString(loaded.responses[name.encode("utf-8")])
         assert response.command.name == name

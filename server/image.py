@@ -1,0 +1,420 @@
+"""The serving image: one version's answers, index and file in one read-only file every server process maps.
+
+When a version is first loaded it is verified once and written, uncompressed,
+into the server's cache folder (``<snapshots>/.serving/``) as
+``<version>-<content hash>.f<IMAGE_FORMAT>.avimg``. Every process then maps
+that file read-only (``mmap.ACCESS_READ``), so its pages are the kernel's page
+cache, shared by all of them, and a restart (or process N+1) starts without
+decompressing or indexing anything. Layout, after a 4 KiB header::
+
+    payload      the snapshot's uncompressed payload: entries 0x0A <len> <Command>, each a GetCommandResponse
+    file         the snapshot file byte for byte (what SyncCatalog streams)
+    names        every command's UTF-8 name, ascending, concatenated
+    name_starts  u64[N + 1]: name k is names[name_starts[k]:name_starts[k + 1]]
+    spans        u64[2N]: the file offsets where answer k starts and ends
+    slots        u32[M]: open-addressing hash table, crc32(name) & (M - 1), linear probing; k + 1, 0 empty
+
+Why SIGBUS cannot happen: touching a mapped page past the end of a file that
+was truncated after it was mapped kills the process, so a mapped file must
+never shrink. The server is the only writer of its cache folder; an image is
+written under a temporary name, fsynced and renamed into place, and never
+opened for writing again (its mode is read-only). A damaged image is
+replaced by renaming a new file over its name, and a stale one is unlinked:
+both leave the inode a process has mapped intact until it unmaps it. Names
+are content-addressed (version and content hash), so a name never comes to
+mean other bytes. The snapshot files themselves are never mapped: an operator
+may truncate those (``store.py``).
+
+Verification before first use, by every process that maps an image it did not
+write: the header's magic, format, byte order, sizes and content hash; the
+sha256 of the payload section must be the snapshot's content hash (the same
+check a snapshot file gets, so the answers are tied to the snapshot, not to
+the image's own say-so); the sha256 of the rest (file, index, table) must be
+the one the header records; and the embedded file's header must equal the
+snapshot file's. This catches truncation, bit flips, an image of another
+version or content renamed, and an older image format. It does not defend
+against an attacker who can write the server's own folder (who could as well
+replace the snapshots).
+An image that fails is removed and rebuilt from the snapshot, never served.
+
+Lookups: GetCommand finds a name through the hash table in the map, so no
+process holds a dict of the catalog.
+
+Thread safety: an ``Image`` is immutable; any number of threads may read it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import io
+import mmap
+import os
+import stat
+import struct
+from array import array
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from operator import itemgetter
+from pathlib import Path
+from typing import BinaryIO, overload
+from zlib import crc32
+
+from avapdefs.errors import CorruptSnapshotError, SnapshotError
+from avapdefs.folder import atomic_file
+from avapdefs.format import wire
+from avapdefs.format.snapshot import MAX_HEADER_BYTES, PREAMBLE, SnapshotInfo, inflate_frame, read_info
+from avapdefs.v1.definitions_pb2 import SyncCatalogResponse
+
+IMAGE_FORMAT = 1
+SUFFIX = ".avimg"
+CACHE_NAME = ".serving"
+MAGIC = b"AVAPIMG\x00"
+HEADER_BYTES = 4096
+_BYTE_ORDER = 0x01020304  # written natively: an image from a machine of the other byte order does not match
+# magic, format, byte order, total size, content hash, sha256 of everything after the payload, 6 x (offset, size)
+_HEADER = struct.Struct("=8sIIQ32s32s12Q")
+_SECTIONS = ("payload", "file", "names", "name_starts", "spans", "slots")
+_CHUNK_TAG = wire.tag(SyncCatalogResponse.CHUNK_FIELD_NUMBER)
+_HASH_READ_BYTES = 1 << 20
+
+
+class ImageError(Exception):
+    """An image file is missing, damaged or not the one asked for; ``reason`` says which."""
+
+    def __init__(self, reason: str, path: Path) -> None:
+        super().__init__(f"{path}: {reason}")
+        self.reason = reason
+        self.path = path
+
+
+def image_name(info: SnapshotInfo) -> str:
+    """The file name of the image of the snapshot ``info`` describes."""
+    return f"{info.version:010d}-{info.content_hash.hex()}.f{IMAGE_FORMAT}{SUFFIX}"
+
+
+class Answers(Mapping[bytes, bytes]):
+    """UTF-8 command name -> serialized ``GetCommandResponse``, found through the image's hash table."""
+
+    def __init__(self, image: Image) -> None:
+        self._image = image
+
+    def get(self, name: bytes, default: bytes | None = None) -> bytes | None:  # type: ignore[override]
+        """The answer for ``name``, or ``default``: one crc32 and usually one probe."""
+        image = self._image
+        slots, starts, names, mask = image.slots, image.name_starts, image.names_view, image.mask
+        slot = crc32(name) & mask
+        while found := slots[slot]:
+            k = found - 1
+            if names[starts[k] : starts[k + 1]] == name:
+                spans = image.spans
+                return image.buffer[spans[2 * k] : spans[2 * k + 1]]
+            slot = (slot + 1) & mask
+        return default
+
+    def __getitem__(self, name: bytes) -> bytes:
+        found = self.get(name)
+        if found is None:
+            raise KeyError(name)
+        return found
+
+    def __len__(self) -> int:
+        return self._image.count
+
+    def __iter__(self) -> Iterator[bytes]:
+        image = self._image
+        return (bytes(image.names_view[image.name_starts[k] : image.name_starts[k + 1]]) for k in range(image.count))
+
+
+class Names(Sequence[str]):
+    """Every command name, ascending, decoded from the image on access (``bisect`` works on it)."""
+
+    def __init__(self, image: Image) -> None:
+        self._image = image
+
+    @overload
+    def __getitem__(self, index: int) -> str: ...
+    @overload
+    def __getitem__(self, index: slice) -> list[str]: ...
+    def __getitem__(self, index: int | slice) -> str | list[str]:
+        if isinstance(index, slice):
+            return [self._decode(k) for k in range(*index.indices(self._image.count))]
+        if index < 0:
+            index += self._image.count
+        if not 0 <= index < self._image.count:
+            raise IndexError(index)
+        return self._decode(index)
+
+    def _decode(self, k: int) -> str:
+        starts = self._image.name_starts
+        return str(self._image.names_view[starts[k] : starts[k + 1]], "utf-8", "replace")
+
+    def __len__(self) -> int:
+        return self._image.count
+
+
+class Chunks(Sequence[bytes]):
+    """The embedded snapshot file as serialized ``SyncCatalogResponse.chunk`` messages, cut on access."""
+
+    def __init__(self, image: Image, chunk_bytes: int) -> None:
+        self._image = image
+        self._chunk_bytes = chunk_bytes
+        self._count = -(-len(image.file) // chunk_bytes)
+
+    @overload
+    def __getitem__(self, index: int) -> bytes: ...
+    @overload
+    def __getitem__(self, index: slice) -> list[bytes]: ...
+    def __getitem__(self, index: int | slice) -> bytes | list[bytes]:
+        if isinstance(index, slice):
+            return [self[k] for k in range(*index.indices(self._count))]
+        if index < 0:
+            index += self._count
+        if not 0 <= index < self._count:
+            raise IndexError(index)
+        data = self._image.file[index * self._chunk_bytes : (index + 1) * self._chunk_bytes]
+        return _CHUNK_TAG + wire.varint(len(data)) + data  # bytes + memoryview: one copy
+
+    def __len__(self) -> int:
+        return self._count
+
+
+@dataclass(frozen=True, eq=False)
+class Image:
+    """A mapped (or, when the cache cannot be written, in-memory) serving image, verified.
+
+    Attributes:
+        path: the image file (None for one held in memory).
+        info: the header of the snapshot it holds.
+        buffer: the whole image (a read-only mmap, or bytes).
+        payload: the uncompressed snapshot payload.
+        file: the snapshot file, byte for byte.
+        file_sha256: sha256 of ``file``.
+        count: commands in the index.
+    """
+
+    path: Path | None
+    info: SnapshotInfo
+    buffer: mmap.mmap | bytes
+    payload: memoryview
+    file: memoryview
+    file_sha256: bytes
+    names_view: memoryview
+    name_starts: memoryview
+    spans: memoryview
+    slots: memoryview
+    count: int
+    mask: int
+
+    @property
+    def answers(self) -> Answers:
+        """Name -> GetCommandResponse bytes."""
+        return Answers(self)
+
+    @property
+    def names(self) -> Names:
+        """The names, ascending."""
+        return Names(self)
+
+    def chunks(self, chunk_bytes: int) -> Chunks:
+        """The file as SyncCatalog chunk messages of ``chunk_bytes`` data bytes."""
+        return Chunks(self, chunk_bytes)
+
+
+def _views(buffer: mmap.mmap | bytes, path: Path | None, sections: Sequence[tuple[int, int]]) -> dict[str, object]:
+    whole = memoryview(buffer)
+    (payload, file, names, starts, spans, slots) = (whole[start : start + size] for start, size in sections)
+    return {
+        "path": path, "buffer": buffer, "payload": payload, "file": file, "names_view": names,
+        "name_starts": starts.cast("Q"), "spans": spans.cast("Q"), "slots": slots.cast("I"),
+        "count": len(starts) // 8 - 1, "mask": len(slots) // 4 - 1,
+    }  # fmt: skip
+
+
+def write_image(target: Path | None, file_data: bytes, info: SnapshotInfo, source: Path) -> Image:
+    """Verify the snapshot file ``file_data`` while writing its image to ``target`` (or memory when None).
+
+    The payload is decompressed in slices straight into the image: memory holds
+    the compressed file, one slice and the index, never the whole payload.
+
+    Raises:
+        SnapshotError: ``file_data`` is not a valid snapshot (nothing is written).
+        OSError: ``target`` cannot be written.
+    """
+    if target is None:
+        memory = io.BytesIO()
+        sections, file_sha256 = _write(memory, file_data, info, source)
+        return Image(info=info, file_sha256=file_sha256, **_views(memory.getvalue(), None, sections))  # type: ignore[arg-type]
+    with atomic_file(target) as out:
+        sections, file_sha256 = _write(out, file_data, info, source)
+        os.fchmod(out.fileno(), 0o444)  # never written again (see the module docstring)
+    return _map(target, info, file_sha256=file_sha256)
+
+
+def _write(out: BinaryIO, data: bytes, info: SnapshotInfo, source: Path) -> tuple[list[tuple[int, int]], bytes]:
+    out.write(bytes(HEADER_BYTES))
+    entries = _write_payload(out, data, info, source)
+    sections = [(HEADER_BYTES, info.uncompressed_size)]
+    rest = hashlib.sha256()
+    file_sha256 = hashlib.sha256(data).digest()
+    names, starts, spans, slots = _index(entries)
+    for part in (data, names, starts.tobytes(), spans.tobytes(), slots.tobytes()):
+        pad = -out.tell() % 8
+        out.write(bytes(pad))
+        rest.update(bytes(pad))
+        sections.append((out.tell(), len(part)))
+        out.write(part)
+        rest.update(part)
+    flat = [number for section in sections for number in section]
+    out.seek(0)
+    out.write(_HEADER.pack(MAGIC, IMAGE_FORMAT, _BYTE_ORDER, sections[-1][0] + sections[-1][1],
+                           info.content_hash, rest.digest(), *flat))  # fmt: skip
+    out.seek(0, os.SEEK_END)
+    return sections, file_sha256
+
+
+def _write_payload(out: BinaryIO, data: bytes, info: SnapshotInfo, path: Path) -> list[tuple[bytes, int, int]]:
+    """Decompress the frame into ``out``, checking what ``snapshot.verify`` checks; (name, start, end) per entry."""
+    frame = io.BytesIO(memoryview(data)[info.payload_offset : info.file_size])
+    hasher = hashlib.sha256()
+    entries: list[tuple[bytes, int, int]] = []
+    pending = bytearray()
+    position = HEADER_BYTES
+    for piece in inflate_frame(frame.read, info, path):
+        hasher.update(piece)
+        out.write(piece)
+        pending += piece
+        bodies, used = wire.split_entries(pending, path=path)
+        del pending[:used]
+        for body in bodies:
+            end = position + 1 + len(wire.varint(len(body))) + len(body)
+            entries.append((wire.command_name(body), position, end))
+            position = end
+    if pending:
+        raise CorruptSnapshotError("the last command entry runs past the end of the payload", path=path)
+    if hasher.digest() != info.content_hash:
+        raise CorruptSnapshotError("content hash mismatch", path=path)
+    if len(entries) != info.command_count:
+        raise CorruptSnapshotError(
+            f"payload holds {len(entries)} commands, header says {info.command_count}", path=path
+        )
+    return entries
+
+
+def _index(entries: list[tuple[bytes, int, int]]) -> tuple[bytes, array[int], array[int], array[int]]:
+    entries.sort(key=itemgetter(0))  # stable: of two entries with one name the later wins, as in a dict
+    unique = [entry for k, entry in enumerate(entries) if k + 1 == len(entries) or entries[k + 1][0] != entry[0]]
+    starts, spans = array("Q", [0]), array("Q")
+    for name, start, end in unique:
+        starts.append(starts[-1] + len(name))
+        spans.extend((start, end))
+    size = 1 << max(len(unique) * 2 - 1, 1).bit_length()  # at most half full
+    slots, mask = array("I", bytes(4 * size)), size - 1
+    for k, (name, _, _) in enumerate(unique):
+        slot = crc32(name) & mask
+        while slots[slot]:
+            slot = (slot + 1) & mask
+        slots[slot] = k + 1
+    return b"".join(name for name, _, _ in unique), starts, spans, slots
+
+
+def open_image(path: Path, info: SnapshotInfo) -> Image:
+    """Map the image at ``path`` read-only and verify it holds the snapshot ``info`` describes.
+
+    Raises:
+        FileNotFoundError: there is no image at ``path``.
+        ImageError: the file is not a valid image of that snapshot.
+    """
+    return _map(path, info)
+
+
+def _map(path: Path, info: SnapshotInfo, *, file_sha256: bytes | None = None) -> Image:
+    # file_sha256 is given by the writer, which needs no check of what it just wrote.
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    try:
+        seen = os.fstat(fd)
+        if not stat.S_ISREG(seen.st_mode) or seen.st_size < HEADER_BYTES:
+            raise ImageError("not a regular file of at least a header", path)
+        buffer = mmap.mmap(fd, seen.st_size, access=mmap.ACCESS_READ)
+        try:
+            sections = _check_header(buffer, info, path)
+            if file_sha256 is None:
+                _check_hashes(fd, sections, info, path, buffer)
+                file_sha256 = _sha256(fd, *sections[1])
+            image = Image(info=info, file_sha256=file_sha256, **_views(buffer, path, sections))  # type: ignore[arg-type]
+            _check_file(image, info, path)
+            return image
+        except BaseException:
+            buffer.close()
+            raise
+    finally:
+        os.close(fd)
+
+
+def _check_header(buffer: mmap.mmap, info: SnapshotInfo, path: Path) -> list[tuple[int, int]]:
+    magic, form, order, total, content_hash, _, *flat = _HEADER.unpack_from(buffer)
+    if magic != MAGIC or form != IMAGE_FORMAT or order != _BYTE_ORDER:
+        raise ImageError("not a serving image of this format", path)
+    if total != len(buffer):
+        raise ImageError(f"image is {len(buffer)} bytes, its header says {total}", path)
+    if content_hash != info.content_hash:
+        raise ImageError("image of another content hash", path)
+    sections = list(zip(flat[0::2], flat[1::2], strict=True))
+    end = HEADER_BYTES
+    for start, size in sections:
+        if start < end or start + size > total:
+            raise ImageError("sections overlap or run past the end", path)
+        end = start + size
+    starts, spans, slots = (size for _, size in sections[3:])
+    count = starts // 8 - 1
+    slot_count = slots // 4
+    if sections[0][1] != info.uncompressed_size or count < 0 or starts % 8 or spans != 16 * count:
+        raise ImageError("index sizes do not agree", path)
+    if slot_count < 1 or slot_count & (slot_count - 1) or slot_count < 2 * count:
+        raise ImageError("bad hash table size", path)
+    return sections
+
+
+def _check_hashes(fd: int, sections: list[tuple[int, int]], info: SnapshotInfo, path: Path, buffer: mmap.mmap) -> None:
+    payload_start, payload_size = sections[0]
+    if _sha256(fd, payload_start, payload_size) != info.content_hash:
+        raise ImageError("payload does not hash to the snapshot's content hash", path)
+    rest_start = payload_start + payload_size
+    if _sha256(fd, rest_start, len(buffer) - rest_start) != _HEADER.unpack_from(buffer)[5]:
+        raise ImageError("index or file does not hash to the header's record", path)
+
+
+def _sha256(fd: int, start: int, size: int) -> bytes:
+    # Read, not hashed through the map: pages a process never serves from stay out of its RSS.
+    hasher = hashlib.sha256()
+    buffer = bytearray(_HASH_READ_BYTES)
+    view = memoryview(buffer)
+    end = start + size
+    while start < end:
+        got = os.preadv(fd, [view[: min(_HASH_READ_BYTES, end - start)]], start)
+        if got <= 0:
+            raise OSError("image ended early")
+        hasher.update(view[:got])
+        start += got
+    return hasher.digest()
+
+
+def _check_file(image: Image, info: SnapshotInfo, path: Path) -> None:
+    try:
+        embedded = read_info(image.file[: PREAMBLE.size + MAX_HEADER_BYTES], path=path)
+    except SnapshotError as exc:
+        raise ImageError(f"the embedded snapshot file: {exc.reason}", path) from exc
+    if embedded != info or len(image.file) != info.file_size:
+        raise ImageError("the embedded snapshot file is not the one on disk", path)
+
+
+def remove_stale(cache: Path, keep: set[str]) -> list[Path]:
+    """Delete the images in ``cache`` whose names are not in ``keep``; a process that maps one keeps its pages."""
+    removed = []
+    with contextlib.suppress(FileNotFoundError):
+        for path in cache.iterdir():
+            if path.name.endswith(SUFFIX) and path.name not in keep:
+                with contextlib.suppress(FileNotFoundError):
+                    path.unlink()
+                    removed.append(path)
+    return removed
