@@ -101,7 +101,13 @@ _EXPORT_OPTIONS = (
         _key_file,
         "HMAC key file for signed packages (or the key itself in AVAP_SIGNING_KEY)",
     ),
-    Option("--fetch-rows", "AVAP_EXPORT_FETCH_ROWS", "fetch_rows", int, "rows per cursor round trip"),
+    Option(
+        "--fetch-rows",
+        "AVAP_EXPORT_FETCH_ROWS",
+        "fetch_rows",
+        int,
+        "ignored (rows now stream through COPY); accepted so that existing cron lines still run",
+    ),
     Option("--deltas", "AVAP_DELTAS", "deltas", int, "write deltas from this many earlier versions; 0 for none"),
     Option(
         "--delta-max-percent",

@@ -35,7 +35,8 @@ class ExportConfig:
             (fix it to make a snapshot reproducible byte for byte).
         signing_key: HMAC key for the legacy signed code packages; none built when None.
         progress: draw a progress bar on stderr.
-        fetch_rows: rows fetched from the server-side cursor per round trip.
+        fetch_rows: ignored since rows stream through COPY, one at a time; kept so that
+            ``--fetch-rows`` and ``AVAP_EXPORT_FETCH_ROWS`` in existing cron lines still parse.
         max_problems: bad-row problems listed in one error.
         deltas: after publishing, write a delta from each of this many earlier versions; 0 for none.
         delta_max_percent: keep a delta only when smaller than this percentage of the new file.

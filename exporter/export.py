@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass
+from contextlib import AbstractContextManager
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import BinaryIO, TextIO
+
+import psycopg
 
 from avapdefs.errors import CatalogOrderError, SnapshotError
 from avapdefs.folder import (
@@ -21,6 +24,7 @@ from avapdefs.folder import (
 from avapdefs.format.reader import verify_file
 from avapdefs.format.snapshot import SnapshotInfo, SnapshotWriter
 from avapdefs.progress import ProgressBar
+from exporter import unchanged
 from exporter.build import iter_sealed
 from exporter.config import ExportConfig
 from exporter.deltas import write_deltas
@@ -30,7 +34,7 @@ from exporter.source import Source, connect, open_source
 
 logger = logging.getLogger(__name__)
 
-_LOG_EVERY_COMMANDS = 10_000
+_LOG_EVERY_COMMANDS = 10_000  # also how often the progress bar is told
 
 
 @dataclass(frozen=True)
@@ -69,6 +73,10 @@ class ExportResult:
 class _Unchanged(Exception):
     """Raised inside ``atomic_file`` so that it discards the temp file instead of publishing."""
 
+    def __init__(self, state: unchanged.ExportState) -> None:
+        self.state = state
+        super().__init__("unchanged")
+
 
 def run_export(config: ExportConfig, *, progress: TextIO | None = None) -> ExportResult:
     """Export the tables into a new snapshot in ``config.snapshots``, or publish nothing if unchanged.
@@ -96,26 +104,41 @@ def _export_locked(config: ExportConfig, progress: TextIO | None, started: float
         logger.info("removed %s, left by an exporter that died", path.name)
     newest = read_newest_header(folder)
     path = folder / snapshot_name(newest.version + 1)
-    with (
-        connect(
-            config.dsn, connect_timeout_s=config.connect_timeout_s, statement_timeout_s=config.statement_timeout_s
-        ) as conn,
-        open_source(
-            conn, table=config.table, bytecode_table=config.bytecode_table, fetch_rows=config.fetch_rows
-        ) as src,
-    ):
-        try:
-            info = _publish(path, src, config, newest, progress)
-        except _Unchanged:
-            assert newest.info is not None
-            pruned = prune(folder, config.keep)
-            unchanged_path = folder / snapshot_name(newest.info.version)
-            return ExportResult(False, newest.info, unchanged_path, time.monotonic() - started, tuple(pruned))
+    with connect(
+        config.dsn, connect_timeout_s=config.connect_timeout_s, statement_timeout_s=config.statement_timeout_s
+    ) as conn:
+        state = unchanged.read_state(folder)
+        with _source(conn, config) as src:
+            counters = src.write_counters()
+            if unchanged.worth_checking(state, newest, counters):
+                assert state is not None
+                if unchanged.is_unchanged(src, folder, state, config.signing_key):
+                    return _unchanged_result(folder, newest, config, started)
+        with _source(conn, config) as src:
+            counters = src.write_counters()  # before the rows: a write after them shows next time
+            try:
+                info = _publish(path, src, config, newest, progress)
+            except _Unchanged as same:
+                unchanged.write_state(folder, replace(same.state, write_counters=counters))
+                return _unchanged_result(folder, newest, config, started)
+            digest = unchanged.source_digest(src, src.digest, config.signing_key)
+    unchanged.write_state(folder, unchanged.ExportState(info.version, info.content_hash, digest, counters))
     logger.info("published %s: %s commands", path.name, info.command_count)
     # Retention first, so no delta is made from a version about to be deleted.
     pruned = prune(folder, config.keep)
     deltas = write_deltas(folder, path, count=config.deltas, max_percent=config.delta_max_percent)
     return ExportResult(True, info, path, time.monotonic() - started, tuple(pruned), tuple(deltas))
+
+
+def _source(conn: psycopg.Connection[tuple[object, ...]], config: ExportConfig) -> AbstractContextManager[Source]:
+    return open_source(conn, table=config.table, bytecode_table=config.bytecode_table)
+
+
+def _unchanged_result(folder: Path, newest: Newest, config: ExportConfig, started: float) -> ExportResult:
+    assert newest.info is not None
+    pruned = prune(folder, config.keep)
+    path = folder / snapshot_name(newest.info.version)
+    return ExportResult(False, newest.info, path, time.monotonic() - started, tuple(pruned))
 
 
 def _publish(path: Path, source: Source, config: ExportConfig, newest: Newest, progress: TextIO | None) -> SnapshotInfo:
@@ -124,7 +147,8 @@ def _publish(path: Path, source: Source, config: ExportConfig, newest: Newest, p
     with atomic_file(path) as file:
         info = _write(file, source, config, newest.version + 1, progress)
         if newest.info is not None and info.content_hash == newest.info.content_hash and _intact(path.parent, newest):
-            raise _Unchanged
+            digest = unchanged.source_digest(source, source.digest, config.signing_key)
+            raise _Unchanged(unchanged.ExportState(newest.info.version, info.content_hash, digest))
         check_guards(
             info,
             newest.info,
@@ -152,18 +176,27 @@ def _intact(folder: Path, newest: Newest) -> bool:
 
 def _write(file: BinaryIO, source: Source, config: ExportConfig, version: int, progress: TextIO | None) -> SnapshotInfo:
     writer = SnapshotWriter(
-        file, version=version, source=config.source, created_at_unix_ms=config.created_at_unix_ms, level=config.level
+        file,
+        version=version,
+        source=config.source,
+        created_at_unix_ms=config.created_at_unix_ms,
+        level=config.level,
     )
+    writer.compress_in_background()
     bar = ProgressBar(progress, source.count() if progress else None, unit="commands")
     logger.debug("writing version %s into %s", version, file.name)
-    commands = iter_sealed(source.rows(), signing_key=config.signing_key, max_problems=config.max_problems)
+    commands = iter_sealed(
+        source.rows(), signing_key=config.signing_key, max_problems=config.max_problems, check_utf8=source.checks_utf8
+    )
     try:
         for command_name, serialized in commands:
             writer.add_serialized(command_name, serialized)
-            bar.update(writer.command_count)
             if writer.command_count % _LOG_EVERY_COMMANDS == 0:
+                bar.update(writer.command_count)
                 logger.debug("%s commands written", writer.command_count)
+        bar.close(writer.command_count)
+        return writer.finish()
     except CatalogOrderError as exc:
         raise SourceError(f"rows did not arrive in UTF-8 name order (is the database encoding UTF8?): {exc}") from exc
-    bar.close(writer.command_count)
-    return writer.finish()
+    finally:
+        writer.close()

@@ -4,9 +4,13 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import psycopg
 
+from avapdefs.format.package import build_package, is_package
+from avapdefs.format.snapshot import seal_command
+from avapdefs.v1.definitions_pb2 import Command
 from exporter.cli import main
 
 
@@ -58,3 +62,35 @@ def insert_generated(conn: psycopg.Connection, count: int, *, code_bytes: int = 
 def run_export(dsn: str, folder: Path, *extra: str) -> int:
     """``avap-export --dsn DSN --snapshots FOLDER EXTRA...`` in this process."""
     return main(["--dsn", dsn, "--snapshots", str(folder), *extra])
+
+
+def _text(data: bytes | str | None) -> str:
+    return data.decode() if isinstance(data, bytes) else data or ""
+
+
+def reference_sealed(row: Sequence[Any], *, signing_key: bytes | None = None) -> bytes:
+    """The sealed Command of a row as the exporter made it before it encoded by hand: protobuf's
+    own ``Command(...)`` and ``SerializeToString``. An independent encoder to compare the exporter's
+    bytes with. ``row`` has SourceRow's fields, texts as bytes or str (a plain SELECT's values)."""
+    (row_id, name, type_, interface, code, description, logic, component, service, command, bytecode, version,
+     source_hash) = row  # fmt: skip
+    stored = bytes(bytecode or b"")
+    package = stored if is_package(stored) else build_package(_text(code), signing_key) if signing_key else b""
+    return seal_command(
+        Command(
+            name=_text(name),
+            type=_text(type_),
+            interface_json=_text(interface) if _text(interface).strip() else "",
+            code=_text(code),
+            description=_text(description),
+            logic=bool(logic),
+            component_type=_text(component),
+            service=_text(service),
+            command=_text(command),
+            source_id=row_id,
+            bytecode=stored,
+            bytecode_version=version or 0,
+            bytecode_source_hash=_text(source_hash),
+            signed_package=package,
+        )
+    )

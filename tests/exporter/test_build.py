@@ -6,9 +6,10 @@ import pytest
 
 from avapdefs.format.package import open_package
 from avapdefs.v1.definitions_pb2 import Command
-from exporter.build import build_command, iter_sealed
+from exporter.build import CommandEncoder, encoder_canary, iter_sealed
 from exporter.errors import BadDataError
 from exporter.source import SourceRow
+from tests.exporter.helpers import reference_sealed
 
 CODE = "def f(self, x):\n    return x\n"
 
@@ -30,7 +31,17 @@ def source_row(row_id: int, name: str | None, **fields: object) -> SourceRow:
         "bytecode_source_hash": None,
     }
     values.update(fields)
-    return SourceRow(**values)  # type: ignore[arg-type]
+    # Texts arrive as their UTF-8 bytes, as from the COPY stream.
+    encoded = {key: value.encode() if isinstance(value, str) else value for key, value in values.items()}
+    return SourceRow(**encoded)  # type: ignore[arg-type]
+
+
+def build_command(row: SourceRow, *, signing_key: bytes | None = None) -> Command:
+    """The Command the encoder writes for ``row``, parsed back."""
+    command = Command.FromString(CommandEncoder(signing_key=signing_key).encode(row))
+    assert len(command.content_hash) == 32
+    command.ClearField("content_hash")
+    return command
 
 
 def test_build_command_maps_every_column_and_nulls_to_defaults() -> None:
@@ -99,3 +110,31 @@ def test_valid_rows_yield_sealed_commands_in_order() -> None:
     assert [name for name, _ in sealed] == ["a", "b", "ñ"]
     parsed = Command.FromString(sealed[1][1])
     assert parsed.source_id == 1 and len(parsed.content_hash) == 32
+
+
+@pytest.mark.parametrize("signing_key", [None, b"k3y"])
+@pytest.mark.parametrize(
+    "row",
+    [
+        source_row(7, "addVar", logic=True, componenttype="variables", service="core", command="addVar",
+                   bytecode=b"\x01\x02", bytecode_version=3, bytecode_source_hash="abc"),
+        source_row(1, "x", type=None, interface=None, code=None, description=None),
+        source_row(-5, "negative", bytecode_version=-1, logic=False, interface="  [1, 2]\n"),
+        source_row(2**40, "ñandú🙂", code="é" * 70_000, description="", bytecode=b"AVAP\x00\x01stored"),
+        source_row(0, "zero", interface=" ", code="", componenttype="", service="s" * 200),
+    ],
+)  # fmt: skip
+def test_encoder_writes_the_bytes_protobuf_writes(row: SourceRow, signing_key: bytes | None) -> None:
+    assert CommandEncoder(signing_key=signing_key).encode(row) == reference_sealed(row, signing_key=signing_key)
+
+
+def test_the_canary_depends_on_the_key() -> None:
+    assert encoder_canary(None) == encoder_canary(None)
+    assert len({encoder_canary(None), encoder_canary(b"a"), encoder_canary(b"b")}) == 3
+
+
+def test_a_text_that_is_not_utf8_is_a_bad_row() -> None:
+    row = source_row(5, "x")._replace(description=b"caf\xe9")
+    with pytest.raises(BadDataError, match="row id=5, column description: not valid UTF-8"):
+        list(iter_sealed([row]))
+    assert len(list(iter_sealed([row], check_utf8=False))) == 1  # what a UTF8 database guarantees

@@ -85,7 +85,7 @@ def test_unchanged_table_publishes_nothing(
     assert run_export(pg_dsn, folder) == 0
     assert capsys.readouterr().out.startswith("unchanged at version 1")
     assert [v for v, _ in list_snapshots(folder)] == [1]
-    assert sorted(p.name for p in folder.iterdir()) == [".lock", snapshot_name(1)]  # no temp file left
+    assert sorted(p.name for p in folder.iterdir()) == [".export-state", ".lock", snapshot_name(1)]  # no temp file
     insert_rows(db, [row("end")])
     assert run_export(pg_dsn, folder) == 0
     assert capsys.readouterr().out.startswith("published version 2")

@@ -25,7 +25,9 @@ from __future__ import annotations
 import hashlib
 import io
 import os
+import queue
 import struct
+import threading
 import time
 import zlib
 from collections.abc import Callable, Iterable, Iterator
@@ -55,6 +57,7 @@ DEFAULT_LEVEL = 3
 HASH_BYTES = 32
 
 _CONTENT_HASH_FIELD = 15  # Command.content_hash, the highest field number
+_CONTENT_HASH_KEY = wire.tag(_CONTENT_HASH_FIELD) + wire.varint(HASH_BYTES)
 _WRITE_BUFFER_BYTES = 1 << 20
 _STREAM_SLICE_BYTES = 1 << 15  # compressed bytes per step: a catalog compressing 17:1 gives 0.5 MB pieces
 
@@ -106,10 +109,14 @@ def seal_command(command: Command) -> bytes:
     the hash field: serialized once, not twice.
     """
     command.ClearField("content_hash")
-    body = command.SerializeToString()
-    digest = hashlib.sha256(body).digest()
-    command.content_hash = digest
-    return body + wire.encode_entry(digest, _CONTENT_HASH_FIELD)
+    sealed = seal_serialized(command.SerializeToString())
+    command.content_hash = sealed[-HASH_BYTES:]
+    return sealed
+
+
+def seal_serialized(body: bytes) -> bytes:
+    """``body``, a Command serialized without ``content_hash``, sealed: followed by its content hash field."""
+    return body + _CONTENT_HASH_KEY + hashlib.sha256(body).digest()
 
 
 def header_message(info: SnapshotInfo) -> SnapshotHeader:
@@ -170,6 +177,17 @@ class SnapshotWriter:
         self._count = 0
         self._previous: bytes | None = None
         self._previous_name = ""
+        self._worker: _Worker | None = None
+
+    def compress_in_background(self) -> None:
+        """From now on, hash and compress on a second thread while the caller makes the next commands.
+
+        zstd and sha256 release the GIL, so the two overlap. The same bytes, in the same 1 MiB
+        pieces, reach the same single-threaded compressor: the file is byte-identical either way.
+        Call ``close`` when not calling ``finish`` (on an error), to end that thread.
+        """
+        if self._worker is None:
+            self._worker = _Worker(self._consume)
 
     def add(self, command: Command) -> None:
         """Seal ``command`` (set its content hash) and append it."""
@@ -192,10 +210,23 @@ class SnapshotWriter:
             self._drain()
 
     def _drain(self) -> None:
-        self._hasher.update(self._buffer)
-        self._stream.write(self._buffer)
         self._uncompressed_size += len(self._buffer)
-        self._buffer.clear()
+        if self._worker is None:
+            self._consume(self._buffer)
+            self._buffer.clear()
+        else:
+            self._worker.put(self._buffer)
+            self._buffer = bytearray()
+
+    def _consume(self, piece: bytearray) -> None:
+        self._hasher.update(piece)
+        self._stream.write(piece)
+
+    def close(self) -> None:
+        """End the compressing thread, if any, without finishing the file (``finish`` calls it too)."""
+        if self._worker is not None:
+            worker, self._worker = self._worker, None
+            worker.join()
 
     @property
     def command_count(self) -> int:
@@ -214,6 +245,7 @@ class SnapshotWriter:
         fsynced: publishing is the caller's job.
         """
         self._drain()
+        self.close()
         self._stream.flush(zstandard.FLUSH_FRAME)
         end = self._file.tell()
         info = SnapshotInfo(
@@ -232,6 +264,43 @@ class SnapshotWriter:
         self._file.write(prefix)
         self._file.seek(end)
         return info
+
+
+class _Worker:
+    """A thread that applies ``consume`` to each piece put, in order; a failure is raised to the putter.
+
+    At most two pieces wait, so memory stays at a few buffers however far the producer runs ahead.
+    """
+
+    def __init__(self, consume: Callable[[bytearray], None]) -> None:
+        self._consume = consume
+        self._queue: queue.Queue[bytearray | None] = queue.Queue(maxsize=2)
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name="snapshot-writer", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while (piece := self._queue.get()) is not None:
+            if self._error is None:  # after a failure, pieces are only taken, so the producer never blocks
+                try:
+                    self._consume(piece)
+                except BaseException as exc:
+                    self._error = exc
+
+    def put(self, piece: bytearray) -> None:
+        """Queue ``piece``; raise the failure of an earlier one, if any."""
+        self._raise()
+        self._queue.put(piece)
+
+    def join(self) -> None:
+        """Wait until every piece is consumed and end the thread; raise a failure, if any."""
+        self._queue.put(None)
+        self._thread.join()
+        self._raise()
+
+    def _raise(self) -> None:
+        if self._error is not None:
+            raise self._error
 
 
 def write_snapshot(

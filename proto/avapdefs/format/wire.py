@@ -18,12 +18,20 @@ from pathlib import Path
 
 from avapdefs.errors import CorruptSnapshotError
 
+VARINT = 0  # the wire type of int32, int64 and bool
 LENGTH_DELIMITED = 2  # the wire type of strings, bytes and embedded messages
 MAX_VARINT_BYTES = 10
+UINT64_MASK = (1 << 64) - 1  # ``value & UINT64_MASK``: a negative int32 or int64 as protobuf encodes it
+_ONE_BYTE = tuple(bytes((value,)) for value in range(0x80))
 
 
 def varint(value: int) -> bytes:
     """``value`` (not negative) as a protobuf varint."""
+    # The exporter frames every field of every row through here: the one- and two-byte cases skip the loop.
+    if value < 0x80:
+        return _ONE_BYTE[value]
+    if value < 0x4000:
+        return bytes(((value & 0x7F) | 0x80, value >> 7))
     out = bytearray()
     while value > 0x7F:
         out.append((value & 0x7F) | 0x80)
@@ -32,9 +40,9 @@ def varint(value: int) -> bytes:
     return bytes(out)
 
 
-def tag(field_number: int) -> bytes:
-    """The tag of a length-delimited field ``field_number``."""
-    return varint(field_number << 3 | LENGTH_DELIMITED)
+def tag(field_number: int, wire_type: int = LENGTH_DELIMITED) -> bytes:
+    """The tag of field ``field_number`` of ``wire_type`` (default: length-delimited)."""
+    return varint(field_number << 3 | wire_type)
 
 
 ENTRY_TAG = tag(1)  # Catalog.commands, GetCommandResponse.command, Command.name: field 1, length-delimited
