@@ -410,8 +410,10 @@ def _check_file(image: Image, info: SnapshotInfo, path: Path) -> None:
 
 def remove_stale(cache: Path, keep: set[str]) -> list[Path]:
     """Delete the images in ``cache`` whose names are not in ``keep``; a process that maps one keeps its pages."""
-    removed = []
-    with contextlib.suppress(FileNotFoundError):
+    removed: list[Path] = []
+    if not cache.is_dir():
+        return removed
+    with contextlib.suppress(OSError):
         for path in cache.iterdir():
             if path.name.endswith(SUFFIX) and path.name not in keep:
                 with contextlib.suppress(FileNotFoundError):

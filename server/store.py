@@ -255,7 +255,7 @@ class SnapshotStore:
             image = open_image(target, info)
             logger.info("mapped serving image %s", target)
             return image
-        except FileNotFoundError:
+        except (FileNotFoundError, NotADirectoryError):
             pass
         except (ImageError, OSError) as exc:
             logger.warning("serving image %s cannot be used (%s); rebuilding it", target, exc)

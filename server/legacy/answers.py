@@ -81,12 +81,15 @@ def build_answers(codec: LegacyCodec, payload: bytes | memoryview, info: Snapsho
 
 
 class LazyLegacyAnswers:
-    """Legacy answers built on a background thread, so they do not delay serving.
+    """Legacy answers built by the first legacy call of a version, so they cost nothing until needed.
 
-    Encoding the legacy answers takes about as long as the rest of a load
-    (0.54 s of 1.3 s for 50,000 commands); the avapdefs.v1 service needs none
-    of it. The build starts when the snapshot is loaded; a legacy call that
-    arrives before it is done waits for it.
+    Encoding the legacy answers parses every command (about 0.5 s and a second
+    copy of the catalog in this process's memory at 50,000 commands); the
+    avapdefs.v1 service needs none of it. Built on a background thread at load,
+    as before, it held the GIL while the first calls waited: the first
+    GetCommand after a start came about 1 s late, and each process held the
+    copy. The first legacy call of a version now builds them (calls arriving
+    meanwhile wait for it); the payload it reads is the mapped serving image.
 
     Thread safety: ``get`` may be called from any number of threads.
     """
@@ -95,7 +98,6 @@ class LazyLegacyAnswers:
         self._inputs: tuple[LegacyCodec, bytes | memoryview, SnapshotInfo] | None = (codec, payload, info)
         self._value: LegacyAnswers | None = None
         self._lock = threading.Lock()
-        threading.Thread(target=self.get, name="avap-legacy-build", daemon=True).start()
 
     def get(self) -> LegacyAnswers:
         """The answers, built on first need."""
