@@ -64,7 +64,7 @@ def _bisect_lookup(image: Image) -> Callable[[bytes], bytes | None]:
     keys = _Keys()
 
     def lookup(name: bytes) -> bytes | None:
-        k = bisect_left(keys, name)  # type: ignore[call-overload]
+        k = bisect_left(keys, name)
         if k < image.count and keys[k] == name:
             return buffer[spans[2 * k] : spans[2 * k + 1]]
         return None

@@ -34,11 +34,20 @@ the one the header records; and the embedded file's header must equal the
 snapshot file's. This catches truncation, bit flips, an image of another
 version or content renamed, and an older image format. It does not defend
 against an attacker who can write the server's own folder (who could as well
-replace the snapshots).
-An image that fails is removed and rebuilt from the snapshot, never served.
+replace the snapshots). The hashes are read with ``pread``, not through the
+map, so pages a process never serves stay out of its RSS: at 50,000 commands
+(122 MB image) mapping and checking takes 93-107 ms, against 560-690 ms to
+verify the snapshot and write the image. An image that fails is removed and
+rebuilt from the snapshot, never served.
 
 Lookups: GetCommand finds a name through the hash table in the map, so no
-process holds a dict of the catalog.
+process holds a dict of the catalog (``bench/bench_image.py``, 50,000 commands,
+one thread, medians): the former dict of answer bytes 2.5-3.0 M lookups/s but
+106 MB per process; the hash table in the map 0.33-0.57 M/s (1.7-3 us, most
+of it copying the ~2 KB answer out of a random place in the map; a per-process
+dict of name -> index was no faster once the copy is paid, and costs 8 MB per
+process, 160 MB at 1,000,000 commands); bisect over the mapped names
+0.08-0.15 M/s.
 
 Thread safety: an ``Image`` is immutable; any number of threads may read it.
 """

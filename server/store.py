@@ -23,6 +23,13 @@ lives in a folder only the server writes and is never modified: any later
 change to the snapshot file is harmless, and SyncCatalog streams the verified
 copy. With an image present, only the snapshot file's header and size are
 read, and must match the copy's.
+
+Measured (50,000 commands, 2 processes, ``bench/bench_serve.py --quick
+--scenarios startup --targets ours``, medians of 3): before, first answer
+1.28 s, RSS 803 MB (PSS 638); with the image, cold (both processes write it)
+1.10 s, image present 0.59 s, RSS 251 MB (PSS 117) after start and 277 MB
+after two full syncs. Of the 0.59 s, loading (map and check) is about 150 ms;
+the rest is starting the interpreters and Envoy.
 """
 
 from __future__ import annotations
