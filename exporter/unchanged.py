@@ -32,14 +32,13 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
 from avapdefs.errors import SnapshotError
 from avapdefs.folder import Newest, atomic_file, snapshot_name
-from avapdefs.format.reader import CommandReader
+from avapdefs.format.reader import verify_file
 from exporter.build import encoder_canary
 from exporter.source import Source
 
@@ -131,22 +130,16 @@ def worth_checking(state: ExportState | None, newest: Newest, write_counters: tu
 def is_unchanged(source: Source, folder: Path, state: ExportState, signing_key: bytes | None) -> bool:
     """Whether the rows have ``state``'s digest and its snapshot, the newest, still verifies whole.
 
-    Reads the rows (unparsed) while a thread verifies the file; either answer "no" stops the other's work
-    as soon as possible (the verification at once, the read at its end).
+    Reads the rows (unparsed) while a thread verifies the file: the database's sort and
+    stream and the file's decompression and hashing overlap.
 
     Raises:
         SourceError: the database fails during the read.
     """
-    cancel = threading.Event()
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="verify-newest") as pool:
-        intact = pool.submit(_verify, folder / snapshot_name(state.version), cancel)
-        try:
-            same = source_digest(source, source.drain(), signing_key) == state.source_digest
-        except BaseException:
-            cancel.set()
-            raise
+        intact = pool.submit(_verify, folder / snapshot_name(state.version))
+        same = source_digest(source, source.drain(), signing_key) == state.source_digest
         if not same:
-            cancel.set()
             logger.info("the rows changed since version %s", state.version)
             return False
         if not intact.result():
@@ -155,13 +148,10 @@ def is_unchanged(source: Source, folder: Path, state: ExportState, signing_key: 
     return True
 
 
-def _verify(path: Path, cancel: threading.Event) -> bool:
+def _verify(path: Path) -> bool:
     # A newest file that is damaged is never taken for "unchanged": the table is published anew.
     try:
-        with CommandReader(path) as reader:
-            for _ in reader:
-                if cancel.is_set():
-                    return False
+        verify_file(path)
     except SnapshotError as exc:
         logger.warning("the newest snapshot does not verify (%s); publishing the table as a new version", exc)
         return False

@@ -10,8 +10,9 @@ from pathlib import Path
 import psycopg
 import pytest
 
+from avapdefs.errors import CorruptSnapshotError
 from avapdefs.folder import list_snapshots, snapshot_name
-from avapdefs.format import snapshot
+from avapdefs.format import snapshot, wire
 from exporter import unchanged
 from exporter.source import connect, open_source
 from tests.exporter.helpers import insert_rows, row, run_export
@@ -130,3 +131,20 @@ def test_a_state_about_an_older_version_is_not_used(
         assert run_export(pg_dsn, folder) == 0
     assert _CHECKED not in caplog.text
     assert _versions(folder) == [1, 2]
+
+
+def test_the_entry_counter_of_the_verification_counts_in_any_cut() -> None:
+    # wire.EntryCounter lets verify_file (run by every unchanged check) count without copying commands.
+    bodies = [b"x" * size for size in (0, 1, 127, 128, 300, 16_383, 16_384, 70_000)]
+    payload = b"".join(wire.encode_entry(body) for body in bodies)
+    for size in (1, 2, 3, 5, 11, 128, 1000, len(payload)):
+        counter = wire.EntryCounter()
+        for start in range(0, len(payload), size):
+            counter.feed(payload[start : start + size])
+        assert counter.finish() == len(bodies)
+    cut = wire.EntryCounter()
+    cut.feed(payload[:-1])
+    with pytest.raises(CorruptSnapshotError, match="past the end"):
+        cut.finish()
+    with pytest.raises(CorruptSnapshotError, match="unexpected field tag"):
+        wire.EntryCounter().feed(b"\x12\x00")

@@ -126,6 +126,73 @@ def split_entries(buffer: bytearray, *, path: Path | str | None = None) -> tuple
     return entries, pos
 
 
+class EntryCounter:
+    """Counts the field-1 entries of a payload arriving in pieces, without copying one.
+
+    For verifying a whole file, where only the count matters: ``split_entries``
+    would copy every command out. An entry may be cut anywhere, its header too.
+
+    Raises (from ``feed`` and ``finish``):
+        CorruptSnapshotError: a tag other than field 1, a bad length prefix, or an entry cut by the end.
+    """
+
+    def __init__(self, path: Path | str | None = None) -> None:
+        self.count = 0
+        self._path = path
+        self._skip = 0  # body bytes of the current entry still to come
+        self._head = b""  # an entry's tag and length prefix, cut by the end of the last piece
+
+    def feed(self, piece: bytes | memoryview) -> None:
+        """Count the entries that start in ``piece``, the next piece of the payload."""
+        view = memoryview(piece)
+        end = len(view)
+        if self._head:
+            pos = self._finish_head(view)
+        elif self._skip >= end:
+            self._skip -= end
+            return
+        else:
+            pos = self._skip
+        tag = ENTRY_TAG[0]
+        while pos < end:
+            if view[pos] != tag:
+                raise CorruptSnapshotError(f"unexpected field tag {view[pos]} in the payload", path=self._path)
+            # The one- and two-byte length prefixes, inline; anything longer or cut, through peek_varint.
+            if pos + 1 < end and view[pos + 1] < 0x80:
+                pos += 2 + view[pos + 1]
+            elif pos + 2 < end and view[pos + 2] < 0x80:
+                pos += 3 + ((view[pos + 1] & 0x7F) | view[pos + 2] << 7)
+            else:
+                length, start = peek_varint(view, pos + 1, self._path)
+                if start < 0:
+                    self._head = bytes(view[pos:])
+                    return
+                pos = start + length
+            self.count += 1
+        self._skip = pos - end
+
+    def _finish_head(self, view: memoryview) -> int:
+        joined = self._head + bytes(view[:MAX_VARINT_BYTES])
+        length, start = peek_varint(memoryview(joined), 1, self._path)
+        if start < 0:
+            self._head = joined
+            return len(view)
+        used = start - len(self._head)  # header bytes taken from this piece
+        self._head = b""
+        self.count += 1
+        return used + length
+
+    def finish(self) -> int:
+        """The count, once the payload has ended.
+
+        Raises:
+            CorruptSnapshotError: the last entry runs past the end.
+        """
+        if self._head or self._skip:
+            raise CorruptSnapshotError("the last command entry runs past the end of the payload", path=self._path)
+        return self.count
+
+
 def command_name(command: bytes | memoryview) -> bytes:
     """The UTF-8 name of a serialized Command, read without parsing the rest.
 
