@@ -29,6 +29,7 @@ most 10 s; peak RSS well below the uncompressed payload.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import os
 import secrets
 import shutil
@@ -207,6 +208,11 @@ def _export(root: Path, dsn: str, folder: Path, level: int) -> tuple[float, int]
     return seconds, usage.ru_maxrss * 1024
 
 
+def _file_sha256(path: Path) -> bytes:
+    with path.open("rb") as file:
+        return hashlib.file_digest(file, "sha256").digest()
+
+
 def _versions(folder: Path) -> list[int]:
     return [version for version, _ in list_snapshots(folder)]
 
@@ -220,7 +226,8 @@ def _one_round(
         shutil.rmtree(temp / label, ignore_errors=True)
         full_s, rss = _export(root, dsn, temp / label, level)
         runs[label] = {"full_s": full_s, "rss": rss}
-    made = {(temp / label / snapshot_name(1)).read_bytes() for label, _ in roots}
+    # Hashed, not read whole: a child forked by a large parent would report the parent's RSS as its own.
+    made = {_file_sha256(temp / label / snapshot_name(1)) for label, _ in roots}
     if len(made) != 1:
         raise SystemExit("the exporters made different files of the same table")
     for label, root in roots:
@@ -249,7 +256,8 @@ def _measure(server_dsn: str, rows: int, args: argparse.Namespace) -> list[dict[
                 shown = ", ".join(f"{key} {value:.1f}" for key, value in run.items() if key.endswith("_s"))
                 print(f"  round {serial + 1}, {label}: {shown}", flush=True)
         path = Path(temp) / "this" / snapshot_name(1)
-        info = read_info(path.read_bytes()[:70_000])
+        with path.open("rb") as file:
+            info = read_info(file.read(70_000))
         started = time.perf_counter()
         verify_file(path)
         verify_s = time.perf_counter() - started
