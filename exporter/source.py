@@ -231,7 +231,7 @@ class Source:
         """
         digest = hashlib.sha256()
         with _translated(self._table):
-            yield from _parse_copy(self._copy(digest))
+            yield from _parse_copy(_hashed(self._copy(), digest))
         self._digest = digest.digest()
 
     def drain(self) -> bytes:
@@ -242,18 +242,16 @@ class Source:
         """
         digest = hashlib.sha256()
         with _translated(self._table):
-            for _ in self._copy(digest):
-                pass
+            for data in self._copy():
+                digest.update(data)
         self._digest = digest.digest()
         return self._digest
 
-    def _copy(self, digest: hashlib._Hash) -> Iterator[bytes]:
+    def _copy(self) -> Iterator[bytes | bytearray | memoryview]:
+        # What psycopg yields may be a view of libpq's buffer, valid until the next read.
         statement = sql.SQL("COPY ({}) TO STDOUT (FORMAT BINARY)").format(self._query())
         with self._conn.cursor() as cursor, cursor.copy(statement) as copy:
-            for data in copy:
-                chunk = bytes(data)
-                digest.update(chunk)
-                yield chunk
+            yield from copy
 
     def _query(self) -> sql.Composed:
         # COLLATE "C" orders by bytes, which in a UTF8 database is the UTF-8
@@ -279,6 +277,13 @@ SELECT pg_stat_get_tuples_inserted(t.oid), pg_stat_get_tuples_updated(t.oid), pg
 FROM (SELECT to_regclass(%s)::oid AS oid) AS t
 """
 _CAST = {"id": "f.{}::bigint", "logic": "f.{}::boolean"}
+
+
+def _hashed(chunks: Iterable[bytes | bytearray | memoryview], digest: hashlib._Hash) -> Iterator[bytes]:
+    for data in chunks:
+        chunk = bytes(data)
+        digest.update(chunk)
+        yield chunk
 
 
 def _parse_copy(chunks: Iterable[bytes]) -> Iterator[SourceRow]:
