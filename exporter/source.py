@@ -280,6 +280,7 @@ _CAST = {"id": "f.{}::bigint", "logic": "f.{}::boolean"}
 
 
 def _hashed(chunks: Iterable[bytes | bytearray | memoryview], digest: hashlib._Hash) -> Iterator[bytes]:
+    # Hashed here, not on another thread: a third thread contending for the GIL cost more than it saved.
     for data in chunks:
         chunk = bytes(data)
         digest.update(chunk)
@@ -290,32 +291,48 @@ def _parse_copy(chunks: Iterable[bytes]) -> Iterator[SourceRow]:
     """The rows of a binary COPY stream (PostgreSQL docs, "COPY", "Binary Format"), in any chunking.
 
     PostgreSQL sends one row per message, so a row is almost never split; when it is, the
-    rest is awaited. Integers and the boolean are decoded; text and bytea stay bytes.
+    rest is awaited. Integers and the boolean are decoded; text and bytea stay bytes. The
+    stream is read to its end (nothing may follow the trailer), so the COPY ends normally.
     """
-    buffer, pos, started = b"", 0, False
+    buffer, pos, started, ended = b"", 0, False, False
     for chunk in chunks:
+        if ended:
+            raise SourceError("the COPY stream goes on after its trailer")
         buffer = buffer[pos:] + chunk if pos < len(buffer) else chunk
         pos = 0
         if not started:
             if len(buffer) < _COPY_HEADER.size:
-                continue
+                continue  # keep the bytes (pos is 0) until the header is whole
             pos, started = _header_end(buffer), True
         while len(buffer) - pos >= 2:
             (count,) = _I16(buffer, pos)
             if count == -1:
-                return
+                ended = _trailer(buffer, pos)
+                break
             if count != _FIELD_COUNT:
                 raise SourceError(f"COPY row of {count} fields, expected {_FIELD_COUNT}")
             parsed = _parse_fields(buffer, pos + 2)
             if parsed is None:
                 break  # the rest of the row is in the next chunk
             fields, pos = parsed
-            row_id, logic, version = fields[0], fields[6], fields[11]
-            fields[0] = None if row_id is None else _from_bytes(row_id, "big", signed=True)  # type: ignore[arg-type]
-            fields[6] = None if logic is None else logic != b"\x00"
-            fields[11] = None if version is None else _from_bytes(version, "big", signed=True)  # type: ignore[arg-type]
-            yield _new_row(SourceRow, fields)
-    raise SourceError("the COPY stream ended without its trailer")
+            yield _source_row(fields)
+    if not ended:
+        raise SourceError("the COPY stream ended without its trailer")
+
+
+def _trailer(buffer: bytes, pos: int) -> bool:
+    if pos + 2 != len(buffer):
+        raise SourceError("the COPY stream goes on after its trailer")
+    return True
+
+
+def _source_row(fields: list[object]) -> SourceRow:
+    # The integers and the boolean decoded (their casts fix the widths); text and bytea stay bytes.
+    row_id, logic, version = fields[0], fields[6], fields[11]
+    fields[0] = None if row_id is None else _from_bytes(row_id, "big", signed=True)  # type: ignore[arg-type]
+    fields[6] = None if logic is None else logic != b"\x00"
+    fields[11] = None if version is None else _from_bytes(version, "big", signed=True)  # type: ignore[arg-type]
+    return _new_row(SourceRow, fields)
 
 
 def _header_end(buffer: bytes) -> int:
