@@ -202,7 +202,10 @@ def _start_ours(stack: contextlib.ExitStack, folder: Path) -> str:
     port = procs.free_port()
     argv = [sys.executable, "-m", "server", "--snapshots", str(folder), "--host", "127.0.0.1", "--port", str(port)]
     log = BENCH / ".cache" / "logs" / f"replica-ours-{port}.log"
-    stack.callback(procs.stop, procs.start("ours", argv, log_path=log, ready_text="serving catalog version", timeout_s=60, cwd=ROOT))
+    stack.callback(
+        procs.stop,
+        procs.start("ours", argv, log_path=log, ready_text="serving catalog version", timeout_s=60, cwd=ROOT),
+    )
     return f"127.0.0.1:{port}"
 
 

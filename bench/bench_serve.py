@@ -90,7 +90,9 @@ def start_server(label: str, jsonl: Path, folder: Path, args: argparse.Namespace
         return peer.start(jsonl, port), f"127.0.0.1:{port}"
     argv = [sys.executable, "-m", "server", "--snapshots", str(folder), "--host", "127.0.0.1", "--port", str(port)]
     log = CACHE / "logs" / f"ours-{port}.log"
-    process = procs.start("ours", argv + args.server_arg, log_path=log, ready_text="serving catalog version", timeout_s=120, cwd=ROOT)
+    process = procs.start(
+        "ours", argv + args.server_arg, log_path=log, ready_text="serving catalog version", timeout_s=120, cwd=ROOT
+    )
     return process, f"127.0.0.1:{port}"
 
 

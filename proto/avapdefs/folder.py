@@ -8,6 +8,8 @@ cache) all call it. A folder holds:
     catalog-<N>.from-<B>.avdelta               a delta from version B to version N
     PIN                                        a version number: serve that one, not the newest
     .lock                                      the exporter's lock (flock; never deleted)
+    .export-state                              the exporter's record of the table it last read (exporter/unchanged.py)
+    .serving/                                  the server's mapped serving images, one per version (server/image.py)
     .tmp-*                                     files being written; never match a name above
 
 Files appear only by rename (``atomic_file``), so a reader never sees a
