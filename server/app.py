@@ -42,7 +42,6 @@ from server.legacy.codec import LegacyCodec, LegacyProtoError, bundled_codec, lo
 from server.legacy.service import LegacyService
 from server.reload import Reloader
 from server.rpc import (
-    END_BODY,
     OK_TRAILERS,
     START,
     Code,
@@ -52,6 +51,7 @@ from server.rpc import (
     Scope,
     Send,
     StatusError,
+    StreamReply,
     frame,
     header,
     is_grpc,
@@ -250,19 +250,16 @@ class DefinitionServer:
         # After the request, receive() only returns once the client goes away.
         disconnected: asyncio.Future[None] = asyncio.ensure_future(_disconnect(receive))
         messages = handler(request, disconnected)
-        started = False
+        reply = StreamReply(send)
         try:
             async with asyncio.timeout(deadline_s):
                 async for message in messages:
-                    if not started:
-                        await send(START)
-                        started = True
-                    await send({"type": "http.response.body", "body": frame(message), "more_body": True})
+                    await reply.message(message)
         except StatusError as exc:
-            await send_status(send, exc.code, exc.details, started=started)
+            await reply.end(exc.code, exc.details)
             return
         except TimeoutError:
-            await send_status(send, Code.DEADLINE_EXCEEDED, "deadline exceeded", started=started)
+            await reply.end(Code.DEADLINE_EXCEEDED, "deadline exceeded")
             return
         except (Disconnected, OSError):
             # A reset by the client, or by Envoy once the stream moved no bytes for the idle timeout.
@@ -270,30 +267,24 @@ class DefinitionServer:
             return
         except Exception:
             logger.exception("%s failed", getattr(handler, "__name__", handler))
-            await send_status(send, Code.INTERNAL, "internal error", started=started)
+            await reply.end(Code.INTERNAL, "internal error")
             return
         finally:
             disconnected.cancel()
             await messages.aclose()  # type: ignore[attr-defined]
-        if not started:
-            await send(START)
-        await send(END_BODY)
-        await send(OK_TRAILERS)
+        await reply.end()
 
     async def _bidi(self, handler: Bidi, receive: Receive, send: Send) -> None:
         reader = MessageReader(receive, self._max_receive_bytes)
-        started = False
+        reply = StreamReply(send)
         try:
             while (request := await reader.next()) is not None:
                 for message in handler(request):
-                    if not started:
-                        await send(START)
-                        started = True
-                    await send({"type": "http.response.body", "body": frame(message), "more_body": True})
+                    await reply.message(message)
         except StatusError as exc:
-            await send_status(send, exc.code, exc.details, started=started)
+            await reply.end(exc.code, exc.details)
             return
-        await send_status(send, Code.OK, "", started=started)
+        await reply.end()
 
     def _authenticate(self, scope: Scope) -> None:
         # Constant-time comparison: how long a refusal takes says nothing about how much of a guess was right.

@@ -196,6 +196,7 @@ class ServerProcess:
         Raises:
             StartError: the process reported a failure, or ended before it listened.
         """
+        stop = stop or threading.Event()  # never set: wait for as long as it takes
         reply = self._read_reply(stop)
         if reply.get("event") == "failed":
             self._wait_or_kill(_KILL_AFTER_S)
@@ -204,11 +205,11 @@ class ServerProcess:
         self.port = self._wait_listening(stop)
         return loaded
 
-    def _read_reply(self, stop: threading.Event | None) -> dict[str, Any]:
+    def _read_reply(self, stop: threading.Event) -> dict[str, Any]:
         assert self._control is not None and self._replies is not None
         # Waits in steps, so a stop during a long load is seen.
         while not select.select([self._control], [], [], 0.2)[0]:
-            if stop is not None and stop.is_set():
+            if stop.is_set():
                 self.kill()
                 raise StartError(EXIT_OK, "stopped while loading")
         line = self._replies.readline()  # the application writes each reply whole
@@ -217,7 +218,7 @@ class ServerProcess:
             raise StartError(EXIT_FAILED, f"the server process ended (exit code {code}) before it loaded")
         return dict(json.loads(line))
 
-    def _wait_listening(self, stop: threading.Event | None) -> int:
+    def _wait_listening(self, stop: threading.Event) -> int:
         assert self.process is not None
         while True:
             port = self._admin.listening_port()
@@ -226,11 +227,9 @@ class ServerProcess:
             if self.process.poll() is not None:
                 code = self.process.returncode
                 raise StartError(EXIT_CANNOT_LISTEN, f"cannot listen on {self.settings.address} (exit code {code})")
-            if stop is not None and stop.wait(_POLL_S):
+            if stop.wait(_POLL_S):
                 self.kill()
                 raise StartError(EXIT_OK, "stopped while starting")
-            if stop is None:
-                time.sleep(_POLL_S)
 
     def exited(self) -> int | None:
         """The process's exit code once it has ended, else None."""

@@ -217,4 +217,23 @@ async def send_status(send: Send, code: Code, details: str, *, started: bool) ->
     if not started:
         await send(START)
     await send(END_BODY)
-    await send(status_trailers(code, details))
+    await send(OK_TRAILERS if code == Code.OK and not details else status_trailers(code, details))
+
+
+class StreamReply:
+    """A streaming call's answer as it goes out: the headers before the first message, then messages, then the end."""
+
+    def __init__(self, send: Send) -> None:
+        self._send = send
+        self.started = False
+
+    async def message(self, message: bytes) -> None:
+        """Send one message (the headers first, if this is the first)."""
+        if not self.started:
+            await self._send(START)
+            self.started = True
+        await self._send({"type": "http.response.body", "body": frame(message), "more_body": True})
+
+    async def end(self, code: Code = Code.OK, details: str = "") -> None:
+        """End the call with ``code``."""
+        await send_status(self._send, code, details, started=self.started)
