@@ -1,0 +1,41 @@
+"""What this build is: the package version, the file formats it reads and writes, the contracts it speaks.
+
+Every tool prints ``version_text`` for ``--version``, so an operator can tell
+which snapshots and which clients a given install works with.
+"""
+
+from __future__ import annotations
+
+import argparse
+from importlib import metadata
+
+from avapdefs.format import delta, snapshot
+
+PACKAGE = "avap-definition-server"
+CONTRACTS = ("avapdefs.v1.DefinitionService", "avap.DefinitionEngine (legacy)")
+
+
+def package_version() -> str:
+    """The installed package's version, or ``unknown`` when it runs from a tree that is not installed."""
+    try:
+        return metadata.version(PACKAGE)
+    except metadata.PackageNotFoundError:
+        return "unknown"
+
+
+def version_text(tool: str) -> str:
+    """The lines ``<tool> --version`` prints.
+
+    Args:
+        tool: the program's name, e.g. ``avap-server``.
+    """
+    return (
+        f"{tool} {package_version()} ({PACKAGE})\n"
+        f"snapshot format {snapshot.FORMAT_VERSION}, delta format {delta.FORMAT_VERSION}\n"
+        f"contracts: {', '.join(CONTRACTS)}"
+    )
+
+
+def add_version_option(parser: argparse.ArgumentParser) -> None:
+    """Give ``parser`` a ``--version`` option that prints ``version_text`` and exits 0."""
+    parser.add_argument("--version", action="version", version=version_text(parser.prog))

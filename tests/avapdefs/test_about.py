@@ -1,0 +1,27 @@
+"""``--version`` text: the installed package's version and the formats this code reads."""
+
+from __future__ import annotations
+
+import argparse
+from importlib import metadata
+
+import pytest
+
+from avapdefs import about
+from avapdefs.format import delta, snapshot
+
+
+def test_version_text_names_the_installed_package_and_the_formats() -> None:
+    text = about.version_text("avap-tool")
+    assert text.splitlines()[0] == f"avap-tool {metadata.version('avap-definition-server')} (avap-definition-server)"
+    assert f"snapshot format {snapshot.FORMAT_VERSION}, delta format {delta.FORMAT_VERSION}" in text
+    assert "avapdefs.v1.DefinitionService" in text
+
+
+def test_version_option_prints_and_exits_zero(capsys: pytest.CaptureFixture[str]) -> None:
+    parser = argparse.ArgumentParser(prog="avap-tool")
+    about.add_version_option(parser)
+    with pytest.raises(SystemExit) as exit_info:
+        parser.parse_args(["--version"])
+    assert exit_info.value.code == 0
+    assert capsys.readouterr().out.startswith("avap-tool ")
