@@ -171,7 +171,7 @@ class DefinitionServer:
         for method, stream in self.service.stream_methods().items():
             routes[f"/{SERVICE_NAME}/{method}"] = _Route(stream=stream, protected=True)
         if codec is not None:
-            for method, unary in LegacyService(self.store, codec.request.FromString).unary_methods().items():
+            for method, unary in LegacyService(self.store, codec).unary_methods().items():
                 routes[f"/{legacy.SERVICE_NAME}/{method}"] = _Route(unary=unary, protected=True)
             if settings.legacy_proto is None:  # reflection knows only the bundled numbering
                 names.append(legacy.SERVICE_NAME)

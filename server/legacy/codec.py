@@ -1,4 +1,14 @@
-"""The legacy message classes: the bundled contract's, or those of a deployment's own ``--legacy-proto``.
+"""Which legacy contract the server speaks and what it puts in each field: the bundled file's, or a deployment's own.
+
+The known versions of the ``avap.DefinitionEngine`` contract declare some of
+the methods ``GetCommand`` and ``SyncCatalog``, name their messages
+differently and give ``code`` different types (docs/legacy.md has the table).
+So nothing here depends on a message's name: each method's declared output
+type decides, and a field is filled only when its name *and* its type are
+known. A ``bytes code`` carries the signed package, a ``string code`` the
+command's source text (a package in a ``string`` would not even decode as
+UTF-8 on the client). Any other field keeps its default value, and the
+start-up log says which fields are filled and which are left empty.
 
 Compiling ``--legacy-proto`` happens at run time, with grpcio-tools' protoc:
 the one deliberate exception to "never compile .proto at run time", because
@@ -8,81 +18,237 @@ dependency rather than a development one.
 
 from __future__ import annotations
 
+import logging
 import tempfile
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from operator import attrgetter
 from pathlib import Path
+from typing import Generic, TypeVar
 
 from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
-from google.protobuf.descriptor import Descriptor, ServiceDescriptor
+from google.protobuf.descriptor import Descriptor, FieldDescriptor, MethodDescriptor, ServiceDescriptor
 from google.protobuf.message import Message
 
 from avap import definition_engine_pb2
+from avapdefs.format.package import is_package
+from avapdefs.format.snapshot import SnapshotInfo
+from avapdefs.v1.definitions_pb2 import Command
 from server.legacy import SERVICE_NAME
 
-_COMMAND_FIELDS = ("name", "type", "interface_json", "code", "avbc_code", "hash")
-_CATALOG_FIELDS = ("commands", "total_count", "version_hash")
+logger = logging.getLogger(__name__)
+
+GET_COMMAND = "GetCommand"
+SYNC_CATALOG = "SyncCatalog"
+KNOWN_METHODS = (GET_COMMAND, SYNC_CATALOG)
+
+T = TypeVar("T")
+
+_F = FieldDescriptor
+_TYPE_NAMES = {getattr(_F, name): name.removeprefix("TYPE_").lower() for name in dir(_F) if name.startswith("TYPE_")}
+_INTEGERS = (_F.TYPE_INT32, _F.TYPE_INT64, _F.TYPE_UINT32, _F.TYPE_UINT64, _F.TYPE_SINT32, _F.TYPE_SINT64,
+             _F.TYPE_FIXED32, _F.TYPE_FIXED64, _F.TYPE_SFIXED32, _F.TYPE_SFIXED64)  # fmt: skip
 
 
 class LegacyProtoError(Exception):
-    """A ``--legacy-proto`` file does not compile or lacks what the contract needs."""
+    """A ``--legacy-proto`` file does not compile, or declares nothing the server can answer."""
+
+
+@dataclass(frozen=True)
+class Rule(Generic[T]):
+    """What one known field carries, and where its value comes from."""
+
+    what: str
+    value: Callable[[T], object]
+
+
+def _avbc_code(command: Command) -> bytes:
+    # The signed package travels as a bytes ``code``; a precompiled form that is not a package as avbc_code.
+    return b"" if is_package(command.bytecode) else command.bytecode
+
+
+def _hex_hash(command: Command) -> str:
+    return command.content_hash.hex()
+
+
+def _version_hash(info: SnapshotInfo) -> str:
+    return info.content_hash.hex()
+
+
+# The fields of a command message the server knows, by (name, type). Anything else keeps its default.
+COMMAND_RULES: Mapping[tuple[str, int], Rule[Command]] = {
+    ("name", _F.TYPE_STRING): Rule("the command name", attrgetter("name")),
+    ("type", _F.TYPE_STRING): Rule("the command type", attrgetter("type")),
+    ("interface_json", _F.TYPE_STRING): Rule("the interface as JSON text", attrgetter("interface_json")),
+    ("code", _F.TYPE_BYTES): Rule("the signed code package", attrgetter("signed_package")),
+    ("code", _F.TYPE_STRING): Rule("the source text as in the table", attrgetter("code")),
+    ("avbc_code", _F.TYPE_BYTES): Rule("precompiled code that is not a package", _avbc_code),
+    ("hash", _F.TYPE_STRING): Rule("hex sha256 of the definition", _hex_hash),
+}
+
+# The scalar fields of a catalog message the server knows, by (name, type); ``commands`` is matched apart.
+CATALOG_RULES: Mapping[tuple[str, int], Rule[SnapshotInfo]] = {
+    ("version_hash", _F.TYPE_STRING): Rule("hex content hash of the version", _version_hash),
+    **{("total_count", kind): Rule("the number of commands", attrgetter("command_count")) for kind in _INTEGERS},
+}
+
+
+def _field_type(field: FieldDescriptor) -> str:
+    message = field.message_type
+    kind = message.full_name if message is not None else _TYPE_NAMES[field.type]
+    return f"repeated {kind}" if field.is_repeated else kind
+
+
+@dataclass(frozen=True)
+class MessagePlan(Generic[T]):
+    """One legacy message type, and what the server puts in each of its fields.
+
+    Attributes:
+        message: the message class (from the bundled module or a private descriptor pool).
+        fills: (field name, rule) for each field the server fills.
+        empty: "name (type)" of each field left at its default value.
+    """
+
+    message: type[Message]
+    fills: tuple[tuple[str, Rule[T]], ...]
+    empty: tuple[str, ...]
+
+    def encode(self, source: T) -> bytes:
+        """The message filled from ``source``, serialized."""
+        values = {name: rule.value(source) for name, rule in self.fills}
+        return self.message(**values).SerializeToString()
+
+    def describe(self, also_filled: Sequence[str] = ()) -> str:
+        """One line for the start-up log: the message's name, the fields filled and those left empty."""
+        filled = [*also_filled, *(f"{name} ({rule.what})" for name, rule in self.fills)]
+        empty = ", ".join(self.empty) or "none"
+        return f"{self.message.DESCRIPTOR.full_name}: fills {', '.join(filled) or 'nothing'}; leaves empty: {empty}"
+
+
+def _plan(message: Descriptor, rules: Mapping[tuple[str, int], Rule[T]], matched: Sequence[str] = ()) -> MessagePlan[T]:
+    fills: list[tuple[str, Rule[T]]] = []
+    empty: list[str] = []
+    for field in message.fields:
+        rule = None if field.is_repeated else rules.get((field.name, field.type))
+        if rule is not None:
+            fills.append((field.name, rule))
+        elif field.name not in matched:
+            empty.append(f"{field.name} ({_field_type(field)})")
+    return MessagePlan(message_factory.GetMessageClass(message), tuple(fills), tuple(empty))
+
+
+@dataclass(frozen=True)
+class CatalogPlan:
+    """SyncCatalog's output message: its scalar fields, and the repeated field that holds every command.
+
+    Attributes:
+        scalars: the plan of the catalog message's own fields (``commands`` apart).
+        commands_number: the field number of ``commands``; 0 when the message has none.
+        command: the plan of the ``commands`` entries' type; None when the message has no ``commands``.
+    """
+
+    scalars: MessagePlan[SnapshotInfo]
+    commands_number: int
+    command: MessagePlan[Command] | None
+
+    def describe(self) -> str:
+        """One line for the start-up log."""
+        if self.command is None:
+            return self.scalars.describe()
+        name = self.command.message.DESCRIPTOR.full_name
+        return self.scalars.describe([f"commands (every command, as {name})"])
+
+
+def _catalog_plan(message: Descriptor, commands: dict[str, MessagePlan[Command]]) -> CatalogPlan:
+    field = message.fields_by_name.get("commands")
+    entry = field.message_type if field is not None and field.type == _F.TYPE_MESSAGE else None
+    if field is None or not field.is_repeated or entry is None or entry.GetOptions().map_entry:
+        return CatalogPlan(_plan(message, CATALOG_RULES), 0, None)
+    return CatalogPlan(_plan(message, CATALOG_RULES, ["commands"]), field.number, _command_plan(entry, commands))
+
+
+def _command_plan(message: Descriptor, plans: dict[str, MessagePlan[Command]]) -> MessagePlan[Command]:
+    # One plan per message type: when SyncCatalog's entries are GetCommand's type, GetCommand answers slice the catalog.
+    if message.full_name not in plans:
+        plans[message.full_name] = _plan(message, COMMAND_RULES)
+    return plans[message.full_name]
 
 
 @dataclass(frozen=True)
 class LegacyCodec:
-    """The legacy message classes the answers are encoded with.
+    """The legacy contract the server answers: the methods it declares and how each answer is filled.
 
     Attributes:
-        request: the GetCommand request message (has a ``name`` field).
-        command: the command message (fields ``_COMMAND_FIELDS``).
-        catalog: the SyncCatalog response message (fields ``_CATALOG_FIELDS``).
-        origin: where the classes came from, for the log.
+        origin: where the contract came from, for the log.
+        request: GetCommand's input message (it has a ``string name``); None when GetCommand is not declared.
+        command: the plan of GetCommand's output message; None when GetCommand is not declared.
+        catalog: the plan of SyncCatalog's output message; None when SyncCatalog is not declared.
+        unknown_methods: other methods the file declares, which the server does not answer.
     """
 
-    request: type[Message]
-    command: type[Message]
-    catalog: type[Message]
     origin: str
+    request: type[Message] | None
+    command: MessagePlan[Command] | None
+    catalog: CatalogPlan | None
+    unknown_methods: tuple[str, ...] = ()
+
+    def describe(self) -> list[str]:
+        """The start-up log lines: what is served, and what each answer's fields carry."""
+        served = [name for name, plan in ((GET_COMMAND, self.command), (SYNC_CATALOG, self.catalog)) if plan]
+        unanswered = [name for name in KNOWN_METHODS if name not in served] + list(self.unknown_methods)
+        lines = [f"legacy {SERVICE_NAME} from {self.origin}: serves {', '.join(served)}"
+                 + (f"; {', '.join(unanswered)} answer UNIMPLEMENTED" if unanswered else "")]  # fmt: skip
+        if self.command is not None:
+            lines.append(f"legacy {GET_COMMAND} answers {self.command.describe()}")
+        if self.catalog is not None:
+            lines.append(f"legacy {SYNC_CATALOG} answers {self.catalog.describe()}")
+        return lines
 
 
-def _classes(service: ServiceDescriptor, origin: str) -> LegacyCodec:
+def _unary(method: MethodDescriptor, origin: str) -> MethodDescriptor:
+    if method.client_streaming or method.server_streaming:
+        raise LegacyProtoError(f"{origin}: {method.full_name} is declared as a stream; the server answers it unary")
+    return method
+
+
+def _codec(service: ServiceDescriptor, origin: str) -> LegacyCodec:
     methods = {method.name: method for method in service.methods}
-    if "GetCommand" not in methods or "SyncCatalog" not in methods:
-        raise LegacyProtoError(f"{origin}: service {service.full_name} lacks GetCommand or SyncCatalog")
-    command = methods["GetCommand"].output_type
-    catalog = methods["SyncCatalog"].output_type
-    request = methods["GetCommand"].input_type
-    _require_fields(request, ("name",), origin)
-    _require_fields(command, _COMMAND_FIELDS, origin)
-    _require_fields(catalog, _CATALOG_FIELDS, origin)
-    return LegacyCodec(
-        request=message_factory.GetMessageClass(request),
-        command=message_factory.GetMessageClass(command),
-        catalog=message_factory.GetMessageClass(catalog),
-        origin=origin,
-    )
-
-
-def _require_fields(message: Descriptor, names: tuple[str, ...], origin: str) -> None:
-    missing = [name for name in names if name not in message.fields_by_name]
-    if missing:
-        raise LegacyProtoError(f"{origin}: message {message.full_name} lacks field(s) {', '.join(missing)}")
+    if not any(name in methods for name in KNOWN_METHODS):
+        raise LegacyProtoError(f"{origin}: service {service.full_name} declares neither GetCommand nor SyncCatalog")
+    plans: dict[str, MessagePlan[Command]] = {}
+    request = command = catalog = None
+    if GET_COMMAND in methods:
+        get = _unary(methods[GET_COMMAND], origin)
+        name = get.input_type.fields_by_name.get("name")
+        if name is None or name.type != _F.TYPE_STRING or name.is_repeated:
+            raise LegacyProtoError(f"{origin}: message {get.input_type.full_name} lacks a field 'string name'")
+        request = message_factory.GetMessageClass(get.input_type)
+        command = _command_plan(get.output_type, plans)
+    if SYNC_CATALOG in methods:
+        catalog = _catalog_plan(_unary(methods[SYNC_CATALOG], origin).output_type, plans)
+    unknown = tuple(name for name in methods if name not in KNOWN_METHODS)
+    codec = LegacyCodec(origin, request, command, catalog, unknown)
+    for line in codec.describe():
+        logger.info("%s", line)
+    return codec
 
 
 def bundled_codec() -> LegacyCodec:
     """The codec of the bundled ``avap/definition_engine.proto``."""
     service = definition_engine_pb2.DESCRIPTOR.services_by_name["DefinitionEngine"]
-    return _classes(service, "bundled avap/definition_engine.proto")
+    return _codec(service, "bundled avap/definition_engine.proto")
 
 
 def load_codec(proto_path: Path) -> LegacyCodec:
-    """Compile a deployment's own legacy ``.proto`` and take its message classes.
+    """Compile a deployment's own legacy ``.proto`` and take its service and message classes.
 
     The file is compiled into a private descriptor pool (its package ``avap``
     would clash with the bundled contract in the default pool).
 
     Raises:
-        LegacyProtoError: the file does not compile, or has no
-            ``avap.DefinitionEngine`` service with the contract's fields.
+        LegacyProtoError: the file does not compile, has no ``avap.DefinitionEngine``
+            service, declares neither known method, declares one as a stream, or its
+            GetCommand request has no ``string name``.
     """
     from grpc_tools import protoc  # only needed for this option
 
@@ -108,4 +274,4 @@ def load_codec(proto_path: Path) -> LegacyCodec:
         service = pool.FindServiceByName(SERVICE_NAME)
     except KeyError as exc:
         raise LegacyProtoError(f"{proto_path}: no service {SERVICE_NAME}") from exc
-    return _classes(service, str(proto_path))
+    return _codec(service, str(proto_path))
