@@ -196,8 +196,8 @@ class LegacyCodec:
         """The start-up log lines: what is served, and what each answer's fields carry."""
         served = [name for name, plan in ((GET_COMMAND, self.command), (SYNC_CATALOG, self.catalog)) if plan]
         unanswered = [name for name in KNOWN_METHODS if name not in served] + list(self.unknown_methods)
-        lines = [f"legacy {SERVICE_NAME} from {self.origin}: serves {', '.join(served)}"
-                 + (f"; {', '.join(unanswered)} answer UNIMPLEMENTED" if unanswered else "")]  # fmt: skip
+        head = f"legacy {SERVICE_NAME} from {self.origin}: serves {', '.join(served)}"
+        lines = [f"{head}; UNIMPLEMENTED for {', '.join(unanswered)}" if unanswered else head]
         if self.command is not None:
             lines.append(f"legacy {GET_COMMAND} answers {self.command.describe()}")
         if self.catalog is not None:

@@ -253,7 +253,7 @@ def test_start_up_log_says_what_each_field_carries(exported: Exported) -> None:
     with running_server(exported.folder, legacy_proto=OLDER_PROTO) as server:
         served = _log_line(server, "legacy avap.DefinitionEngine from")
         answers = _log_line(server, "legacy GetCommand answers")
-    assert served.endswith(f"from {OLDER_PROTO}: serves GetCommand; SyncCatalog answer UNIMPLEMENTED")
+    assert served.endswith(f"from {OLDER_PROTO}: serves GetCommand; UNIMPLEMENTED for SyncCatalog")
     assert answers.endswith(
         "legacy GetCommand answers avap.CommandDefinition: fills name (the command name), "
         "code (the source text as in the table), hash (hex sha256 of the definition); leaves empty: none"
@@ -277,7 +277,7 @@ def test_message_names_do_not_matter_and_unknown_fields_keep_their_defaults(expo
     assert sorted(command["name"] for command in commands) == sorted(exported.sources)
     assert next(command for command in commands if command["name"] == "if")["code"] == get["message"]["code"]
     assert listing == {"status": "UNIMPLEMENTED", "details": "unknown method /avap.DefinitionEngine/ListCommands"}
-    assert served.endswith("serves GetCommand, SyncCatalog; ListCommands answer UNIMPLEMENTED")
+    assert served.endswith("serves GetCommand, SyncCatalog; UNIMPLEMENTED for ListCommands")
     assert get_fields.endswith(
         "avap.Definition: fills code (the signed code package), name (the command name); "
         "leaves empty: updated_at (int64), hash (bytes), notes (string)"
