@@ -132,6 +132,9 @@ def _plan(message: Descriptor, rules: Mapping[tuple[str, int], Rule[T]], matched
         rule = None if field.is_repeated else rules.get((field.name, field.type))
         if rule is not None:
             fills.append((field.name, rule))
+        elif field.is_required:  # proto2: the answer could not even be serialized without it
+            problem = f"requires field {field.name} ({_field_type(field)}), which the server cannot fill"
+            raise LegacyProtoError(f"message {message.full_name} {problem}")
         elif field.name not in matched:
             empty.append(f"{field.name} ({_field_type(field)})")
     return MessagePlan(message_factory.GetMessageClass(message), tuple(fills), tuple(empty))
@@ -205,29 +208,36 @@ class LegacyCodec:
         return lines
 
 
-def _unary(method: MethodDescriptor, origin: str) -> MethodDescriptor:
+def _unary(method: MethodDescriptor) -> MethodDescriptor:
     if method.client_streaming or method.server_streaming:
-        raise LegacyProtoError(f"{origin}: {method.full_name} is declared as a stream; the server answers it unary")
+        raise LegacyProtoError(f"{method.full_name} is declared as a stream; the server answers it unary")
     return method
 
 
-def _codec(service: ServiceDescriptor, origin: str) -> LegacyCodec:
+def _read_service(service: ServiceDescriptor, origin: str) -> LegacyCodec:
     methods = {method.name: method for method in service.methods}
     if not any(name in methods for name in KNOWN_METHODS):
-        raise LegacyProtoError(f"{origin}: service {service.full_name} declares neither GetCommand nor SyncCatalog")
+        raise LegacyProtoError(f"service {service.full_name} declares neither GetCommand nor SyncCatalog")
     plans: dict[str, MessagePlan[Command]] = {}
     request = command = catalog = None
     if GET_COMMAND in methods:
-        get = _unary(methods[GET_COMMAND], origin)
+        get = _unary(methods[GET_COMMAND])
         name = get.input_type.fields_by_name.get("name")
         if name is None or name.type != _F.TYPE_STRING or name.is_repeated:
-            raise LegacyProtoError(f"{origin}: message {get.input_type.full_name} lacks a field 'string name'")
+            raise LegacyProtoError(f"message {get.input_type.full_name} lacks a field 'string name'")
         request = message_factory.GetMessageClass(get.input_type)
         command = _command_plan(get.output_type, plans)
     if SYNC_CATALOG in methods:
-        catalog = _catalog_plan(_unary(methods[SYNC_CATALOG], origin).output_type, plans)
+        catalog = _catalog_plan(_unary(methods[SYNC_CATALOG]).output_type, plans)
     unknown = tuple(name for name in methods if name not in KNOWN_METHODS)
-    codec = LegacyCodec(origin, request, command, catalog, unknown)
+    return LegacyCodec(origin, request, command, catalog, unknown)
+
+
+def _codec(service: ServiceDescriptor, origin: str) -> LegacyCodec:
+    try:
+        codec = _read_service(service, origin)
+    except LegacyProtoError as exc:
+        raise LegacyProtoError(f"{origin}: {exc}") from None
     for line in codec.describe():
         logger.info("%s", line)
     return codec
@@ -247,8 +257,9 @@ def load_codec(proto_path: Path) -> LegacyCodec:
 
     Raises:
         LegacyProtoError: the file does not compile, has no ``avap.DefinitionEngine``
-            service, declares neither known method, declares one as a stream, or its
-            GetCommand request has no ``string name``.
+            service, declares neither known method, declares one as a stream, its
+            GetCommand request has no ``string name``, or an answer has a proto2
+            ``required`` field the server cannot fill.
     """
     from grpc_tools import protoc  # only needed for this option
 

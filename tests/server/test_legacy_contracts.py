@@ -309,14 +309,18 @@ def test_a_contract_with_sync_catalog_only(exported: Exported, tmp_path: Path) -
          "avap.DefinitionEngine.GetCommand is declared as a stream; the server answers it unary"),
         ("service DefinitionEngine { rpc GetCommand (R) returns (R); } message R { bytes name = 1; }",
          "message avap.R lacks a field 'string name'"),
+        ("service DefinitionEngine { rpc GetCommand (R) returns (D); } message R { optional string name = 1; }"
+         " message D { optional string name = 1; required int64 version = 2; }",
+         "message avap.D requires field version (int64), which the server cannot fill"),
     ],
-    ids=["neither-method", "a-stream", "no-string-name"],
+    ids=["neither-method", "a-stream", "no-string-name", "a-required-field"],
 )  # fmt: skip
 def test_a_contract_the_server_cannot_answer_exits_2_naming_why(
     exported: Exported, tmp_path: Path, caplog: pytest.LogCaptureFixture, proto_text: str, problem: str
 ) -> None:
     proto = tmp_path / "engine.proto"
-    proto.write_text(f'syntax = "proto3";\npackage avap;\n{proto_text}\n')
+    syntax = "proto2" if "required" in proto_text else "proto3"
+    proto.write_text(f'syntax = "{syntax}";\npackage avap;\n{proto_text}\n')
     argv = ["--snapshots", str(exported.folder), "--port", "0", "--legacy-proto", str(proto)]
     assert cli.main(argv) == 2
     errors = [record.getMessage() for record in caplog.records if record.levelno >= logging.ERROR]
