@@ -31,7 +31,9 @@ import datetime
 import hashlib
 import json
 import logging
+import random
 import re
+import threading
 import time
 import urllib.parse
 from collections.abc import Mapping
@@ -558,3 +560,88 @@ def _same(old: Announcement, new: Announcement) -> bool:
 def _first_line(exc: BaseException) -> str:
     text = str(exc).strip().splitlines()
     return text[0] if text else type(exc).__name__
+
+
+@dataclass
+class FollowState:
+    """How a ``Follower`` is doing, for logs, health and metrics.
+
+    Attributes:
+        reachable: the last poll reached the store (None before the first poll).
+        version: the announced version last seen (0 before any).
+        last_success_unix: wall-clock time of the last poll that reached the store (0.0 before any).
+        last_error: what the last failed poll said ("" after a success).
+    """
+
+    reachable: bool | None = None
+    version: int = 0
+    last_success_unix: float = 0.0
+    last_error: str = ""
+
+
+class Follower:
+    """Keeps a local folder at a store's announced version, polling its announcement.
+
+    Each poll is one conditional GET (nothing is downloaded while the
+    announcement is unchanged). While the store is unreachable the folder
+    keeps what it has, and that is said once, when it starts and when it ends,
+    not at every poll.
+
+    Args:
+        remote: the store.
+        folder: the local snapshot folder.
+        poll_s: the time between polls, on average.
+        jitter: each wait is ``poll_s`` times a random factor in 1 ± ``jitter``, so a fleet spreads out.
+        keep: how many versions the folder keeps.
+    """
+
+    def __init__(self, remote: Remote, folder: Path, *, poll_s: float = 5.0, jitter: float = 0.2, keep: int = 2):
+        self.remote = remote
+        self.folder = folder
+        self.poll_s = poll_s
+        self.jitter = jitter
+        self.keep = keep
+        self.state = FollowState()
+        self._etag: str | None = None
+        self._random = random.Random()
+
+    def poll(self) -> PullResult | None:
+        """Pull once; None when the poll failed (the reason is in ``state.last_error`` and the log)."""
+        try:
+            result = self.remote.pull(self.folder, etag=self._etag, keep=self.keep)
+        except (RemoteError, SnapshotError, OSError) as exc:
+            self._failed(exc)
+            return None
+        if self.state.reachable is False:
+            logger.info("reached %s again", self.remote.url)
+        self._etag = result.etag
+        self.state.reachable = True
+        self.state.last_success_unix = time.time()
+        self.state.last_error = ""
+        if result.announcement is not None:
+            self.state.version = result.announcement.version
+        return result
+
+    def _failed(self, exc: Exception) -> None:
+        reason = str(exc)
+        if isinstance(exc, StoreUnavailableError):
+            if self.state.reachable is not False:
+                logger.warning(
+                    "cannot reach the store (%s); the folder keeps what it has; retrying every %.0f s",
+                    reason,
+                    self.poll_s,
+                )
+        elif reason != self.state.last_error:
+            logger.warning("%s; the folder keeps what it has", reason)
+        self.state.reachable = not isinstance(exc, StoreUnavailableError)
+        self.state.last_error = reason
+
+    def next_wait_s(self) -> float:
+        """The time until the next poll."""
+        return self.poll_s * self._random.uniform(1 - self.jitter, 1 + self.jitter)
+
+    def run(self, stop: threading.Event) -> None:
+        """Poll until ``stop`` is set (the first poll at once)."""
+        while not stop.is_set():
+            self.poll()
+            stop.wait(self.next_wait_s())

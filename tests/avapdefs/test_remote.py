@@ -15,6 +15,7 @@ from avapdefs.format.delta import encode_delta, make_delta_files
 from avapdefs.remote import (
     ANNOUNCEMENT_KEY,
     Announcement,
+    Follower,
     NoAnnouncementError,
     Remote,
     RemoteError,
@@ -221,3 +222,41 @@ def test_an_unreachable_store_is_reported_within_the_timeout(
     with pytest.raises(StoreUnavailableError, match="nowhere"):
         remote.pull(tmp_path / "cache")
     assert time.monotonic() - started < 10
+
+
+def test_a_follower_installs_each_new_version_and_polls_cheaply(s3_url: str, tmp_path: Path) -> None:
+    origin, folder = tmp_path / "origin", tmp_path / "folder"
+    publisher = _remote(s3_url)
+    follower = Follower(_remote(s3_url), folder, poll_s=0.1)
+    with pytest.raises(NoAnnouncementError):
+        publisher.read_announcement()
+    assert follower.poll() is None and follower.state.reachable is True
+    _export(origin, 1, _commands(40))
+    publisher.publish(origin)
+    first = follower.poll()
+    assert first is not None and first.installed == folder / snapshot_name(1)
+    _export(origin, 2, _commands(40, changed=2), delta_from=1)
+    publisher.publish(origin)
+    second = follower.poll()
+    assert second is not None and second.delta and follower.state.version == 2
+    unchanged = follower.poll()
+    assert unchanged is not None and unchanged.announcement is None
+    assert [version for version, _ in list_snapshots(folder)] == [1, 2]
+
+
+def test_a_follower_says_once_that_the_store_is_unreachable(
+    seaweed: SeaweedS3, monkeypatch: pytest.MonkeyPatch, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    for name, value in seaweed.env().items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:9")
+    folder = tmp_path / "folder"
+    kept = _export(folder, 1, _commands(3))
+    remote = Remote("s3://nowhere/catalog", allow_http=True, timeout_s=2, connect_timeout_s=1, retries=0)
+    follower = Follower(remote, folder, poll_s=0.1)
+    with caplog.at_level("WARNING", logger="avapdefs.remote"):
+        assert [follower.poll() for _ in range(3)] == [None, None, None]
+    assert len(caplog.records) == 1  # said once, not at every poll
+    assert "cannot reach the store" in caplog.records[0].getMessage()
+    assert follower.state.reachable is False and "nowhere" in follower.state.last_error
+    assert list_snapshots(folder) == [(1, kept)]
