@@ -24,7 +24,7 @@ from pathlib import Path
 from avapdefs.errors import LockedError, OptionError, SnapshotError
 from avapdefs.options import Option, add_options, parse_bool, parse_log_level, resolve
 from exporter import inspection
-from exporter.config import ExportConfig
+from exporter.config import DEFAULT_FILE_MODE, ExportConfig
 from exporter.errors import (
     BadDataError,
     ConfigError,
@@ -73,6 +73,13 @@ def _key_file(text: str) -> bytes:
         raise ValueError(f"cannot read the signing key file: {exc.strerror or exc}") from exc
 
 
+def _file_mode(text: str) -> int:
+    try:
+        return int(text, 8)
+    except ValueError:
+        raise ValueError(f"not an octal file mode: {text!r} (e.g. 0644)") from None
+
+
 _EXPORT_OPTIONS = (
     Option("--snapshots", "AVAP_SNAPSHOTS", "snapshots", Path, "snapshot folder to publish into"),
     Option("--dsn", "AVAP_PG_DSN", "dsn", str, "libpq connection string; unset: libpq's PG* variables"),
@@ -92,6 +99,13 @@ _EXPORT_OPTIONS = (
         "statement_timeout_s",
         int,
         "longest wait for one statement (lock waits included) or an idle transaction",
+    ),
+    Option(
+        "--keepalive-s",
+        "AVAP_EXPORT_KEEPALIVE_S",
+        "keepalive_s",
+        int,
+        "give the connection up after about this long without a sign of life from the database host (TCP)",
     ),
     Option("--created-at-ms", "AVAP_EXPORT_CREATED_AT_MS", "created_at_unix_ms", int, "fixed creation time"),
     Option(
@@ -116,6 +130,13 @@ _EXPORT_OPTIONS = (
         float,
         "keep a delta only when smaller than this percentage of the new file",
     ),
+    Option(
+        "--file-mode",
+        "AVAP_EXPORT_FILE_MODE",
+        "file_mode",
+        _file_mode,
+        "permissions (octal) of the snapshots, deltas and state file it writes, whatever the umask",
+    ),
 )
 # Not an ExportConfig field: it decides `progress`, with whether stderr is a terminal.
 _NO_PROGRESS = Option(
@@ -127,6 +148,7 @@ _NO_PROGRESS = Option(
     switch=True,
 )
 _DEFAULTS = {field.name: field.default for field in dataclasses.fields(ExportConfig)}
+_SHOWN_DEFAULTS = {**_DEFAULTS, "file_mode": f"{DEFAULT_FILE_MODE:04o}"}
 
 
 _LOG_LEVEL = Option(
@@ -146,7 +168,7 @@ def _export_parser() -> argparse.ArgumentParser:
         epilog="Exit codes: 0 ok or unchanged, 2 usage, 3 database, 4 missing table/column, 5 bad rows, "
         "6 refused by a guard, 7 locked by another exporter, 8 snapshot folder, 1 unexpected.",
     )
-    add_options(parser, (*_EXPORT_OPTIONS, _NO_PROGRESS), _DEFAULTS)
+    add_options(parser, (*_EXPORT_OPTIONS, _NO_PROGRESS), _SHOWN_DEFAULTS)
     _add_logging(parser)
     return parser
 

@@ -11,6 +11,7 @@ from exporter.errors import ConfigError
 
 DEFAULT_TABLE = "obex_dapl_functions"
 DEFAULT_BYTECODE_TABLE = "avap_bytecode"
+DEFAULT_FILE_MODE = 0o644  # readable by a server running as another user; written by the exporter alone
 
 
 @dataclass(frozen=True)
@@ -31,6 +32,9 @@ class ExportConfig:
         statement_timeout_s: the longest the database may take over one statement (a lock wait
             included), or leave the export's transaction idle; past it the export fails (exit 3)
             and releases the folder's lock, instead of hanging on a frozen backend.
+        keepalive_s: give the connection up after about this long without a sign of life from the
+            database host's kernel (TCP keepalive probes, and TCP_USER_TIMEOUT for data sent). A
+            frozen backend on a live host answers those probes: ``statement_timeout_s`` ends that.
         created_at_unix_ms: creation time recorded in the header; now when None
             (fix it to make a snapshot reproducible byte for byte).
         signing_key: HMAC key for the legacy signed code packages; none built when None.
@@ -40,6 +44,8 @@ class ExportConfig:
         max_problems: bad-row problems listed in one error.
         deltas: after publishing, write a delta from each of this many earlier versions; 0 for none.
         delta_max_percent: keep a delta only when smaller than this percentage of the new file.
+        file_mode: the permissions of every file published into the folder (snapshots, deltas,
+            ``.export-state``), set before the rename whatever the umask.
     """
 
     snapshots: Path = Path("snapshots")
@@ -54,6 +60,7 @@ class ExportConfig:
     connect_timeout_s: int = 10
     # The sort of 1,000,000 rows of 2 KB took 17 s here (bench/bench_export.py); 600 s leaves room.
     statement_timeout_s: int = 600
+    keepalive_s: int = 60  # probes after 30 s of silence, 3 of them 10 s apart
     created_at_unix_ms: int | None = None
     signing_key: bytes | None = field(default=None, repr=False)  # never in logs
     progress: bool = False
@@ -61,6 +68,7 @@ class ExportConfig:
     max_problems: int = 20
     deltas: int = 3
     delta_max_percent: float = 50.0  # a delta nearer the full file's size saves a syncing client too little
+    file_mode: int = DEFAULT_FILE_MODE
 
     def __post_init__(self) -> None:
         if self.keep < 1:
@@ -69,9 +77,9 @@ class ExportConfig:
             raise ConfigError(f"max drop percent must be between 0 and 100, not {self.max_drop_percent}")
         if not 1 <= self.level <= zstandard.MAX_COMPRESSION_LEVEL:
             raise ConfigError(f"zstd level must be between 1 and {zstandard.MAX_COMPRESSION_LEVEL}, not {self.level}")
-        for what, seconds in (("connect", self.connect_timeout_s), ("statement", self.statement_timeout_s)):
-            if seconds < 1:
-                raise ConfigError(f"{what} timeout must be at least 1 second, not {seconds}")
+        self._check_connection()
+        if not 0 <= self.file_mode <= 0o777 or not self.file_mode & 0o400:
+            raise ConfigError(f"file mode must be 0400 to 0777 and readable by its owner, not {self.file_mode:04o}")
         if not self.table:
             raise ConfigError("the table name is empty")
         if self.created_at_unix_ms is not None and self.created_at_unix_ms < 0:
@@ -79,6 +87,13 @@ class ExportConfig:
         if self.signing_key is not None and not self.signing_key:
             raise ConfigError("the signing key is empty")
         self._check_deltas()
+
+    def _check_connection(self) -> None:
+        for what, seconds in (("connect", self.connect_timeout_s), ("statement", self.statement_timeout_s)):
+            if seconds < 1:
+                raise ConfigError(f"{what} timeout must be at least 1 second, not {seconds}")
+        if self.keepalive_s < 2:
+            raise ConfigError(f"keepalive must be at least 2 seconds, not {self.keepalive_s}")
 
     def _check_deltas(self) -> None:
         if self.deltas < 0:

@@ -1,4 +1,4 @@
-"""One export run: lock, read the tables, write the snapshot, guard, publish, prune, write deltas."""
+"""One export run: lock, read the tables, write the snapshot, guard, publish, prune, write the missing deltas."""
 
 from __future__ import annotations
 
@@ -14,7 +14,6 @@ import psycopg
 from avapdefs.errors import CatalogOrderError, SnapshotError
 from avapdefs.folder import (
     Newest,
-    atomic_file,
     folder_lock,
     prune,
     read_newest_header,
@@ -29,6 +28,7 @@ from exporter.build import iter_sealed
 from exporter.config import ExportConfig
 from exporter.deltas import write_deltas
 from exporter.errors import PublishError, SourceError
+from exporter.files import published_file
 from exporter.guards import check_guards
 from exporter.source import Source, connect, open_source
 
@@ -47,7 +47,8 @@ class ExportResult:
         path: that snapshot's file.
         seconds: the run's wall time.
         pruned: snapshots deleted by retention, and the deltas that went with them.
-        deltas: delta files written to the new version.
+        deltas: delta files written to the newest version (by an unchanged run: the ones a run
+            killed after its rename did not write).
     """
 
     published: bool
@@ -61,7 +62,10 @@ class ExportResult:
         """The one line a run prints on success."""
         info = self.info
         if not self.published:
-            return f"unchanged at version {info.version}: {info.command_count} commands, {self.seconds:.2f} s"
+            backfilled = f", {len(self.deltas)} missing deltas written" if self.deltas else ""
+            return (
+                f"unchanged at version {info.version}: {info.command_count} commands{backfilled}, {self.seconds:.2f} s"
+            )
         ratio = info.uncompressed_size / info.compressed_size if info.compressed_size else 0.0
         return (
             f"published version {info.version} ({self.path.name}): {info.command_count} commands, "
@@ -103,52 +107,103 @@ def _export_locked(config: ExportConfig, progress: TextIO | None, started: float
     for path in remove_temp_files(folder):
         logger.info("removed %s, left by an exporter that died", path.name)
     newest = read_newest_header(folder)
-    path = folder / snapshot_name(newest.version + 1)
+    recorded = unchanged.read_state(folder)
     with connect(
-        config.dsn, connect_timeout_s=config.connect_timeout_s, statement_timeout_s=config.statement_timeout_s
+        config.dsn,
+        connect_timeout_s=config.connect_timeout_s,
+        statement_timeout_s=config.statement_timeout_s,
+        keepalive_s=config.keepalive_s,
     ) as conn:
-        state = unchanged.read_state(folder)
-        with _source(conn, config) as src:
-            counters = src.write_counters()
-            if unchanged.worth_checking(state, newest, counters):
-                assert state is not None
-                if unchanged.is_unchanged(src, folder, state, config.signing_key):
-                    return _unchanged_result(folder, newest, config, started)
-        with _source(conn, config) as src:
-            counters = src.write_counters()  # before the rows: a write after them shows next time
-            try:
-                info = _publish(path, src, config, newest, progress)
-            except _Unchanged as same:
-                unchanged.write_state(folder, replace(same.state, write_counters=counters))
-                return _unchanged_result(folder, newest, config, started)
-            digest = unchanged.source_digest(src, src.digest, config.signing_key)
-    unchanged.write_state(folder, unchanged.ExportState(info.version, info.content_hash, digest, counters))
-    logger.info("published %s: %s commands", path.name, info.command_count)
-    # Retention first, so no delta is made from a version about to be deleted.
-    pruned = prune(folder, config.keep)
-    deltas = write_deltas(folder, path, count=config.deltas, max_percent=config.delta_max_percent)
-    return ExportResult(True, info, path, time.monotonic() - started, tuple(pruned), tuple(deltas))
+        info, state = _read(conn, config, newest, recorded, progress)
+    # Nothing below waits on the database. The state is recorded before the deltas are made,
+    # so a run killed while making them still finds the table unchanged cheaply.
+    if state != recorded:
+        unchanged.write_state(folder, state, mode=config.file_mode)
+    pruned = prune(folder, config.keep)  # retention first, so no delta is made from a version about to go
+    path = folder / snapshot_name(state.version)
+    deltas = _settle_deltas(folder, path, state, config)
+    if info is None:
+        assert newest.info is not None
+        return ExportResult(False, newest.info, path, time.monotonic() - started, tuple(pruned), deltas)
+    return ExportResult(True, info, path, time.monotonic() - started, tuple(pruned), deltas)
+
+
+def _read(
+    conn: psycopg.Connection[tuple[object, ...]],
+    config: ExportConfig,
+    newest: Newest,
+    recorded: unchanged.ExportState | None,
+    progress: TextIO | None,
+) -> tuple[SnapshotInfo | None, unchanged.ExportState]:
+    """Publish the tables as the next version, or find them unchanged.
+
+    Returns:
+        The new snapshot's header (None when unchanged), and the state to record.
+    """
+    folder = config.snapshots
+    with _source(conn, config) as src:
+        counters = src.write_counters()
+        if unchanged.worth_checking(recorded, newest, counters):
+            assert recorded is not None
+            if unchanged.is_unchanged(src, folder, recorded, config.signing_key):
+                return None, recorded
+    try:
+        info, digest, counters = _publish(conn, folder / snapshot_name(newest.version + 1), config, newest, progress)
+    except _Unchanged as same:
+        # The bases declined for that version stay declined: the long way found the same snapshot.
+        kept = recorded.declined_deltas if recorded is not None and recorded.version == same.state.version else ()
+        return None, replace(same.state, declined_deltas=kept)
+    logger.info("published %s: %s commands", snapshot_name(info.version), info.command_count)
+    return info, unchanged.ExportState(info.version, info.content_hash, digest, counters)
 
 
 def _source(conn: psycopg.Connection[tuple[object, ...]], config: ExportConfig) -> AbstractContextManager[Source]:
-    return open_source(conn, table=config.table, bytecode_table=config.bytecode_table)
+    return open_source(
+        conn, table=config.table, bytecode_table=config.bytecode_table, statement_timeout_s=config.statement_timeout_s
+    )
 
 
-def _unchanged_result(folder: Path, newest: Newest, config: ExportConfig, started: float) -> ExportResult:
-    assert newest.info is not None
-    pruned = prune(folder, config.keep)
-    path = folder / snapshot_name(newest.info.version)
-    return ExportResult(False, newest.info, path, time.monotonic() - started, tuple(pruned))
+def _settle_deltas(folder: Path, target: Path, state: unchanged.ExportState, config: ExportConfig) -> tuple[Path, ...]:
+    # Every run, unchanged ones too, writes the newest version's missing deltas (a run killed
+    # after its rename left them unwritten); the bases declined are recorded, never retried.
+    outcome = write_deltas(
+        folder,
+        target,
+        count=config.deltas,
+        max_percent=config.delta_max_percent,
+        declined=state.declined_deltas,
+        mode=config.file_mode,
+    )
+    if outcome.declined != state.declined_deltas:
+        unchanged.write_state(folder, replace(state, declined_deltas=outcome.declined), mode=config.file_mode)
+    return outcome.written
 
 
-def _publish(path: Path, source: Source, config: ExportConfig, newest: Newest, progress: TextIO | None) -> SnapshotInfo:
-    # Every check happens inside atomic_file, so any refusal removes the temp
-    # file and the folder is as it was.
-    with atomic_file(path) as file:
-        info = _write(file, source, config, newest.version + 1, progress)
-        if newest.info is not None and info.content_hash == newest.info.content_hash and _intact(path.parent, newest):
+def _publish(
+    conn: psycopg.Connection[tuple[object, ...]],
+    path: Path,
+    config: ExportConfig,
+    newest: Newest,
+    progress: TextIO | None,
+) -> tuple[SnapshotInfo, bytes, tuple[int, ...]]:
+    """Write the tables into a temp file and publish it as ``path`` once the read transaction has ended.
+
+    Returns:
+        The new header, the source digest of the rows and the tables' write counters.
+
+    Raises:
+        _Unchanged: the catalog is the newest snapshot's (nothing published).
+    """
+    # Every check happens inside the file's block, so any refusal removes the temp file and the
+    # folder is as it was; the transaction ends before the rename, so a database that fails at
+    # the commit has not had its read published.
+    with published_file(path, config.file_mode) as file:
+        with _source(conn, config) as source:
+            counters = source.write_counters()  # before the rows: a write after them shows next time
+            info = _write(file, source, config, newest.version + 1, progress)
             digest = unchanged.source_digest(source, source.digest, config.signing_key)
-            raise _Unchanged(unchanged.ExportState(newest.info.version, info.content_hash, digest))
+        if newest.info is not None and info.content_hash == newest.info.content_hash and _intact(path.parent, newest):
+            raise _Unchanged(unchanged.ExportState(newest.info.version, info.content_hash, digest, counters))
         check_guards(
             info,
             newest.info,
@@ -156,7 +211,7 @@ def _publish(path: Path, source: Source, config: ExportConfig, newest: Newest, p
             force=config.force,
             max_drop_percent=config.max_drop_percent,
         )
-    return info
+    return info, digest, counters
 
 
 def _intact(folder: Path, newest: Newest) -> bool:

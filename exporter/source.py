@@ -28,6 +28,7 @@ import psycopg
 from psycopg import sql
 
 from exporter.errors import ConnectError, SchemaError, SourceError
+from exporter.watchdog import GRACE_S, Watchdog
 
 logger = logging.getLogger(__name__)
 
@@ -57,6 +58,7 @@ _I16 = struct.Struct(">h").unpack_from
 _I32 = struct.Struct(">i").unpack_from
 _FIELD_RANGE = range(_FIELD_COUNT)
 _from_bytes = int.from_bytes
+_KEEPALIVE_PROBES = 3
 _new_row = tuple.__new__  # SourceRow(*fields) without the keyword machinery: about 0.5 us a row less
 
 
@@ -94,19 +96,23 @@ def _first_line(exc: BaseException) -> str:
 
 @contextlib.contextmanager
 def connect(
-    dsn: str, *, connect_timeout_s: int, statement_timeout_s: int = 600
+    dsn: str, *, connect_timeout_s: int, statement_timeout_s: int = 600, keepalive_s: int = 60
 ) -> Iterator[psycopg.Connection[tuple[object, ...]]]:
     """Open a connection for the export (libpq's PG* variables fill what ``dsn`` leaves out).
 
     No step waits without bound: a statement (or a lock wait) longer than
     ``statement_timeout_s`` is cancelled by the server, a transaction left
-    idle that long is ended, and TCP keepalives notice a peer that vanished.
-    Text is always sent as UTF-8, whatever the environment asks for.
+    idle that long is ended (and ``open_source``'s watchdog ends the waits a
+    frozen server cannot). Over TCP, a host silent for about ``keepalive_s``
+    is given up: keepalive probes start after half of it, three of them a
+    sixth apart, and data unacknowledged that long (TCP_USER_TIMEOUT) ends
+    the connection too. Text is always sent as UTF-8, whatever the environment asks for.
 
     Raises:
         ConnectError: the database cannot be reached or refuses the connection.
     """
     timeout_ms = statement_timeout_s * 1000
+    idle_s = max(keepalive_s // 2, 1)
     try:
         conn = psycopg.connect(
             dsn,
@@ -115,9 +121,10 @@ def connect(
             client_encoding="UTF8",
             options=f"-c statement_timeout={timeout_ms} -c idle_in_transaction_session_timeout={timeout_ms}",
             keepalives=1,
-            keepalives_idle=30,
-            keepalives_interval=10,
-            keepalives_count=3,
+            keepalives_idle=idle_s,
+            keepalives_interval=max((keepalive_s - idle_s) // _KEEPALIVE_PROBES, 1),
+            keepalives_count=_KEEPALIVE_PROBES,
+            tcp_user_timeout=keepalive_s * 1000,
         )
     except psycopg.Error as exc:
         raise ConnectError(f"cannot connect to PostgreSQL: {_first_line(exc)}") from exc
@@ -126,36 +133,56 @@ def connect(
 
 
 @contextlib.contextmanager
-def open_source(conn: psycopg.Connection[tuple[object, ...]], *, table: str, bytecode_table: str) -> Iterator[Source]:
+def open_source(
+    conn: psycopg.Connection[tuple[object, ...]],
+    *,
+    table: str,
+    bytecode_table: str,
+    statement_timeout_s: int | None = None,
+) -> Iterator[Source]:
     """Start one export transaction on ``conn`` and check the tables.
 
     Args:
         conn: an open connection, not in a transaction.
         table: the definitions table.
         bytecode_table: the table of precompiled packages; "" when there is none.
+        statement_timeout_s: the connection's statement timeout; a watchdog (``exporter/watchdog.py``)
+            cuts the connection when one wait outlasts it by ``GRACE_S``. None: no watchdog.
 
     Raises:
         SchemaError: a table or column is missing, or a column's type cannot be exported.
-        SourceError: the database fails.
+        SourceError: the database fails, or the watchdog gave up on it.
     """
     conn.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
     conn.read_only = True
-    with _translated(table), conn.transaction():
+    limit_s = None if statement_timeout_s is None else statement_timeout_s + GRACE_S
+    watchdog = Watchdog(conn, limit_s)
+    # The watchdog's clock runs from BEGIN to after the COMMIT or ROLLBACK, so those are bounded too.
+    with _translated(table, watchdog), watchdog, conn.transaction():
         _check_columns(conn, table, DEFINITION_COLUMNS)
         if bytecode_table:
             _check_columns(conn, bytecode_table, BYTECODE_COLUMNS)
-        source = Source(conn, table=table, bytecode_table=bytecode_table)
+        source = Source(conn, table=table, bytecode_table=bytecode_table, watchdog=watchdog)
         source.check_types()
         yield source
+        watchdog.restart()  # the commit is a wait of its own
 
 
 class Source:
     """The tables as one transaction sees them (made by ``open_source``)."""
 
-    def __init__(self, conn: psycopg.Connection[tuple[object, ...]], *, table: str, bytecode_table: str) -> None:
+    def __init__(
+        self,
+        conn: psycopg.Connection[tuple[object, ...]],
+        *,
+        table: str,
+        bytecode_table: str,
+        watchdog: Watchdog | None = None,
+    ) -> None:
         self._conn = conn
         self._table = table
         self._bytecode_table = bytecode_table
+        self._watchdog = watchdog or Watchdog(conn, None)
         self._digest: bytes | None = None
 
     @property
@@ -186,7 +213,7 @@ class Source:
         """
         tables = (self._table, self._bytecode_table) if self._bytecode_table else (self._table,)
         counters: list[int] = []
-        with _translated(self._table):
+        with self._statement():
             for table in tables:
                 quoted = _identifier(table).as_string(self._conn)
                 row = self._conn.execute(_COUNTERS, [quoted]).fetchone() or ()
@@ -195,7 +222,7 @@ class Source:
 
     def count(self) -> int:
         """The number of rows the export will read (costs one scan)."""
-        with _translated(self._table):
+        with self._statement():
             query = sql.SQL("SELECT count(*) FROM {}").format(_identifier(self._table))
             row = self._conn.execute(query).fetchone()
         return int(row[0]) if row else 0  # type: ignore[call-overload]
@@ -207,7 +234,8 @@ class Source:
             SchemaError: a text column is not text-like, or ``bytecode`` is not ``bytea``.
         """
         query = sql.SQL("{} LIMIT 0").format(self._query())
-        description = self._conn.execute(query).description or []
+        with self._statement():
+            description = self._conn.execute(query).description or []
         for column, name in zip(description, (*DEFINITION_COLUMNS, *BYTECODE_COLUMNS[1:]), strict=True):
             if name in _TEXT_COLUMNS or name == "source_hash":
                 wanted, types = "text, varchar, char or name", _TEXT_TYPES
@@ -230,7 +258,7 @@ class Source:
             SourceError: the database fails during the read.
         """
         digest = hashlib.sha256()
-        with _translated(self._table):
+        with self._statement():
             yield from _parse_copy(_hashed(self._copy(), digest))
         self._digest = digest.digest()
 
@@ -241,11 +269,19 @@ class Source:
             SourceError: the database fails during the read.
         """
         digest = hashlib.sha256()
-        with _translated(self._table):
+        with self._statement():
             for data in self._copy():
                 digest.update(data)
         self._digest = digest.digest()
         return self._digest
+
+    @contextlib.contextmanager
+    def _statement(self) -> Iterator[None]:
+        # One statement: the watchdog's clock restarts as it begins and as it ends, and errors are translated.
+        self._watchdog.restart()
+        with _translated(self._table, self._watchdog):
+            yield
+        self._watchdog.restart()
 
     def _copy(self) -> Iterator[bytes | bytearray | memoryview]:
         # What psycopg yields may be a view of libpq's buffer, valid until the next read.
@@ -380,7 +416,7 @@ def _check_columns(conn: psycopg.Connection[tuple[object, ...]], table: str, nee
 
 
 @contextlib.contextmanager
-def _translated(table: str) -> Iterator[None]:
+def _translated(table: str, watchdog: Watchdog) -> Iterator[None]:
     """Turn psycopg's errors into the exporter's, once, here."""
     try:
         yield
@@ -393,4 +429,9 @@ def _translated(table: str) -> Iterator[None]:
             f"PostgreSQL did not answer within the statement timeout (--statement-timeout-s): {_first_line(exc)}"
         ) from exc
     except psycopg.Error as exc:
+        if watchdog.fired:
+            raise SourceError(
+                f"PostgreSQL did not answer within the statement timeout (--statement-timeout-s) and "
+                f"{GRACE_S:g} s more; the connection was closed (a frozen server, or a host gone silent)"
+            ) from exc
         raise SourceError(f"PostgreSQL failed during the export: {_first_line(exc)}") from exc

@@ -26,6 +26,11 @@ statistics or timestamps, which a restore, a ``VACUUM FULL`` or a clock can
 reset; the price is that the rows are still read, once, in the database's
 parallel sort (about 7 s at 1,000,000 rows), but never parsed or encoded.
 
+The state also records, for its version, the bases whose delta was declined
+(``exporter/deltas.py``), so that no run tries them again. That field is
+not part of the digest, so adding it left ``DIGEST_FORMAT`` as it was; a
+state written before it reads as "none declined".
+
 Statistics do serve the other way round. The tables' write counters are
 recorded too, and when they have moved the check is skipped: it could only
 find the change after reading every row, and the export would then read them
@@ -42,9 +47,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from avapdefs.errors import SnapshotError
-from avapdefs.folder import Newest, atomic_file, snapshot_name
+from avapdefs.folder import Newest, snapshot_name
 from avapdefs.format.reader import verify_file
 from exporter.build import encoder_canary
+from exporter.config import DEFAULT_FILE_MODE
+from exporter.files import published_file
 from exporter.source import Source
 
 logger = logging.getLogger(__name__)
@@ -62,12 +69,14 @@ class ExportState:
         content_hash: that snapshot's content hash.
         source_digest: the digest of the rows (``source_digest``).
         write_counters: the tables' write counters when they were read (``Source.write_counters``).
+        declined_deltas: the base versions that get no delta to ``version`` (``deltas.DeltaOutcome``).
     """
 
     version: int
     content_hash: bytes
     source_digest: bytes
     write_counters: tuple[int, ...] = ()
+    declined_deltas: tuple[int, ...] = ()
 
 
 def source_digest(source: Source, stream_digest: bytes, signing_key: bytes | None) -> bytes:
@@ -88,6 +97,7 @@ def read_state(folder: Path) -> ExportState | None:
             bytes.fromhex(fields["content_hash"]),
             bytes.fromhex(fields["source_digest"]),
             tuple(int(value) for value in fields["write_counters"]),
+            tuple(int(value) for value in fields.get("declined_deltas", ())),
         )
     except FileNotFoundError:
         return None
@@ -96,7 +106,7 @@ def read_state(folder: Path) -> ExportState | None:
         return None
 
 
-def write_state(folder: Path, state: ExportState) -> None:
+def write_state(folder: Path, state: ExportState, *, mode: int = DEFAULT_FILE_MODE) -> None:
     """Record ``state`` atomically; a failure is logged, not raised (the next run only takes the long way)."""
     text = json.dumps(
         {
@@ -104,10 +114,11 @@ def write_state(folder: Path, state: ExportState) -> None:
             "content_hash": state.content_hash.hex(),
             "source_digest": state.source_digest.hex(),
             "write_counters": list(state.write_counters),
+            "declined_deltas": list(state.declined_deltas),
         }
     )
     try:
-        with atomic_file(folder / STATE_NAME) as file:
+        with published_file(folder / STATE_NAME, mode) as file:
             file.write(text.encode("utf-8") + b"\n")
     except OSError as exc:
         logger.warning("cannot record %s: %s", STATE_NAME, exc.strerror or exc)

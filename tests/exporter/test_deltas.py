@@ -1,8 +1,9 @@
-"""Deltas written after publishing: from earlier versions, verified, size-limited, pruned with their snapshots."""
+"""Deltas: from earlier versions, verified, size-limited, pruned with their snapshots; missing ones backfilled."""
 
 from __future__ import annotations
 
 import io
+import json
 import logging
 from pathlib import Path
 
@@ -11,6 +12,7 @@ import pytest
 
 from avapdefs.folder import delta_name, list_deltas, list_snapshots, snapshot_name
 from avapdefs.format import delta, snapshot
+from exporter import unchanged
 from exporter.cli import EXIT_BAD_SNAPSHOT, EXIT_OK, main
 from tests.exporter.helpers import insert_generated, run_export
 
@@ -154,3 +156,76 @@ def test_inspect_describes_a_delta(
     assert "removed           1" in out and "upserted          2" in out
     (folder / "bad.avdelta").write_bytes(delta.MAGIC + b"\0\1garbage")
     assert main(["inspect", str(folder / "bad.avdelta")]) == EXIT_BAD_SNAPSHOT
+
+
+def _three_versions(db: psycopg.Connection, pg_dsn: str, folder: Path) -> None:
+    insert_generated(db, ROWS)
+    for version in (1, 2, 3):
+        if version > 1:
+            _change(db, version)
+        assert run_export(pg_dsn, folder) == EXIT_OK
+    assert _pairs(folder) == [(1, 2), (1, 3), (2, 3)]
+
+
+def test_deltas_a_killed_run_left_unwritten_are_written_by_the_next_unchanged_run(
+    db: psycopg.Connection, pg_dsn: str, folder: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    _three_versions(db, pg_dsn, folder)
+    # What a run killed between its rename and its deltas leaves: version 3 without them.
+    for base in (1, 2):
+        (folder / delta_name(base, 3)).unlink()
+    capsys.readouterr()
+    assert run_export(pg_dsn, folder) == EXIT_OK
+    assert capsys.readouterr().out.startswith("unchanged at version 3: 200 commands, 2 missing deltas written")
+    assert _pairs(folder) == [(1, 2), (1, 3), (2, 3)]
+    for base in (1, 2):
+        assert _rebuilt(folder, base, 3) == (folder / snapshot_name(3)).read_bytes()
+    assert run_export(pg_dsn, folder) == EXIT_OK
+    assert "missing" not in capsys.readouterr().out  # nothing left to write
+
+
+def test_deltas_are_written_when_the_run_was_killed_before_it_recorded_its_state(
+    db: psycopg.Connection, pg_dsn: str, folder: Path
+) -> None:
+    insert_generated(db, ROWS)
+    assert run_export(pg_dsn, folder) == EXIT_OK
+    _change(db, 1)
+    assert run_export(pg_dsn, folder) == EXIT_OK
+    state_of_2 = (folder / unchanged.STATE_NAME).read_bytes()
+    _change(db, 2)
+    assert run_export(pg_dsn, folder) == EXIT_OK
+    # Killed right after the rename of version 3: the state still speaks of version 2, and no delta leads to 3.
+    (folder / unchanged.STATE_NAME).write_bytes(state_of_2)
+    for base in (1, 2):
+        (folder / delta_name(base, 3)).unlink()
+    assert run_export(pg_dsn, folder) == EXIT_OK  # the long way: the same content hash, so unchanged
+    assert [version for version, _ in list_snapshots(folder)] == [1, 2, 3]
+    assert _pairs(folder) == [(1, 2), (1, 3), (2, 3)]
+    state = unchanged.read_state(folder)
+    assert state is not None and state.version == 3
+
+
+def test_a_declined_delta_is_recorded_and_not_tried_again(
+    db: psycopg.Connection, pg_dsn: str, folder: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    insert_generated(db, ROWS)
+    assert run_export(pg_dsn, folder) == EXIT_OK
+    _change(db, *range(1, ROWS + 1, 2), *range(2, ROWS, 4))  # three rows in four: too large a delta
+    assert run_export(pg_dsn, folder) == EXIT_OK
+    state = unchanged.read_state(folder)
+    assert state is not None and (state.version, state.declined_deltas) == (2, (1,))
+    with caplog.at_level(logging.INFO, logger="exporter"):
+        assert run_export(pg_dsn, folder) == EXIT_OK
+        assert run_export(pg_dsn, folder, "--deltas", "2") == EXIT_OK
+    assert "no delta from" not in caplog.text  # not made again to be refused again
+    assert _pairs(folder) == []
+    # A state written before declines were recorded reads as "none declined": one more try, then recorded.
+    fields = json.loads((folder / unchanged.STATE_NAME).read_text())
+    del fields["declined_deltas"]
+    (folder / unchanged.STATE_NAME).write_text(json.dumps(fields))
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="exporter"):
+        assert run_export(pg_dsn, folder) == EXIT_OK
+    assert f"no delta from {snapshot_name(1)}" in caplog.text
+    state = unchanged.read_state(folder)
+    assert state is not None and state.declined_deltas == (1,)
