@@ -10,7 +10,9 @@ Standalone and local: it reads one snapshot file, writes its image in a
 temporary folder and removes it. The machine is shared: compare the rows of
 one run, not runs.
 
-    .venv/bin/python bench/bench_image.py bench/.cache/snapshots/50000/catalog-0000000001.avsnap
+    .venv/bin/python bench/bench_image.py bench/.cache/snapshots/catalog_50000/catalog-0000000001.avsnap
+
+``measure`` is what ``run_all.py`` calls.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ import time
 import tracemalloc
 from bisect import bisect_left
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 from avapdefs.folder import read_header
@@ -81,42 +84,64 @@ def _allocated_mb(build: Callable[[], object]) -> float:
     return size / 1e6
 
 
+@dataclass
+class ImageResult:
+    """What one run measured; times are medians of rounds."""
+
+    commands: int
+    payload_mb: float
+    image_mb: float
+    write_ms: float  # verify + decompress + index + fsync
+    open_ms: float  # map + check
+    lookups_per_s: dict[str, float]  # by the rows' labels
+    dict_bytes_mb: float  # per process: a dict name -> bytes
+    dict_spans_mb: float  # per process: a dict name -> (start, end)
+
+
+def measure(snapshot: Path, rounds: int = 5, lookups: int = 200_000) -> ImageResult:
+    """Write ``snapshot``'s image into a temporary folder, time it, map it, and time lookups in it."""
+    data = read_file_bytes(snapshot)
+    info = read_header(snapshot)
+    with tempfile.TemporaryDirectory(prefix="bench-image-") as folder:
+        target = Path(folder) / image_name(info)
+        write_ms = _best_ms(lambda: write_image(target, data, info, snapshot), max(rounds // 2, 1))
+        open_ms = _best_ms(lambda: open_image(target, info), rounds)
+        image = open_image(target, info)
+        answers = image.answers
+        table = {bytes(command_name(body)): encode_entry(body) for body in iter_entries(image.payload)}
+        rng = random.Random(7)
+        known = list(table)
+        names = [rng.choice(known) for _ in range(lookups)]
+        bisect_lookup = _bisect_lookup(image)
+        assert all(answers.get(name) == table[name] == bisect_lookup(name) for name in names[:1000])
+        rates = {
+            "dict name -> bytes (before)": _per_second(table.get, names, rounds),
+            "image hash table in the map": _per_second(answers.get, names, rounds),
+            "bisect over the mapped names": _per_second(bisect_lookup, names, rounds),
+        }
+        return ImageResult(
+            image.count, len(image.payload) / 1e6, len(image.buffer) / 1e6, write_ms, open_ms, rates,
+            _allocated_mb(lambda: {k: bytes(memoryview(v)) for k, v in table.items()}),
+            _allocated_mb(lambda: {k: (i, i + len(v)) for i, (k, v) in enumerate(table.items())}),
+        )  # fmt: skip
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("snapshot", type=Path)
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--lookups", type=int, default=200_000)
     args = parser.parse_args(argv)
-    data = read_file_bytes(args.snapshot)
-    info = read_header(args.snapshot)
-    with tempfile.TemporaryDirectory(prefix="bench-image-") as folder:
-        target = Path(folder) / image_name(info)
-        write_ms = _best_ms(lambda: write_image(target, data, info, args.snapshot), max(args.rounds // 2, 1))
-        open_ms = _best_ms(lambda: open_image(target, info), args.rounds)
-        image = open_image(target, info)
-        answers = image.answers
-        table = {bytes(command_name(body)): encode_entry(body) for body in iter_entries(image.payload)}
-        rng = random.Random(7)
-        known = list(table)
-        names = [rng.choice(known) for _ in range(args.lookups)]
-        bisect_lookup = _bisect_lookup(image)
-        assert all(answers.get(name) == table[name] == bisect_lookup(name) for name in names[:1000])
-        rows = [
-            ("dict name -> bytes (before)", _per_second(table.get, names, args.rounds)),
-            ("image hash table in the map", _per_second(answers.get, names, args.rounds)),
-            ("bisect over the mapped names", _per_second(bisect_lookup, names, args.rounds)),
-        ]
-        payload_mb = len(image.payload) / 1e6
-        dict_bytes_mb = _allocated_mb(lambda: {k: bytes(memoryview(v)) for k, v in table.items()})
-        dict_spans_mb = _allocated_mb(lambda: {k: (i, i + len(v)) for i, (k, v) in enumerate(table.items())})
-        print(f"{image.count:,} commands, payload {payload_mb:.0f} MB, image {len(image.buffer) / 1e6:.0f} MB")
-        print(f"write image (verify + decompress + index + fsync): {write_ms:.0f} ms; map + check: {open_ms:.0f} ms")
-        print(f"{'lookup':<32} {'per second':>12}")
-        for label, rate in rows:
-            print(f"{label:<32} {rate:>12,.0f}")
-        print(f"per-process memory: dict name -> bytes {dict_bytes_mb:.0f} MB, "
-              f"dict name -> (start, end) {dict_spans_mb:.0f} MB, image table 0 MB (shared)")  # fmt: skip
-        print("caveats: one thread, names already bytes; the machine is shared (medians of rounds).")
+    result = measure(args.snapshot, args.rounds, args.lookups)
+    print(f"{result.commands:,} commands, payload {result.payload_mb:.0f} MB, image {result.image_mb:.0f} MB")
+    print(f"write image (verify + decompress + index + fsync): {result.write_ms:.0f} ms; "
+          f"map + check: {result.open_ms:.0f} ms")  # fmt: skip
+    print(f"{'lookup':<32} {'per second':>12}")
+    for label, rate in result.lookups_per_s.items():
+        print(f"{label:<32} {rate:>12,.0f}")
+    print(f"per-process memory: dict name -> bytes {result.dict_bytes_mb:.0f} MB, "
+          f"dict name -> (start, end) {result.dict_spans_mb:.0f} MB, image table 0 MB (shared)")  # fmt: skip
+    print("caveats: one thread, names already bytes; the machine is shared (medians of rounds).")
     return 0
 
 

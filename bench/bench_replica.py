@@ -1,9 +1,9 @@
 """In-process Replica.get against DefinitionClient.get_command over gRPC, on a 5,000-command catalog.
 
 Starts ``python -m server`` on 127.0.0.1 serving a temporary folder with the
-bench catalog (the peer's generated ``catalog_5000.jsonl`` when it is cached
-or ``../shared/peer`` can generate it, else a generated catalog of the same
-size), starts a ``Replica`` on it, then per round:
+bench catalog (``catalog.jsonl_for``: the peer's generated catalog when
+``../shared/peer`` is there, else one generated in the same shape), starts a
+``Replica`` on it, then per round:
 
 - ``replica.get(name)`` on random names, one thread, ``--calls`` calls;
 - ``DefinitionClient.get_command(name)`` over gRPC, one thread, ``--grpc-s`` seconds;
@@ -20,6 +20,8 @@ thread), against the uncompressed payload.
 
     .venv/bin/python bench/bench_replica.py                 # 5 rounds, about 30 s
     .venv/bin/python bench/bench_replica.py --rounds 3 --no-peer
+
+``run`` is what ``run_all.py`` calls.
 
 Caveats: two shared, noisy cores; the gRPC figures are for one client thread
 (latency bound, not server capacity: see bench_serve.py); the replica loop's
@@ -60,29 +62,6 @@ from avapdefs.v1.definitions_pb2 import Command, WatchCatalogRequest, WatchCatal
 BENCH = Path(__file__).resolve().parent
 ROOT = BENCH.parent
 _SEED = 20261130
-
-
-def _catalog(count: int) -> tuple[list[Command], Path | None]:
-    """The bench catalog, and the peer's JSON lines it came from (None: generated here)."""
-    try:
-        jsonl = peer.catalog_jsonl(count)
-    except (OSError, subprocess.SubprocessError) as exc:
-        print(f"note: the peer's catalog is unavailable ({exc}); using a generated one")
-        return _generated(count), None
-    return list(catalog.read_commands(jsonl)), jsonl
-
-
-def _generated(count: int) -> list[Command]:
-    body = "".join(f"    step_{line} = self.resolve(args[{line}])\n" for line in range(40))
-    return [
-        Command(
-            name=f"bench.cmd.{index:05d}",
-            type="function",
-            interface_json='[{"item":"targetVarName","type":"variable"},{"item":"value","type":"value"}]',
-            code=f"def cmd_{index}(self, args):\n{body}",
-        )
-        for index in range(count)
-    ]
 
 
 def _edited(commands: list[Command], version: int) -> list[Command]:
@@ -175,14 +154,14 @@ def _memory(server: str, cache: Path, version: int) -> dict[str, int]:
     return result
 
 
-def _start_peer(stack: contextlib.ExitStack, jsonl: Path | None) -> Callable[[str], object] | None:
+def _start_peer(stack: contextlib.ExitStack, jsonl: Path, peer_source: Path) -> Callable[[str], object] | None:
     """GetCommand on the reference server serving ``jsonl``, one call at a time; None (and why) when unavailable."""
-    if jsonl is None or shutil.which("node") is None or not peer.SOURCE.is_dir():
-        print("note: the peer is skipped (no ../shared/peer, no node, or no peer catalog)")
+    if shutil.which("node") is None or not peer.available(peer_source):
+        print(f"note: the peer is skipped (no node, or no peer in {peer_source})")
         return None
     port = procs.free_port()
     try:
-        peer.prepare()
+        peer.prepare(peer_source)
         messages = peer.messages()
         process = peer.start(jsonl, port)
     except (OSError, subprocess.SubprocessError, RuntimeError) as exc:
@@ -227,13 +206,20 @@ class Result:
     replica_bytes: int
 
 
+def run(args: argparse.Namespace) -> Result:
+    """Start our server (and the peer), a Replica and a client; measure ``args.rounds`` rounds; stop them all."""
+    with tempfile.TemporaryDirectory(prefix="bench-replica-") as scratch, contextlib.ExitStack() as stack:
+        return _run(args, Path(scratch), stack)
+
+
 def _run(args: argparse.Namespace, scratch: Path, stack: contextlib.ExitStack) -> Result:
-    commands, jsonl = _catalog(args.commands)
+    jsonl = catalog.jsonl_for(args.commands, args.peer_source)
+    commands = list(catalog.read_commands(jsonl))
     folder, cache = scratch / "served", scratch / "cache"
     folder.mkdir()
     payload_bytes = read_header(catalog.publish(folder, commands, 1)).uncompressed_size
     server = _start_ours(stack, folder)
-    peer_get = None if args.no_peer else _start_peer(stack, jsonl)
+    peer_get = None if args.no_peer else _start_peer(stack, jsonl, args.peer_source)
     swaps = _Swaps()
     replica = stack.enter_context(Replica(server, cache, on_change=swaps))
     client = stack.enter_context(DefinitionClient(server, timeout_s=30))
@@ -254,8 +240,7 @@ def _run(args: argparse.Namespace, scratch: Path, stack: contextlib.ExitStack) -
         announce_s.append(announced)
         swap_s.append(swapped)
     memory = _memory(server, cache, args.rounds + 1)
-    source = str(jsonl.relative_to(ROOT)) if jsonl is not None else "generated"
-    return Result(len(commands), source, payload_bytes, rates, announce_s, swap_s, **memory)
+    return Result(len(commands), str(jsonl.relative_to(ROOT)), payload_bytes, rates, announce_s, swap_s, **memory)
 
 
 def _print(result: Result, rounds: int) -> None:
@@ -276,22 +261,26 @@ def _print(result: Result, rounds: int) -> None:
         print(f"memory of {what}: {held / 1e6:.1f} MB, {held / payload:.2f}x the uncompressed payload")
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--commands", type=int, default=5000, help="catalog size (default 5000)")
     parser.add_argument("--rounds", type=int, default=5, help="rounds (default 5)")
     parser.add_argument("--calls", type=int, default=2_000_000, help="Replica.get calls per round")
     parser.add_argument("--grpc-s", type=float, default=2.0, help="seconds of gRPC calls per round and server")
     parser.add_argument("--no-peer", action="store_true", help="leave out the reference Node.js server")
+    parser.add_argument("--peer-source", type=Path, default=peer.SOURCE, help="the reference server's folder")
     parser.add_argument("--json", type=Path, help="write the results here (default bench/results/replica-<time>.json)")
     parser.add_argument("--memory-child", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--server", help=argparse.SUPPRESS)
     parser.add_argument("--version", type=int, help=argparse.SUPPRESS)
-    args = parser.parse_args(argv)
+    return parser.parse_args(argv)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
     if args.memory_child is not None:
         return _memory_child(args.server, args.memory_child, args.version)
-    with tempfile.TemporaryDirectory(prefix="bench-replica-") as scratch, contextlib.ExitStack() as stack:
-        result = _run(args, Path(scratch), stack)
+    result = run(args)
     _print(result, args.rounds)
     out = args.json or BENCH / "results" / time.strftime("replica-%Y%m%d-%H%M%S.json")
     out.parent.mkdir(parents=True, exist_ok=True)

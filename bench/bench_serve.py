@@ -13,6 +13,10 @@ stopped here, by pid.
 
     .venv/bin/python bench/bench_serve.py            # full run, about 4-5 minutes
     .venv/bin/python bench/bench_serve.py --quick    # about a minute
+    .venv/bin/python bench/bench_serve.py --targets ours   # our server alone: no node, no ../shared/peer needed
+
+``run_serving`` and ``run_startup`` are also what ``run_all.py`` calls for each
+of its configurations, with arguments built by ``parse_args``.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ from __future__ import annotations
 import argparse
 import json
 import random
+import shutil
 import sys
 import time
 from collections.abc import Sequence
@@ -33,6 +38,8 @@ import procs
 import report
 import scenarios
 import targets
+
+from server.image import CACHE_NAME as IMAGE_CACHE
 
 BENCH = Path(__file__).resolve().parent
 ROOT = BENCH.parent
@@ -62,6 +69,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--h2load-streams", type=int, default=50, help="h2load -m (default 50)")
     p.add_argument("--h2load-threads", type=int, default=1, help="h2load -t (default 1)")
     p.add_argument("--startup-runs", type=int, default=2, help="start-ups per server (default 2)")
+    p.add_argument("--no-cold-start", action="store_true", help="keep our serving image for every start-up run")
+    p.add_argument("--peer-source", type=Path, default=peer.SOURCE, help="the reference server's folder")
     p.add_argument("--json", type=Path, help="write the results here (default bench/results/serve-<time>.json)")
     args = p.parse_args(argv)
     if args.quick:
@@ -71,14 +80,20 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     args.channels = [int(c) for c in args.channels.split(",") if c]
     if not set(args.targets) <= set(ALL_TARGETS) or not set(args.scenarios) <= set(ALL_SCENARIOS):
         p.error(f"--targets takes {ALL_TARGETS}, --scenarios takes {ALL_SCENARIOS}")
+    if "peer" in args.targets and not args.peer_address and not peer.available(args.peer_source):
+        p.error(f"the reference server is not in {args.peer_source}: measure ours alone with --targets ours")
     return args
 
 
-def prepare_catalog(commands: int, need_node: bool) -> tuple[Path, Path, list[str]]:
-    """The JSON lines for the peer, the snapshot folder for ours, and the command names."""
-    peer.prepare(install=need_node)
-    jsonl = peer.catalog_jsonl(commands)
-    folder = CACHE / "snapshots" / str(commands)
+def prepare_catalog(commands: int, args: argparse.Namespace) -> tuple[Path, Path, list[str]]:
+    """The JSON lines for the peer, the snapshot folder for ours, and the command names.
+
+    The peer's packages are installed only when it is started here.
+    """
+    jsonl = catalog.jsonl_for(commands, args.peer_source)
+    if "peer" in args.targets and not args.peer_address:
+        peer.prepare(args.peer_source, install=True)
+    folder = catalog.snapshot_folder(jsonl)
     catalog.build(jsonl, folder)
     return jsonl, folder, catalog.read_names(jsonl)
 
@@ -120,9 +135,12 @@ def check_target(target: targets.Target, names: list[str]) -> None:
 
 
 def run_serving(args: argparse.Namespace, metrics: dict[str, report.Metric], notes: list[str]) -> None:
-    """Scenarios A, sync and B against both servers serving the same ``--commands`` catalog."""
+    """Scenarios A, sync and B against both servers serving the same ``--commands`` catalog.
+
+    The memory of each server started here is taken after its first answers and again after the load.
+    """
     given = {"ours": args.ours_address, "peer": args.peer_address}
-    jsonl, folder, names = prepare_catalog(args.commands, need_node="peer" in args.targets and not given["peer"])
+    jsonl, folder, names = prepare_catalog(args.commands, args)
     started: list[procs.Process] = []
     pids: dict[str, int] = {}
     try:
@@ -137,24 +155,43 @@ def run_serving(args: argparse.Namespace, metrics: dict[str, report.Metric], not
             check_target(target, names)
             live.append(target)
             print(f"{label}: {address} answers GetCommand correctly")
+            if label in pids:
+                scenarios.measure_memory(pids[label], label, "after start", metrics)
         scenarios.run_all(live, names, args, metrics, notes, pids, CACHE)
+        for label, pid in pids.items():
+            scenarios.measure_memory(pid, label, "after the load", metrics)
     finally:
         for process in started:
             procs.stop(process)
 
 
 def run_startup(args: argparse.Namespace, metrics: dict[str, report.Metric]) -> None:
-    """Start each server on the ``--startup-commands`` catalog, one at a time, and measure it."""
-    jsonl, folder, names = prepare_catalog(args.startup_commands, need_node="peer" in args.targets)
+    """Start each server on the ``--startup-commands`` catalog, one at a time, and measure it.
+
+    Our server's first run starts cold (its serving images removed) unless
+    ``--no-cold-start``; the later runs map the image the first one wrote, as a
+    restart does. The peer has no such cache: every start of it is cold.
+    """
+    jsonl, folder, names = prepare_catalog(args.startup_commands, args)
     print(f"start-up: {args.startup_runs} run(s) per server, {len(names):,} commands")
     for run in range(args.startup_runs):
         for label in args.targets if run % 2 == 0 else args.targets[::-1]:
+            starts = _start_kinds(label, run, args)
+            if starts == ("cold",):
+                shutil.rmtree(folder / IMAGE_CACHE, ignore_errors=True)
             process, address = start_server(label, jsonl, folder, args)
             try:
                 target = make_target(label, address, len(names))
-                scenarios.measure_startup(process, target, names, metrics)
+                scenarios.measure_startup(process, target, names, metrics, starts)
             finally:
                 procs.stop(process)
+
+
+def _start_kinds(label: str, run: int, args: argparse.Namespace) -> tuple[str, ...]:
+    """Which start-up rows a run of ``label`` counts in: the peer's every start is both cold and a restart."""
+    if label == "peer":
+        return ("cold", "restart")
+    return ("cold",) if run == 0 and not args.no_cold_start else ("restart",)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

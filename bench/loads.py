@@ -218,6 +218,8 @@ class H2Result:
     errored: int
     mean_ms: float
     output: str
+    p50_ms: float = float("nan")  # from h2load's per-request log, when one was asked for
+    p99_ms: float = float("nan")
 
 
 def h2load_path() -> str | None:
@@ -225,14 +227,28 @@ def h2load_path() -> str | None:
 
 
 def run_h2load(
-    url: str, body: Path, *, clients: int, streams: int, threads: int, duration_s: float, warmup_s: float
+    url: str,
+    body: Path,
+    *,
+    clients: int,
+    streams: int,
+    threads: int,
+    duration_s: float,
+    warmup_s: float,
+    log_path: Path | None = None,
 ) -> H2Result:
-    """POST ``body`` to ``url`` with h2load as a gRPC call, for ``duration_s`` after ``warmup_s``."""
+    """POST ``body`` to ``url`` with h2load as a gRPC call, for ``duration_s`` after ``warmup_s``.
+
+    With ``log_path``, h2load logs every measured request there (start, status,
+    latency in microseconds: the warm-up is not logged), which gives p50 and p99.
+    """
     argv = [
         "h2load", "-c", str(clients), "-m", str(streams), "-t", str(threads),
         "-D", f"{round(duration_s * 1000)}ms", "--warm-up-time", f"{round(warmup_s * 1000)}ms", "-d", str(body),
         "-H", "content-type: application/grpc", "-H", "te: trailers", url,
     ]  # fmt: skip
+    if log_path is not None:
+        argv[1:1] = ["--log-file", str(log_path)]
     done = subprocess.run(argv, capture_output=True, text=True, timeout=duration_s + warmup_s + 60)
     out = done.stdout
     rps = re.search(r"finished in [\d.]+m?s, ([\d.]+) req/s", out)
@@ -242,7 +258,18 @@ def run_h2load(
         raise RuntimeError(f"cannot read h2load output (exit {done.returncode}):\n{out}{done.stderr}")
     succeeded, failed, errored = (int(group) for group in counts.groups())
     mean_ms = _ms(mean.group(1)) if mean else float("nan")
-    return H2Result(float(rps.group(1)), succeeded, failed, errored, mean_ms, out)
+    p50_ms, p99_ms = _log_percentiles_ms(log_path) if log_path is not None else (float("nan"), float("nan"))
+    return H2Result(float(rps.group(1)), succeeded, failed, errored, mean_ms, out, p50_ms, p99_ms)
+
+
+def _log_percentiles_ms(log_path: Path) -> tuple[float, float]:
+    """p50 and p99 of the latencies (third column, microseconds) of an h2load ``--log-file``."""
+    with open(log_path, encoding="ascii") as log:
+        latencies = sorted(int(line.split("\t")[2]) for line in log if line.count("\t") == 2)
+    if not latencies:
+        return float("nan"), float("nan")
+    count = len(latencies)
+    return latencies[int(0.50 * count)] / 1e3, latencies[min(count - 1, int(0.99 * count))] / 1e3
 
 
 def _ms(text: str) -> float:

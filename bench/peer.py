@@ -5,6 +5,8 @@
 changes), its ``gen_catalog.py`` writes the deterministic catalogs, and
 ``definitions.proto`` is compiled into Python messages under
 ``bench/.cache/peer_py`` so the harness can decode what the peer streams.
+Nothing else needs it: without ``../shared/peer`` (``available`` is False)
+our server is measured alone, on a catalog ``catalog.py`` generates.
 
     .venv/bin/python bench/peer.py --commands 5000      # prepare, start, print the address, stop on Enter
 """
@@ -32,6 +34,11 @@ SERVICE = "avap.v1.DefinitionService"
 _FILES = ("definitions.proto", "gen_catalog.py", "node_server.js", "package.json", "package-lock.json")
 _NPM_TIMEOUT_S = 300
 _GEN_TIMEOUT_S = 600
+
+
+def available(source: Path = SOURCE) -> bool:
+    """Whether ``source`` holds the peer (its server and its catalog generator)."""
+    return all((source / name).is_file() for name in _FILES)
 
 
 def prepare(source: Path = SOURCE, *, install: bool = True) -> Path:

@@ -132,12 +132,15 @@ def scenario_b(
             result = loads.run_h2load(
                 f"http://{target.address}{target.method('GetCommand')}", body, clients=args.h2load_clients,
                 streams=args.h2load_streams, threads=args.h2load_threads, duration_s=args.h2load_duration,
-                warmup_s=args.warmup,
+                warmup_s=args.warmup, log_path=cache / "h2load" / f"requests-{target.label}.tsv",
             )  # fmt: skip
             metric(metrics, f"{tag}: GetCommand", "req/s", True).add(target.label, result.rps)
             metric(metrics, f"{tag}: mean latency", "ms", False).add(target.label, result.mean_ms)
+            metric(metrics, f"{tag}: p50 latency", "ms", False).add(target.label, result.p50_ms)
+            metric(metrics, f"{tag}: p99 latency", "ms", False).add(target.label, result.p99_ms)
             metric(metrics, f"{tag}: failed+errored", "req", False).add(target.label, result.failed + result.errored)
             line = f"  round {number} {target.label}: {result.rps:,.0f} RPS, mean {result.mean_ms:.2f} ms"
+            line += f", p99 {result.p99_ms:.2f} ms"
             line += f", {result.succeeded} ok, {result.failed} failed, {result.errored} errored"
             if cpu_before is not None and result.rps:
                 calls = result.rps * (args.h2load_duration + args.warmup)
@@ -164,10 +167,26 @@ def _check_h2load_body(target: targets.Target, name: str, body: Path, notes: lis
     notes.append(f"{target.label}: the h2load request body was checked ({how}, command {name!r}).")
 
 
+def measure_memory(pid: int, label: str, when: str, metrics: dict[str, Metric]) -> None:
+    """RSS and PSS of ``pid``'s process tree, as rows ``memory {when}: RSS`` and ``... PSS``."""
+    rss, pss = procs.memory_bytes(pid)
+    metric(metrics, f"memory {when}: RSS", "MB", False).add(label, rss / 1e6)
+    metric(metrics, f"memory {when}: PSS", "MB", False).add(label, pss / 1e6)
+    print(f"  {label} {when}: RSS {rss / 1e6:.0f} MB, PSS {pss / 1e6:.0f} MB")
+
+
 def measure_startup(
-    process: procs.Process, target: targets.Target, names: list[str], metrics: dict[str, Metric]
+    process: procs.Process,
+    target: targets.Target,
+    names: list[str],
+    metrics: dict[str, Metric],
+    starts: Sequence[str] = ("restart",),
 ) -> None:
-    """Time to the ready line and to a first answer, memory after start and after one full sync."""
+    """Time to the ready line and to a first answer, memory after start and after one full sync.
+
+    The times count in one row per kind of start in ``starts``: "cold" (no
+    serving image yet) and "restart" (our image mapped).
+    """
     tag = f"start-up ({len(names):,} cmds)"
     (channel,) = loads.open_channels(target.address, 1)
     try:
@@ -182,8 +201,9 @@ def measure_startup(
         target.address, target.method("SyncCatalog"), target.sync_request, target.decode_sync, duration_s=0
     )
     rss_sync, _ = procs.memory_bytes(process.pid)
-    metric(metrics, f"{tag}: ready line in log", "s", False).add(target.label, process.ready_s)
-    metric(metrics, f"{tag}: first GetCommand answered", "s", False).add(target.label, first_s)
+    for start in starts:
+        metric(metrics, f"{tag}, {start}: ready line in log", "s", False).add(target.label, process.ready_s)
+        metric(metrics, f"{tag}, {start}: first GetCommand answered", "s", False).add(target.label, first_s)
     metric(metrics, f"{tag}: RSS after start", "MB", False).add(target.label, rss / 1e6)
     metric(metrics, f"{tag}: PSS after start", "MB", False).add(target.label, pss / 1e6)
     metric(metrics, f"{tag}: RSS after 2 syncs", "MB", False).add(target.label, rss_sync / 1e6)
@@ -192,6 +212,6 @@ def measure_startup(
     )
     metric(metrics, f"{tag}: processes", "", None).add(target.label, count)
     print(
-        f"  {target.label}: ready {process.ready_s:.2f} s, first answer {first_s:.2f} s, "
+        f"  {target.label} ({'/'.join(starts)}): ready {process.ready_s:.2f} s, first answer {first_s:.2f} s, "
         f"RSS {rss / 1e6:.0f} MB (PSS {pss / 1e6:.0f}), {rss_sync / 1e6:.0f} MB after 2 syncs, {count} process(es)"
     )
