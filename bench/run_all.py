@@ -235,7 +235,7 @@ def _merged(notes: Sequence[str]) -> list[str]:
     kept = [note for note in dict.fromkeys(notes) if "h2load request body was checked" not in note]
     for label in dict.fromkeys(checked):
         kept.append(f"{label}: the h2load request body of each of its {checked.count(label)} B runs was checked "
-                    "first (a grpcio call, and grpc-status in nghttp's trailers when nghttp is installed).")  # fmt: skip
+                    "first (a grpcio call, and the grpc-status trailer through nghttp when it is there).")  # fmt: skip
     return [*kept, *scenarios.CAVEATS]
 
 
@@ -259,8 +259,8 @@ def _markdown(record: dict[str, Any], table_text: str, notes: Sequence[str]) -> 
         f"`{record['command']}`",
         "",
         f"Machine: {info['cpu']}, {info['cores']} cores, {info['memory_gb']} GB RAM, Linux {info['kernel']}, "
-        f"Python {info['python']}, node {info['node']}, {info['h2load']}. Shared with other tenants during the "
-        f"run: {record['load']['summary']}.",
+        f"Python {info['python']}, node {info['node']}, {info['h2load']}. The machine is shared with other "
+        f"tenants; during the run (its own processes included in the load average): {record['load']['summary']}.",
         "",
         table_text,
         "",
