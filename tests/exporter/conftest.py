@@ -1,4 +1,4 @@
-"""Exporter fixtures: a fresh database holding the legacy schema, and the folder to export into."""
+"""Exporter fixtures: a fresh database holding the legacy schema, the folder to export into, a private PostgreSQL."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import psycopg
 import pytest
 
 from exporter.sample import create_schema
+from tests.exporter.helpers import PrivatePostgres
 
 
 @pytest.fixture
@@ -24,3 +25,13 @@ def db(pg_dsn: str) -> Iterator[psycopg.Connection]:
 def folder(tmp_path: Path) -> Path:
     """The snapshot folder the tests export into (not created in advance)."""
     return tmp_path / "snapshots"
+
+
+@pytest.fixture(scope="module")
+def private_pg(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PrivatePostgres]:
+    """A PostgreSQL server of this module's own, which its tests may stop, start and freeze (about 2 s to start)."""
+    server = PrivatePostgres(tmp_path_factory.mktemp("private-pg") / "data")
+    try:
+        yield server
+    finally:
+        server.cleanup()

