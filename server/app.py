@@ -36,7 +36,7 @@ from typing import Any
 from grpc_health.v1 import health_pb2
 
 from avapdefs.errors import NoSnapshotError
-from server import legacy
+from server import legacy, logs
 from server.config import Settings
 from server.legacy.codec import LegacyCodec, LegacyProtoError, bundled_codec, load_codec
 from server.legacy.service import LegacyService
@@ -60,7 +60,7 @@ from server.rpc import (
     timeout_s,
 )
 from server.service import SERVICE_NAME, DefinitionService, Signal, Stream, Unary, parse
-from server.store import LoadedSnapshot, SnapshotStore
+from server.store import LoadedSnapshot, PinnedVersionMissingError, SnapshotStore
 
 logger = logging.getLogger(__name__)
 
@@ -68,6 +68,7 @@ CONTROL_FD_VARIABLE = "AVAP_CONTROL_FD"
 AUTH_METADATA_KEY = b"x-avap-auth"
 HEALTH_SERVICE = "grpc.health.v1.Health"
 REFLECTION_SERVICE = "grpc.reflection.v1alpha.ServerReflection"
+EXIT_FAILED = 1
 EXIT_USAGE = 2
 EXIT_NO_SNAPSHOT = 3
 
@@ -358,8 +359,11 @@ class Application:
         await receive()  # lifespan.startup
         failure = self._start()
         if failure is not None:
-            await send({"type": "lifespan.startup.failed", "message": failure})
-            return
+            # The supervisor has the reason, on the control socket. Ending here keeps Envoy from
+            # printing its own account of a failed start (a traceback and its whole JSON config).
+            for handler in logging.getLogger().handlers:
+                handler.flush()
+            os._exit(EXIT_FAILED)
         await send({"type": "lifespan.startup.complete"})
         await receive()  # lifespan.shutdown
         if self.server is not None:
@@ -370,20 +374,25 @@ class Application:
         control = socket.socket(fileno=int(os.environ[CONTROL_FD_VARIABLE]))
         self._control = control
         lines = control.makefile("r", encoding="utf-8")
-        message = json.loads(lines.readline() or "{}")
-        logging.basicConfig(
-            level=message.get("log_level", "INFO"), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-        )
-        settings = settings_from_json(message["settings"])
-        loop = asyncio.get_running_loop()
         try:
-            server = DefinitionServer(settings, loop)
+            message = json.loads(lines.readline() or "{}")
+            logs.configure(message.get("log_level", "INFO"))
+            loop = asyncio.get_running_loop()
+            server = DefinitionServer(settings_from_json(message["settings"]), loop)
             loaded = server.load()
         except LegacyProtoError as exc:
             return self._report_failure(EXIT_USAGE, str(exc))
+        except PinnedVersionMissingError as exc:
+            text = f"{exc}; pin a version it holds (avap-pin VERSION), or unpin (avap-pin --unpin, no --pin)"
+            return self._report_failure(EXIT_NO_SNAPSHOT, text)
         except NoSnapshotError as exc:
             text = f"{exc}; nothing to serve (export one, or point --snapshots at a folder that has one)"
             return self._report_failure(EXIT_NO_SNAPSHOT, text)
+        except Exception as exc:
+            # Anything else is a fault of this program: one line for the supervisor to show,
+            # the traceback at debug level (Envoy's own log would otherwise print it, and its config).
+            logger.debug("starting failed", exc_info=True)
+            return self._report_failure(EXIT_FAILED, f"starting failed: {type(exc).__name__}: {exc}")
         self.server = server
         info = loaded.info
         self._tell({"event": "loaded", "version": info.version, "commands": info.command_count,

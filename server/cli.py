@@ -1,30 +1,51 @@
 """``avap-server``: serve the newest valid snapshot of a folder over gRPC (Envoy's HTTP/2, see launch.py).
 
 Each option may also be given as an ``AVAP_*`` environment variable; a flag
-wins over the variable, the variable over the default.
+wins over the variable, the variable over the default. With neither
+``--snapshots`` nor ``AVAP_SNAPSHOTS``, ``./snapshots`` is served when it
+exists, else the built-in sample catalog (``sample.py``).
 
-Exit codes: 0 stopped by SIGTERM/SIGINT after a graceful shutdown; 2 bad
-options; 3 no valid snapshot in the folder; 4 the address cannot be listened on.
+Exit codes: 0 stopped by SIGTERM/SIGINT after a graceful shutdown; 1 a
+serving process failed at start for another reason; 2 bad options; 3 nothing
+to serve (the folder does not exist, is not a folder, holds no valid
+snapshot, or lacks the pinned version); 4 the address cannot be listened on.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
-from collections.abc import Mapping, Sequence
+import sys
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
+from avapdefs.about import add_version_option
+from avapdefs.errors import NoSnapshotError, OptionError
 from avapdefs.options import add_options, resolve
-from server import processes
-from server.config import DEFAULTS, OPTIONS, Settings
+from server import logs, processes, sample
+from server.config import DEFAULTS, OPTIONS, SettingError, Settings
+from server.store import check_folder
 
+PROG = "avap-server"
 EXIT_USAGE = 2
+EXIT_NO_SNAPSHOT = 3
+
+logger = logging.getLogger(__name__)
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="avap-server", description="Serve the newest valid snapshot over gRPC.")
+    parser = argparse.ArgumentParser(
+        prog=PROG,
+        description="Serve the newest valid snapshot over gRPC.",
+        epilog="Exit codes: 0 stopped by SIGTERM/SIGINT, 1 a serving process failed at start, 2 bad options, "
+        "3 nothing to serve (no such folder, no valid snapshot, or the pinned version missing), "
+        "4 the address cannot be listened on.",
+    )
     add_options(parser, OPTIONS, DEFAULTS)
+    add_version_option(parser)
     return parser
 
 
@@ -51,6 +72,46 @@ def _api_key(path: Path | None, env: Mapping[str, str]) -> str | None:
     return key
 
 
+def _named(exc: SettingError, args: argparse.Namespace, env: Mapping[str, str]) -> str:
+    """``exc``'s message, led by the flag or the variable its value came from."""
+    option = next((option for option in OPTIONS if option.field == exc.field), None)
+    if option is None:
+        return str(exc)
+    if getattr(args, option.field, None) is None and option.env in env:
+        return f"{option.env}={env[option.env]!r}: {exc}"
+    return f"{option.flag}: {exc}"
+
+
+def _settings(args: argparse.Namespace, env: Mapping[str, str]) -> tuple[dict[str, Any], int | None, str]:
+    """The Settings fields, the number of processes wanted and the log level, from the flags and ``env``.
+
+    Raises:
+        ValueError: an option's value cannot be used (OptionError and SettingError name where it came from).
+    """
+    values = resolve(args, env, OPTIONS)
+    log_level: str = values.pop("log_level", "INFO")
+    processes_wanted: int | None = values.pop("processes", None)
+    values["api_key"] = _api_key(values.pop("api_key_file", None), env)
+    if processes_wanted is not None and processes_wanted < 1:
+        raise ValueError(f"--processes {processes_wanted} is below 1")
+    port = values.get("port", DEFAULTS["port"])
+    if processes_wanted is not None and processes_wanted > 1 and port == 0:
+        raise ValueError("--processes above 1 needs a fixed --port (each process must listen on the same one)")
+    return values, processes_wanted, log_level
+
+
+@contextlib.contextmanager
+def _folder(values: dict[str, Any]) -> Iterator[Path]:
+    """The folder to serve: the one given, else ./snapshots when it exists, else a copy of the built-in sample."""
+    given = values.get("snapshots_dir")
+    if given is not None or sample.DEFAULT_FOLDER.is_dir():
+        yield given if given is not None else sample.DEFAULT_FOLDER
+        return
+    with sample.sample_copy() as copy:
+        logger.warning("no --snapshots given and no ./snapshots here: serving the built-in sample catalog")
+        yield copy
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the server until it is stopped.
 
@@ -66,21 +127,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SystemExit as exc:
         return exc.code if isinstance(exc.code, int) else EXIT_USAGE
     try:
-        values = resolve(args, os.environ, OPTIONS)
-        log_level = values.pop("log_level", "INFO")
-        logging.basicConfig(level=log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-        processes_wanted = values.pop("processes", None)
-        values["api_key"] = _api_key(values.pop("api_key_file", None), os.environ)
-        settings = Settings(**values)
-        if processes_wanted is None:
-            processes_wanted = processes.default_processes(settings.port)
-        if processes_wanted > 1 and settings.port == 0:
-            raise ValueError("--processes above 1 needs a fixed --port (each process must listen on the same one)")
-        if processes_wanted < 1:
-            raise ValueError(f"--processes {processes_wanted} is below 1")
-    except ValueError as exc:
-        parser.print_usage()
-        logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-        logging.getLogger(__name__).error("%s", exc)
-        return EXIT_USAGE
-    return processes.run(settings, processes=processes_wanted, log_level=log_level)
+        values, processes_wanted, log_level = _settings(args, os.environ)
+    except (OptionError, ValueError) as exc:
+        return _usage_error(str(exc))
+    logs.configure(log_level)
+    with _folder(values) as folder:
+        try:
+            settings = Settings(**{**values, "snapshots_dir": folder})
+            check_folder(settings.snapshots_dir)
+        except SettingError as exc:
+            return _usage_error(_named(exc, args, os.environ))
+        except NoSnapshotError as exc:
+            print(f"{PROG}: {exc}; nothing to serve", file=sys.stderr, flush=True)
+            return EXIT_NO_SNAPSHOT
+        wanted = processes.default_processes(settings.port) if processes_wanted is None else processes_wanted
+        return processes.run(settings, processes=wanted, log_level=log_level)
+
+
+def _usage_error(message: str) -> int:
+    print(f"{PROG}: {message}", file=sys.stderr, flush=True)
+    return EXIT_USAGE

@@ -15,6 +15,38 @@ DEFAULT_CHUNK_BYTES = 1 << 20
 MIN_CHUNK_BYTES = 1 << 10
 
 
+class SettingError(ValueError):
+    """A setting's value cannot be used; ``field`` names it, so the command line can name its flag or variable."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(message)
+        self.field = field
+
+
+def integer(text: str) -> int:
+    """A whole number (``--port 50051``).
+
+    Raises:
+        ValueError: ``text`` is not one.
+    """
+    try:
+        return int(text.strip())
+    except ValueError:
+        raise ValueError(f"not a whole number: {text!r}") from None
+
+
+def number(text: str) -> float:
+    """A number, fractions allowed (``--grace-s 2.5``).
+
+    Raises:
+        ValueError: ``text`` is not one.
+    """
+    try:
+        return float(text.strip())
+    except ValueError:
+        raise ValueError(f"not a number: {text!r}") from None
+
+
 @dataclass(frozen=True)
 class Settings:
     """Everything the server is told at start-up.
@@ -68,23 +100,30 @@ class Settings:
 
     def __post_init__(self) -> None:
         if not 0 <= self.port <= 65535:
-            raise ValueError(f"port {self.port} is not between 0 and 65535")
+            raise SettingError("port", f"port {self.port} is not between 0 and 65535")
         if self.grace_s < 0:
-            raise ValueError(f"grace_s {self.grace_s} is negative")
-        if self.max_watch_streams < 0 or self.heartbeat_s <= 0:
-            raise ValueError("max_watch_streams must be 0 or more and heartbeat_s above 0")
+            raise SettingError("grace_s", f"grace_s {self.grace_s} is negative")
+        if self.max_watch_streams < 0:
+            raise SettingError("max_watch_streams", f"max_watch_streams {self.max_watch_streams} is negative")
+        if self.heartbeat_s <= 0:
+            raise SettingError("heartbeat_s", f"heartbeat_s {self.heartbeat_s} is not above 0")
         if self.max_sync_streams < 1:
-            raise ValueError(f"max_sync_streams {self.max_sync_streams} is below 1")
+            raise SettingError("max_sync_streams", f"max_sync_streams {self.max_sync_streams} is below 1")
         if self.stream_idle_timeout_s <= self.heartbeat_s:
-            raise ValueError(
-                f"stream_idle_timeout_s {self.stream_idle_timeout_s} must be above heartbeat_s {self.heartbeat_s}"
+            raise SettingError(
+                "stream_idle_timeout_s",
+                f"stream_idle_timeout_s {self.stream_idle_timeout_s} must be above heartbeat_s {self.heartbeat_s}",
             )
         if self.pin is not None and not 0 < self.pin <= MAX_VERSION:
-            raise ValueError(f"pin {self.pin} is not a catalog version (1..{MAX_VERSION})")
+            raise SettingError("pin", f"pin {self.pin} is not a catalog version (1..{MAX_VERSION})")
+        self._check_sizes()
+
+    def _check_sizes(self) -> None:
         if self.api_key is not None and not self.api_key:
-            raise ValueError("the API key is empty")
+            raise SettingError("api_key", "the API key is empty")
         if not MIN_CHUNK_BYTES <= self.chunk_bytes <= self.max_send_bytes // 2:
-            raise ValueError(f"chunk_bytes {self.chunk_bytes} is outside {MIN_CHUNK_BYTES}..{self.max_send_bytes // 2}")
+            limit = self.max_send_bytes // 2
+            raise SettingError("chunk_bytes", f"chunk_bytes {self.chunk_bytes} is outside {MIN_CHUNK_BYTES}..{limit}")
 
     @property
     def address(self) -> str:
@@ -99,23 +138,39 @@ class Settings:
 
 
 DEFAULTS = {setting.name: setting.default for setting in fields(Settings)}
-SNAPSHOTS = Option("--snapshots", "AVAP_SNAPSHOTS", "snapshots_dir", Path, "snapshot folder to serve")
+SNAPSHOTS = Option(
+    "--snapshots",
+    "AVAP_SNAPSHOTS",
+    "snapshots_dir",
+    Path,
+    "snapshot folder to serve (default: ./snapshots when it exists, else the built-in sample catalog)",
+)
+LOG_LEVEL = Option(
+    "--log-level",
+    "AVAP_LOG_LEVEL",
+    "log_level",
+    parse_log_level,
+    "debug, info, warning or error, any case",
+    default="info",
+)
 # Every flag of avap-server, in --help order. Fields that are not Settings' belong to the program.
 OPTIONS: tuple[Option, ...] = (
     SNAPSHOTS,
     Option("--host", "AVAP_HOST", "host", str, "address to listen on"),
-    Option("--port", "AVAP_PORT", "port", int, "TCP port, 0 for any free one"),
-    Option("--grace-s", "AVAP_GRACE_S", "grace_s", float, "seconds in-flight calls may run on after SIGTERM/SIGINT"),
-    Option("--max-watch-streams", "AVAP_MAX_WATCH_STREAMS", "max_watch_streams", int, "WatchCatalog streams at once"),
-    Option("--max-sync-streams", "AVAP_MAX_SYNC_STREAMS", "max_sync_streams", int, "SyncCatalog transfers at once"),
+    Option("--port", "AVAP_PORT", "port", integer, "TCP port, 0 for any free one"),
+    Option("--grace-s", "AVAP_GRACE_S", "grace_s", number, "seconds in-flight calls may run on after SIGTERM/SIGINT"),
+    Option(
+        "--max-watch-streams", "AVAP_MAX_WATCH_STREAMS", "max_watch_streams", integer, "WatchCatalog streams at once"
+    ),
+    Option("--max-sync-streams", "AVAP_MAX_SYNC_STREAMS", "max_sync_streams", integer, "SyncCatalog transfers at once"),
     Option(
         "--stream-idle-timeout-s",
         "AVAP_STREAM_IDLE_TIMEOUT_S",
         "stream_idle_timeout_s",
-        float,
+        number,
         "reset a stream that moves no bytes for this long (a client that stopped reading)",
     ),
-    Option("--heartbeat-s", "AVAP_HEARTBEAT_S", "heartbeat_s", float, "seconds between heartbeats on a quiet watch"),
+    Option("--heartbeat-s", "AVAP_HEARTBEAT_S", "heartbeat_s", number, "seconds between heartbeats on a quiet watch"),
     Option(
         "--legacy-proto",
         "AVAP_LEGACY_PROTO",
@@ -141,7 +196,14 @@ OPTIONS: tuple[Option, ...] = (
         "file holding the API key that calls must carry in x-avap-auth; the key itself may be given "
         "as AVAP_API_KEY (never as a flag, so it does not show in ps)",
     ),
-    Option("--pin", "AVAP_PIN", "pin", int, "serve this catalog version, not the newest; a PIN file (avap-pin) wins"),
+    Option(
+        "--pin",
+        "AVAP_PIN",
+        "pin",
+        integer,
+        "serve this catalog version, not the newest; a PIN file (avap-pin) wins; a version not in the "
+        "folder stops the start (exit 3)",
+    ),
     Option(
         "--poll",
         "AVAP_POLL",
@@ -154,10 +216,10 @@ OPTIONS: tuple[Option, ...] = (
         "--processes",
         "AVAP_PROCESSES",
         "processes",
-        int,
+        integer,
         "server processes sharing the port, each pinned to its own CPU (default: one per CPU; 1 with --port 0)",
     ),
-    Option("--cpu", "AVAP_CPU", "cpu", int, "pin this process to one CPU (--processes sets it for each process)"),
+    Option("--cpu", "AVAP_CPU", "cpu", integer, "pin this process to one CPU (--processes sets it for each process)"),
     Option(
         "--reuse-port",
         "AVAP_REUSE_PORT",
@@ -166,5 +228,5 @@ OPTIONS: tuple[Option, ...] = (
         "share the port with the other processes of a group (--processes sets it for each of them)",
         switch=True,
     ),
-    Option("--log-level", "AVAP_LOG_LEVEL", "log_level", parse_log_level, "logging level", default="info"),
+    LOG_LEVEL,
 )

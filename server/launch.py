@@ -12,7 +12,12 @@ taken and patched (docs/serving-stack.md):
 - keepalive pings every 60 s (20 s to answer), to drop peers that vanished;
 - ``enable_reuse_port`` only within a ``--processes`` group, so an unrelated
   server on a busy port is refused rather than handed half the connections;
-- the admin interface on a Unix socket in a private folder, never on a port.
+- the admin interface on a Unix socket in a private folder, never on a port;
+- Envoy's own log (its errors, and what pyvoy reports through it) goes to
+  ``envoy.log`` in that folder, not to the terminal: a failed start would
+  otherwise print a traceback and Envoy's whole JSON config. The application
+  logs to stderr as usual, and the supervisor quotes the log's last error
+  when a process ends before it reported its load.
 
 Shutdown: ``drain`` over the control socket (health NOT_SERVING, watches end),
 then the admin's ``/drain_listeners`` (the port closes, clients are sent
@@ -26,6 +31,7 @@ import http.client
 import json
 import logging
 import os
+import re
 import select
 import shutil
 import signal
@@ -88,6 +94,28 @@ def envoy_config(settings: Settings, admin_socket: Path) -> dict[str, Any]:
     return config
 
 
+# A Python exception's last line (``NotADirectoryError: [Errno 20] ...``), as pyvoy logs it through Envoy.
+_EXCEPTION_LINE = re.compile(r"^(?:[A-Za-z_][\w.]*\.)?[A-Za-z_]\w*(?:Error|Exception|Exit): .+")
+# An Envoy log line: [time][pid][level][logger] [source:line] message
+_ENVOY_LINE = re.compile(r"^\[[^]]*\]\[\d+\]\[(?:error|critical)\]\[\w+\] (?:\[[^]]*\] )?(.+)")
+_STARTUP_FAILED = "RuntimeError: Application startup failed"  # pyvoy's wrapper around the real cause
+_QUOTED_CHARS = 300
+
+
+def last_error(log: Path) -> str:
+    """The most telling error in Envoy's log, on one line: the last Python exception, else the last Envoy error."""
+    try:
+        with log.open("rb") as file:
+            file.seek(max(0, log.stat().st_size - (64 << 10)))
+            lines = file.read().decode("utf-8", errors="replace").splitlines()
+    except OSError:
+        return "it logged nothing"
+    exceptions = [line for line in lines if _EXCEPTION_LINE.match(line) and not line.startswith(_STARTUP_FAILED)]
+    errors = [match[1] for line in lines if (match := _ENVOY_LINE.match(line))]
+    found = (exceptions or errors or ["it logged no error"])[-1].strip()
+    return found if len(found) <= _QUOTED_CHARS else found[:_QUOTED_CHARS] + "..."
+
+
 class _Admin:
     """Envoy's admin interface, over its Unix socket."""
 
@@ -140,6 +168,7 @@ class ServerProcess:
         self._stderr = stderr
         self._folder = Path(tempfile.mkdtemp(prefix="avap-server-"))
         self._admin = _Admin(self._folder / "admin.sock")
+        self._envoy_log = self._folder / "envoy.log"
         self._control: socket.socket | None = None
         self._replies: IO[str] | None = None
         self.process: subprocess.Popen[bytes] | None = None
@@ -167,7 +196,7 @@ class ServerProcess:
         inherited = {name: value for name, value in os.environ.items() if name != "AVAP_API_KEY"}
         env = {**inherited, **get_envoy_environ(), CONTROL_FD_VARIABLE: str(theirs.fileno())}
         args = [get_envoy_path(), "--config-yaml", json.dumps(config), "--log-level", "error",
-                "--concurrency", "1", "--disable-hot-restart"]  # fmt: skip
+                "--log-path", str(self._envoy_log), "--concurrency", "1", "--disable-hot-restart"]  # fmt: skip
         cpu = self.settings.cpu
         self.process = subprocess.Popen(
             args,
@@ -215,7 +244,8 @@ class ServerProcess:
         line = self._replies.readline()  # the application writes each reply whole
         if not line:
             code = self._wait_or_kill(_KILL_AFTER_S)
-            raise StartError(EXIT_FAILED, f"the server process ended (exit code {code}) before it loaded")
+            said = last_error(self._envoy_log)
+            raise StartError(EXIT_FAILED, f"the server process ended (exit code {code}) before it loaded: {said}")
         return dict(json.loads(line))
 
     def _wait_listening(self, stop: threading.Event) -> int:
@@ -225,8 +255,8 @@ class ServerProcess:
             if port is not None:
                 return port
             if self.process.poll() is not None:
-                code = self.process.returncode
-                raise StartError(EXIT_CANNOT_LISTEN, f"cannot listen on {self.settings.address} (exit code {code})")
+                said = last_error(self._envoy_log)
+                raise StartError(EXIT_CANNOT_LISTEN, f"cannot listen on {self.settings.address}: {said}")
             if stop.wait(_POLL_S):
                 self.kill()
                 raise StartError(EXIT_OK, "stopped while starting")

@@ -6,6 +6,10 @@ the folder and follows at once; the file outlives restarts. While it exists
 the server serves that version (if it verifies) instead of the newest.
 The pin file itself is ``avapdefs.folder``'s (``read_pin``, ``write_pin``).
 
+A server started with ``--pin`` (or on a folder whose ``PIN`` names a
+version) that is not in the folder refuses to start with the same exit code 3:
+neither ever serves another version in its place (docs/server.md, "Pinning").
+
 Exit codes: 0 done; 2 bad arguments; 3 the version is not in the folder or
 does not verify (nothing is written).
 """
@@ -14,33 +18,53 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from avapdefs.errors import SnapshotError
+from avapdefs.about import add_version_option
+from avapdefs.errors import OptionError, SnapshotError
 from avapdefs.folder import read_verified, remove_pin, snapshot_name, write_pin
 from avapdefs.options import add_options, resolve
-from server.config import DEFAULTS, SNAPSHOTS
+from server import logs
+from server.config import DEFAULTS, LOG_LEVEL, SNAPSHOTS
 
+PROG = "avap-pin"
 EXIT_OK = 0
 EXIT_USAGE = 2
 EXIT_NO_SUCH_VERSION = 3
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """``avap-pin``: pin the servers of a snapshot folder to a version, or unpin them."""
-    parser = argparse.ArgumentParser(prog="avap-pin", description="Pin the servers of a snapshot folder to a version.")
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog=PROG,
+        description="Pin the servers of a snapshot folder to a version.",
+        epilog="Exit codes: 0 done, 2 bad arguments, 3 the version is not in the folder or does not verify.",
+    )
     parser.add_argument("version", type=int, nargs="?", help="the catalog version to serve")
     parser.add_argument("--unpin", action="store_true", help="remove the pin: serve the newest version again")
-    add_options(parser, (SNAPSHOTS,), DEFAULTS)  # the server's own option, so both find the same folder
+    # The server's own options, so both find the same folder and read the same variables the same way.
+    add_options(parser, (SNAPSHOTS, LOG_LEVEL), DEFAULTS)
+    add_version_option(parser)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``avap-pin``: pin the servers of a snapshot folder to a version, or unpin them."""
+    parser = _parser()
     try:
         args = parser.parse_args(argv)
-        folder: Path = resolve(args, os.environ, (SNAPSHOTS,)).get(SNAPSHOTS.field, DEFAULTS[SNAPSHOTS.field])
+        values = resolve(args, os.environ, (SNAPSHOTS, LOG_LEVEL))
     except SystemExit as exc:
         return exc.code if isinstance(exc.code, int) else EXIT_USAGE
+    except OptionError as exc:
+        print(f"{PROG}: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    logs.configure(values.get(LOG_LEVEL.field, "WARNING"))
+    folder: Path = values.get(SNAPSHOTS.field, DEFAULTS[SNAPSHOTS.field])
     if args.unpin == (args.version is not None):
-        parser.print_usage()
-        print("avap-pin: give a VERSION or --unpin")
+        parser.print_usage(sys.stderr)
+        print(f"{PROG}: give a VERSION or --unpin", file=sys.stderr)
         return EXIT_USAGE
     if args.unpin:
         print("unpinned" if remove_pin(folder) else "was not pinned")
@@ -48,7 +72,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         read_verified(folder / snapshot_name(args.version))
     except SnapshotError as exc:
-        print(f"avap-pin: cannot pin version {args.version}: {exc}")
+        print(f"{PROG}: cannot pin version {args.version}: {exc}", file=sys.stderr)
         return EXIT_NO_SUCH_VERSION
     write_pin(folder, args.version)
     print(f"pinned to version {args.version}")

@@ -74,7 +74,9 @@ class _Child:
         self.server = ServerProcess(self.settings, log_level=self.log_level)
         pid = self.server.spawn()
         self.started_at = time.monotonic()
-        logger.info("server process %s started: pid %s on cpu %s", self.index, pid, self.settings.cpu)
+        cpu = self.settings.cpu
+        where = "not pinned to a CPU" if cpu is None else f"pinned to CPU {cpu}"
+        logger.info("server process %s started: pid %s, %s", self.index, pid, where)
 
     def wait_ready(self, stop: threading.Event) -> Loaded:
         assert self.server is not None

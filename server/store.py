@@ -43,7 +43,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from avapdefs import fileio
-from avapdefs.errors import SnapshotError
+from avapdefs.errors import NoSnapshotError, SnapshotError
 from avapdefs.folder import (
     choose,
     first_valid,
@@ -70,6 +70,35 @@ from server.legacy.codec import LegacyCodec
 from server.sync import DeltaAnswer, load_deltas
 
 logger = logging.getLogger(__name__)
+
+
+class PinnedVersionMissingError(NoSnapshotError):
+    """The version pinned at start-up (``--pin`` or the PIN file) is not in the folder.
+
+    The server then refuses to start rather than serve another version, as
+    ``avap-pin`` refuses to pin it: a pin is usually a rollback away from the
+    newest version, so serving the newest instead would serve what the
+    operator rolled back from.
+
+    Attributes:
+        version: the pinned version.
+    """
+
+    def __init__(self, version: int, folder: Path) -> None:
+        super().__init__(f"pinned version {version} is not in the folder", path=folder)
+        self.version = version
+
+
+def check_folder(folder: Path) -> None:
+    """Refuse a snapshot folder that does not exist or is not a folder.
+
+    Raises:
+        NoSnapshotError: saying which.
+    """
+    if not folder.exists():
+        raise NoSnapshotError("the snapshot folder does not exist", path=folder)
+    if not folder.is_dir():
+        raise NoSnapshotError("this is not a folder: give --snapshots the folder that holds the snapshots", path=folder)
 
 
 @dataclass(frozen=True, eq=False)
@@ -196,6 +225,7 @@ class SnapshotStore:
         self.pinned_version = 0  # the pin in force at the last refresh; 0 for none
         self.current: LoadedSnapshot | None = None
         self._missing_noted: Path | None = None
+        self._missing_pin_noted: int | None = None
         self._refused_files: dict[Path, tuple[tuple[int, int, int], SnapshotError]] = {}
         self._cache_failure_noted = False
         self.on_swap: Callable[[], None] = _nothing  # called on the swapping thread after each swap
@@ -204,8 +234,11 @@ class SnapshotStore:
         """Make the snapshot the folder calls for live (see the class docstring).
 
         Raises:
-            NoSnapshotError: no snapshot in the folder verifies; ``current`` is unchanged.
+            NoSnapshotError: the folder does not exist, is not a folder, or no snapshot in it verifies;
+                ``current`` is unchanged.
+            PinnedVersionMissingError: nothing is live yet and the pinned version is not in the folder.
         """
+        check_folder(self.folder)
         loaded = self.refresh()
         if loaded is None:
             raise no_snapshot_error(self.folder)
@@ -221,9 +254,7 @@ class SnapshotStore:
         choice = choose(self.folder, pin=self.pin, live=current.info.version if current else None)
         self.pinned_version = choice.pinned
         self._refused_files = {path: known for path, known in self._refused_files.items() if path.exists()}
-        if choice.missing_pin is not None:
-            instead = f"still serving {current.info.version}" if current else "serving the newest instead"
-            logger.error("pinned version %s is not in %s; %s", choice.missing_pin, self.folder, instead)
+        self._note_missing_pin(choice.missing_pin)
         loaded, _ = first_valid(choice.candidates, self._build, self._refused)
         if loaded is None:
             self._note_missing_file()
@@ -236,6 +267,17 @@ class SnapshotStore:
         )  # fmt: skip
         self._prune_images()
         return loaded
+
+    def _note_missing_pin(self, missing: int | None) -> None:
+        # Before the first load a missing pin stops the start; later the live version keeps
+        # serving, and that is said once per missing pin, not at every folder event.
+        if missing is not None and self.current is None:
+            raise PinnedVersionMissingError(missing, self.folder)
+        if missing is not None and missing != self._missing_pin_noted:
+            assert self.current is not None
+            logger.error("pinned version %s is not in %s; still serving version %s",
+                         missing, self.folder, self.current.info.version)  # fmt: skip
+        self._missing_pin_noted = missing
 
     def _build(self, path: Path) -> LoadedSnapshot:
         # A file refused once is not read again until it changes: every later folder

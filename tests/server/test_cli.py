@@ -41,17 +41,17 @@ def test_environment_variables_configure_and_flags_win(
 @pytest.mark.parametrize(
     ("argv", "problem"),
     [
-        (["--port", "70000"], r"port 70000 is not between 0 and 65535"),
-        (["--grace-s", "-1"], r"grace.s -1(\.0)? is negative"),
-        (["--no-such-flag"], r"unrecognized arguments: --no-such-flag"),
+        (["--port", "70000"], r"^avap-server: --port: port 70000 is not between 0 and 65535$"),
+        (["--grace-s", "-1"], r"^avap-server: --grace-s: grace.s -1(\.0)? is negative$"),
+        (["--no-such-flag"], r"^avap-server: error: unrecognized arguments: --no-such-flag$"),
     ],
 )
 def test_bad_options_exit_2_with_one_line_naming_the_problem(
     argv: list[str], problem: str, capsys: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture
 ) -> None:
     assert cli.main(argv) == 2
-    # argparse prints its own errors after the usage; the checks of values log theirs.
-    printed = [line for line in capsys.readouterr().err.splitlines() if line.startswith("avap-server: error: ")]
+    # argparse prints its usage, then its error; the checks of values print their one line alone.
+    printed = [line for line in capsys.readouterr().err.splitlines() if line.startswith("avap-server: ")]
     logged = [record.getMessage() for record in caplog.records if record.levelno >= logging.ERROR]
     errors = printed + logged
     assert len(errors) == 1, errors

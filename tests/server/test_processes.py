@@ -16,7 +16,7 @@ from server import cli
 from tests.helpers import MakeSnapshot
 from tests.server.helpers import log_lines, server_process, wait_for_line
 
-STARTED = r"server process (\d) started: pid (\d+) on cpu (\d+)"
+STARTED = r"server process (\d) started: pid (\d+), pinned to CPU (\d+)"
 
 
 def _free_port() -> int:

@@ -79,5 +79,10 @@ def test_no_valid_snapshot_raises_and_leaves_nothing_live(tmp_path: Path) -> Non
     with pytest.raises(NoSnapshotError, match="none of its 1 snapshot files verifies"):
         store.load_newest()
     assert store.current is None
+    (tmp_path / "empty").mkdir()
     with pytest.raises(NoSnapshotError, match="holds no snapshot file"):
+        SnapshotStore(tmp_path / "empty", chunk_bytes=1024).load_newest()
+    with pytest.raises(NoSnapshotError, match="the snapshot folder does not exist"):
         SnapshotStore(tmp_path / "missing", chunk_bytes=1024).load_newest()
+    with pytest.raises(NoSnapshotError, match="is not a folder"):
+        SnapshotStore(folder / snapshot_name(1), chunk_bytes=1024).load_newest()
