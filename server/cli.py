@@ -40,9 +40,14 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog=PROG,
         description="Serve the newest valid snapshot over gRPC.",
-        epilog="Exit codes: 0 stopped by SIGTERM/SIGINT, 1 a serving process failed at start, 2 bad options, "
-        "3 nothing to serve (no such folder, no valid snapshot, or the pinned version missing), "
-        "4 the address cannot be listened on.",
+        epilog="exit codes:\n"
+        "  0  stopped by SIGTERM/SIGINT after a graceful shutdown\n"
+        "  1  a serving process failed at start\n"
+        "  2  bad options\n"
+        "  3  nothing to serve: no such folder, no valid snapshot, or the pinned version missing\n"
+        "  4  the address cannot be listened on",
+        # Raw: --version's lines and the exit-code table keep their line breaks.
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     add_options(parser, OPTIONS, DEFAULTS)
     add_version_option(parser)

@@ -39,7 +39,8 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog=PROG,
         description="Pin the servers of a snapshot folder to a version.",
-        epilog="Exit codes: 0 done, 2 bad arguments, 3 the version is not in the folder or does not verify.",
+        epilog="exit codes:\n  0  done\n  2  bad arguments\n  3  the version is not in the folder or does not verify",
+        formatter_class=argparse.RawDescriptionHelpFormatter,  # --version's lines keep their line breaks
     )
     parser.add_argument("version", type=int, nargs="?", help="the catalog version to serve")
     parser.add_argument("--unpin", action="store_true", help="remove the pin: serve the newest version again")

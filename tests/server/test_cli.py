@@ -6,6 +6,7 @@ import logging
 import re
 import signal
 import subprocess
+from collections.abc import Callable
 from pathlib import Path
 
 import grpc
@@ -13,7 +14,7 @@ import pytest
 
 from avapdefs.v1.definitions_pb2 import GetCommandRequest, SyncCatalogRequest
 from avapdefs.v1.definitions_pb2_grpc import DefinitionServiceStub
-from server import cli
+from server import cli, pin
 from tests.helpers import MakeSnapshot
 from tests.server.helpers import big_commands, log_lines, server_process, wait_for_line
 
@@ -108,3 +109,14 @@ def test_sigint_on_an_idle_server_exits_0(make_snapshot: MakeSnapshot) -> None:
     finally:
         process.kill()
         process.wait()
+
+
+@pytest.mark.parametrize(("program", "name"), [(cli.main, "avap-server"), (pin.main, "avap-pin")])
+def test_version_names_the_package_the_formats_and_the_contracts(
+    program: Callable[[list[str]], int], name: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert program(["--version"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert re.fullmatch(rf"{name} \S+ \(avap-definition-server\)", lines[0]), lines
+    assert re.fullmatch(r"snapshot format \d+, delta format \d+", lines[1]), lines
+    assert "avapdefs.v1.DefinitionService" in lines[2]
