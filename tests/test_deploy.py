@@ -1,0 +1,492 @@
+"""The deployment files hang together: docker-compose.yml and the Kubernetes manifests in deploy/k8s/.
+
+No Docker engine or Kubernetes cluster runs here, so the files are read, not
+deployed. What can run does: every program they start must be an entry point
+of this package ([project.scripts] in pyproject.toml) and accept the options
+given to it (its own ``--help`` is asked); the health checks and probes are
+run against a real server started with the deployed command line; the
+exporter's health check runs on real snapshot folders.
+
+Kubernetes: every manifest file that is a whole object is validated against
+the Kubernetes schemas (kubernetes-validate, strict: an unknown field fails)
+on every run. ``kubectl kustomize`` renders the two variants, and their
+objects are validated the same way and checked for consistency, only where
+kubectl is installed (CI has it; without it the checks that need the rendered
+variants run on the base alone). ``kubectl apply --dry-run=client`` needs an
+API server even in client mode (it asks the server which kinds exist: "unable
+to recognize ... connection refused" with none), so it runs only where kubectl
+has a current context.
+"""
+
+from __future__ import annotations
+
+import re
+import shlex
+import shutil
+import signal
+import subprocess
+import sys
+import tomllib
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import kubernetes_validate  # type: ignore[import-untyped]
+import pytest
+import yaml
+from grpc_health.v1 import health_pb2
+
+from tests.helpers import MakeSnapshot
+from tests.server.helpers import health_status, log_lines, wait_for_line
+
+ROOT = Path(__file__).resolve().parents[1]
+COMPOSE = ROOT / "docker-compose.yml"
+K8S = ROOT / "deploy" / "k8s"
+VARIANTS = ("shared-volume", "sidecar")
+BIN = Path(sys.executable).parent
+SCRIPTS: dict[str, str] = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]
+# The oldest Kubernetes the manifests are for (preStop's sleep action is on by default from 1.30),
+# and the newest kubernetes-validate knows.
+K8S_VERSIONS = ("1.30", kubernetes_validate.latest_version())
+# Shell words the compose file's two short scripts use besides entry points: keywords, the
+# builtin `true`, and `sleep` (coreutils, in every image). Nothing else may appear.
+SHELL_KEYWORDS = frozenset({"for", "while", "do", "done", "if", "then", "else", "fi", "!"})
+SHELL_UTILITIES = frozenset({"true", "sleep"})
+SEPARATORS = frozenset({";", "&&", "||", "|", "&", "(", ")"})
+
+
+# ---- reading commands ----------------------------------------------------------------------
+
+
+def commands_of(argv: list[str]) -> list[list[str]]:
+    """The command lines ``argv`` runs: itself, or each command of its ``sh -c`` script."""
+    if argv[:2] in (["sh", "-c"], ["/bin/sh", "-c"]):
+        lexer = shlex.shlex(argv[2], posix=True, punctuation_chars=";&|()")
+        lexer.whitespace_split = True
+        return _split_commands(list(lexer))
+    return [argv]
+
+
+def _split_commands(tokens: list[str]) -> list[list[str]]:
+    commands: list[list[str]] = [[]]
+    for token in tokens:
+        if token in SEPARATORS:
+            commands.append([])
+        elif commands[-1] or not _runs_nothing(token):
+            commands[-1].append(token)
+    return [command for command in commands if command and command[0] != "for"]  # a for list runs nothing
+
+
+def _runs_nothing(token: str) -> bool:
+    # A keyword or an assignment where a command would start (``for`` starts its list, dropped above).
+    return token in SHELL_KEYWORDS - {"for"} or re.fullmatch(r"[A-Za-z_]\w*=.*", token) is not None
+
+
+def help_text(argv: list[str]) -> str:
+    """What ``argv[0] --help`` says, and ``argv[0] argv[1] --help`` when argv[1] is a subcommand."""
+    program = BIN / argv[0]
+    assert program.exists(), f"{argv[0]} is not installed in {BIN}: run pip install -e '.[dev]'"
+    texts = [_help(program, [])]
+    if len(argv) > 1 and re.fullmatch(r"[a-z][a-z-]*", argv[1]) and f" {argv[1]}" in texts[0]:
+        texts.append(_help(program, [argv[1]]))
+    return "\n".join(texts)
+
+
+def _help(program: Path, words: list[str]) -> str:
+    done = subprocess.run([program, *words, "--help"], capture_output=True, text=True, timeout=60, check=False)
+    assert done.returncode == 0, f"{program.name} {' '.join(words)} --help exited {done.returncode}: {done.stderr}"
+    return done.stdout
+
+
+def check_entry_point(argv: list[str], env_names: set[str]) -> None:
+    """``argv`` runs only entry points (and the shell words allowed), each with options its help names.
+
+    ``env_names``: the AVAP_* variables set for it; each must be one its tools read, or its script.
+    """
+    script = argv[2] if argv[:2] == ["sh", "-c"] else ""
+    helps = []
+    for command in commands_of(argv):
+        program = command[0]
+        if program in SHELL_UTILITIES:
+            continue
+        assert program in SCRIPTS, f"{program!r} ({' '.join(argv)}) is not an entry point of the package"
+        text = help_text(command)
+        helps.append(text)
+        for flag in (word.split("=", 1)[0] for word in command if word.startswith("--")):
+            assert re.search(rf"{re.escape(flag)}(?![\w-])", text), (
+                f"{program} does not take {flag} ({' '.join(command)})"
+            )
+    for name in env_names:
+        assert any(name in text for text in helps) or f"${name}" in script, f"nothing in {argv} reads {name}"
+
+
+# ---- docker-compose.yml --------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def compose() -> dict[str, Any]:
+    loaded: dict[str, Any] = yaml.safe_load(COMPOSE.read_text())
+    return loaded
+
+
+def _unescape(text: str) -> str:
+    # Compose interpolates $VAR from the host and turns $$ into $; every $ in our commands is meant for the container.
+    assert not re.search(r"(?<!\$)\$(?!\$)", text.replace("$$", "")), f"a bare $ compose would interpolate: {text}"
+    return text.replace("$$", "$")
+
+
+def compose_argv(value: list[str] | str) -> list[str]:
+    """A compose command or healthcheck test as the container runs it."""
+    if isinstance(value, str):
+        return ["sh", "-c", _unescape(value)]
+    if value[0] == "CMD-SHELL":
+        return ["sh", "-c", _unescape(value[1])]
+    words = value[1:] if value[0] == "CMD" else value
+    return [_unescape(word) for word in words]
+
+
+def option(argv: list[str], flag: str, default: str | None = None) -> str | None:
+    """The value after ``flag`` in ``argv`` (``--flag VALUE`` or ``--flag=VALUE``), else ``default``."""
+    for index, word in enumerate(argv):
+        if word == flag and index + 1 < len(argv):
+            return argv[index + 1]
+        if word.startswith(f"{flag}="):
+            return word.split("=", 1)[1]
+    return default
+
+
+def ours(service: dict[str, Any]) -> bool:
+    """A service built from this repository's Dockerfile."""
+    return service.get("build") in (".", {"context": "."})
+
+
+def test_compose_services_volumes_and_ports_hang_together(compose: dict[str, Any]) -> None:
+    services = compose["services"]
+    assert set(services) == {"postgres", "sample", "exporter", "server"}
+    declared = set(compose["volumes"])
+    used = {mount.split(":")[0] for service in services.values() for mount in service.get("volumes", [])}
+    assert used == declared, "every named volume is declared, and every declared one is used"
+    for name, service in services.items():
+        for target, condition in service.get("depends_on", {}).items():
+            assert target in services, f"{name} depends on {target}, which is no service"
+            if condition["condition"] == "service_healthy":
+                assert "healthcheck" in services[target], f"{name} waits for {target} to be healthy; it has no check"
+            if condition["condition"] == "service_completed_successfully":
+                assert services[target].get("restart") == "no", f"{target} must run once for {name} to start"
+    exporter, server = services["exporter"], services["server"]
+    server_argv = compose_argv(server["command"])
+    folder = option(server_argv, "--snapshots")
+    assert exporter["environment"]["AVAP_SNAPSHOTS"] == folder, "the exporter publishes where the server serves"
+    assert f"snapshots:{folder}" in exporter["volumes"] and f"snapshots:{folder}" in server["volumes"]
+    assert option(server_argv, "--host") == "0.0.0.0", "the server must listen beyond the container's loopback"
+    port = option(server_argv, "--port", "50051")
+    assert [mapping.split(":")[-1] for mapping in server["ports"]] == [port]
+    health = compose_argv(server["healthcheck"]["test"])
+    assert health[:2] == ["avapctl", "health"] and option(health, "--server") == f"127.0.0.1:{port}"
+    assert f"{folder}/" in exporter["healthcheck"]["test"][1], "the exporter's check reads the shared folder"
+
+
+def test_compose_runs_only_entry_points_with_options_they_take(compose: dict[str, Any]) -> None:
+    checked = 0
+    for service in compose["services"].values():
+        if not ours(service):
+            continue
+        env = {key for key in service.get("environment", {}) if key.startswith("AVAP_")}
+        check_entry_point(compose_argv(service["command"]), env)
+        if "healthcheck" in service:
+            check_entry_point(compose_argv(service["healthcheck"]["test"]), set())
+        checked += 1
+    assert checked == 3
+
+
+def test_compose_exporter_health_check_verifies_the_newest_snapshot(
+    compose: dict[str, Any], make_snapshot: MakeSnapshot, tmp_path: Path
+) -> None:
+    script = compose_argv(compose["services"]["exporter"]["healthcheck"]["test"])[2]
+
+    def check(folder: Path) -> int:
+        done = subprocess.run(
+            ["sh", "-c", script.replace("/snapshots/", f"{folder}/")],
+            env={"PATH": f"{BIN}:/usr/bin:/bin"},
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        return done.returncode
+
+    folder = tmp_path / "snapshots"
+    folder.mkdir()
+    assert check(folder) != 0, "an empty folder is not healthy"
+    make_snapshot(folder=folder, version=9)
+    newest = make_snapshot(folder=folder, version=10)  # 10 after 9: names sort by version
+    assert check(folder) == 0
+    newest.write_bytes(newest.read_bytes()[:-7])  # the newest is truncated; an older good one does not count
+    assert check(folder) == 9
+
+
+# ---- Kubernetes ----------------------------------------------------------------------------
+
+
+def kustomization(folder: Path) -> dict[str, Any]:
+    loaded: dict[str, Any] = yaml.safe_load((folder / "kustomization.yaml").read_text())
+    return loaded
+
+
+def resource_files(folder: Path) -> Iterator[Path]:
+    """The whole-object files of a kustomization and of the kustomizations it includes."""
+    for entry in kustomization(folder).get("resources", []):
+        path = (folder / entry).resolve()
+        if path.is_dir():
+            yield from resource_files(path)
+        else:
+            yield path
+
+
+def patch_files(folder: Path) -> list[Path]:
+    return [folder / patch["path"] for patch in kustomization(folder).get("patches", [])]
+
+
+def validate(document: dict[str, Any], where: str) -> None:
+    for version in K8S_VERSIONS:
+        try:
+            kubernetes_validate.validate(document, version, strict=True)
+        except kubernetes_validate.ValidationError as exc:
+            path = ".".join(str(part) for part in exc.path)
+            raise AssertionError(
+                f"{where}: {document['kind']} at {path}: {exc.message} (Kubernetes {version})"
+            ) from None
+
+
+def rendered(variant: str) -> list[dict[str, Any]]:
+    done = subprocess.run(
+        ["kubectl", "kustomize", str(K8S / variant)], capture_output=True, text=True, timeout=120, check=False
+    )
+    assert done.returncode == 0, f"kubectl kustomize {variant}: {done.stderr}"
+    return [document for document in yaml.safe_load_all(done.stdout) if document]
+
+
+KUBECTL = shutil.which("kubectl")
+
+
+def variants() -> dict[str, list[dict[str, Any]]]:
+    """Each variant's objects, rendered by kubectl; without kubectl, the base's objects alone."""
+    if KUBECTL is None:
+        base = [yaml.safe_load(path.read_text()) for path in resource_files(K8S / "base")]
+        return {"base": base}
+    return {variant: rendered(variant) for variant in VARIANTS}
+
+
+def test_every_kustomization_names_files_that_exist() -> None:
+    folders = [K8S / "base", *(K8S / variant for variant in VARIANTS)]
+    for folder in folders:
+        for entry in kustomization(folder).get("resources", []):
+            path = folder / entry
+            assert path.is_file() or (path / "kustomization.yaml").is_file(), f"{folder.name}: {entry} is missing"
+        for path in patch_files(folder):
+            assert path.is_file(), f"{folder.name}: patch {path.name} is missing"
+    listed = {path for folder in folders for path in [*resource_files(folder), *patch_files(folder)]}
+    on_disk = {path.resolve() for path in K8S.rglob("*.yaml") if path.name != "kustomization.yaml"}
+    assert on_disk == listed, "every manifest file is part of a kustomization"
+
+
+def test_manifests_validate_against_the_kubernetes_schemas() -> None:
+    files = {path for variant in VARIANTS for path in resource_files(K8S / variant)}
+    assert len(files) == 6
+    for path in sorted(files):
+        validate(yaml.safe_load(path.read_text()), str(path.relative_to(ROOT)))
+    objects = {(doc["kind"], doc["metadata"]["name"]) for path in files for doc in [yaml.safe_load(path.read_text())]}
+    for variant in VARIANTS:
+        for path in patch_files(K8S / variant):
+            patch = yaml.safe_load(path.read_text())
+            assert (patch["kind"], patch["metadata"]["name"]) in objects, f"{path.name} patches nothing"
+    if KUBECTL is None:
+        return  # the rendered variants are validated where kubectl is installed
+    for variant, documents in variants().items():
+        for document in documents:
+            validate(document, f"kubectl kustomize {variant}")
+        _dry_run(variant, documents)
+
+
+def _dry_run(variant: str, documents: list[dict[str, Any]]) -> None:
+    context = subprocess.run(["kubectl", "config", "current-context"], capture_output=True, timeout=30, check=False)
+    if context.returncode != 0:
+        return  # no cluster to ask which kinds exist (see the module docstring)
+    done = subprocess.run(
+        ["kubectl", "apply", "--dry-run=client", "-f", "-"],
+        input=yaml.safe_dump_all(documents),
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0, f"kubectl apply --dry-run=client ({variant}): {done.stderr}"
+
+
+def pod_specs(documents: list[dict[str, Any]]) -> Iterator[tuple[dict[str, Any], dict[str, Any]]]:
+    """(object, pod spec) of every Deployment and CronJob."""
+    for document in documents:
+        if document["kind"] == "Deployment":
+            yield document, document["spec"]["template"]["spec"]
+        elif document["kind"] == "CronJob":
+            yield document, document["spec"]["jobTemplate"]["spec"]["template"]["spec"]
+
+
+def containers(pod: dict[str, Any]) -> list[dict[str, Any]]:
+    found: list[dict[str, Any]] = [*pod.get("initContainers", []), *pod.get("containers", [])]
+    return found
+
+
+def by_kind(documents: list[dict[str, Any]], kind: str) -> list[dict[str, Any]]:
+    return [document for document in documents if document["kind"] == kind]
+
+
+def server_container(pod: dict[str, Any]) -> dict[str, Any]:
+    servers: list[dict[str, Any]] = [c for c in pod["containers"] if c["command"][0] == "avap-server"]
+    assert len(servers) == 1
+    return servers[0]
+
+
+def mount_of(container: dict[str, Any], path: str | None) -> str:
+    """The volume mounted at ``path`` in ``container``."""
+    volumes: list[str] = [mount["name"] for mount in container["volumeMounts"] if mount["mountPath"] == path]
+    assert len(volumes) == 1, f"{container['name']}: {len(volumes)} volumes at {path}"
+    return volumes[0]
+
+
+def test_server_deployment_service_budget_and_autoscaler_hang_together() -> None:
+    for variant, documents in variants().items():
+        (deployment,) = by_kind(documents, "Deployment")
+        labels = deployment["spec"]["template"]["metadata"]["labels"]
+        assert deployment["spec"]["selector"]["matchLabels"].items() <= labels.items()
+        assert "replicas" not in deployment["spec"], "the autoscaler owns the replica count"
+        pod = deployment["spec"]["template"]["spec"]
+        server = server_container(pod)
+        argv = server["command"]
+        port = int(option(argv, "--port", "50051") or 0)
+        assert option(argv, "--processes") == "1", f"{variant}: one process per pod (server-deployment.yaml says why)"
+        assert [p["containerPort"] for p in server["ports"]] == [port]
+        for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+            assert server[probe]["grpc"]["port"] == port, f"{variant}: {probe} asks another port"
+        (service,) = by_kind(documents, "Service")
+        assert service["spec"]["selector"].items() <= labels.items()
+        assert {p["targetPort"] for p in service["spec"]["ports"]} <= {p["name"] for p in server["ports"]}
+        (budget,) = by_kind(documents, "PodDisruptionBudget")
+        assert budget["spec"]["selector"]["matchLabels"].items() <= labels.items()
+        (scaler,) = by_kind(documents, "HorizontalPodAutoscaler")
+        assert scaler["spec"]["scaleTargetRef"]["name"] == deployment["metadata"]["name"]
+        assert scaler["spec"]["minReplicas"] > budget["spec"]["maxUnavailable"], "a drain leaves a server up"
+        assert [m["resource"]["name"] for m in scaler["spec"]["metrics"]] == ["cpu"]
+        _check_pods(variant, documents)
+
+
+def _check_pods(variant: str, documents: list[dict[str, Any]]) -> None:
+    for document, pod in pod_specs(documents):
+        volumes = {volume["name"] for volume in pod["volumes"]}
+        for container in containers(pod):
+            where = f"{variant}: {document['metadata']['name']}/{container['name']}"
+            assert {mount["name"] for mount in container["volumeMounts"]} <= volumes, f"{where}: unknown volume"
+            resources = container["resources"]
+            assert {"cpu", "memory"} <= resources["requests"].keys() and "memory" in resources["limits"], where
+            assert container["securityContext"]["readOnlyRootFilesystem"], where
+        assert pod["securityContext"]["runAsNonRoot"]
+
+
+def test_each_variant_fills_the_folder_the_server_serves() -> None:
+    if KUBECTL is None:
+        return  # the variants exist only rendered (see the module docstring)
+    rendered_variants = variants()
+    shared, sidecar = rendered_variants["shared-volume"], rendered_variants["sidecar"]
+    (deployment,) = by_kind(shared, "Deployment")
+    (cronjob,) = by_kind(shared, "CronJob")
+    (claim,) = by_kind(shared, "PersistentVolumeClaim")
+    assert claim["spec"]["accessModes"] == ["ReadWriteMany"], "servers on many nodes share it"
+    for document, pod in pod_specs(shared):
+        (container,) = [c for c in containers(pod) if c["command"][0] in ("avap-server", "avap-export")]
+        volume = mount_of(container, option(container["command"], "--snapshots"))
+        (source,) = [v for v in pod["volumes"] if v["name"] == volume]
+        assert source["persistentVolumeClaim"]["claimName"] == claim["metadata"]["name"], document["kind"]
+    assert {"name": "AVAP_POLL", "value": "1"} in server_container(deployment["spec"]["template"]["spec"])["env"]
+    assert cronjob["spec"]["concurrencyPolicy"] == "Forbid"
+    (deployment,) = by_kind(sidecar, "Deployment")
+    pod = deployment["spec"]["template"]["spec"]
+    server = server_container(pod)
+    folder_volume = mount_of(server, option(server["command"], "--snapshots"))
+    syncs = [c for c in containers(pod) if c["command"][0] == "avap-sync"]
+    assert [("--watch" in c["command"]) for c in syncs] == [False, True], "a first sync, then the follower"
+    assert syncs[0] in pod["initContainers"], "the server starts only once a snapshot is there"
+    for sync in syncs:
+        assert mount_of(sync, option(sync["command"], "--dest")) == folder_volume
+    (origin,) = by_kind(sidecar, "ConfigMap")
+    assert "AVAP_SERVER" in origin["data"]
+    assert not by_kind(sidecar, "CronJob") and not by_kind(sidecar, "PersistentVolumeClaim")
+
+
+def manifest_containers() -> Iterator[tuple[str, dict[str, Any]]]:
+    """Every container in every manifest file (patches included), with its file's name."""
+    for path in sorted(K8S.rglob("*.yaml")):
+        for document in yaml.safe_load_all(path.read_text()):
+            yield from ((path.name, container) for container in _walk_containers(document))
+
+
+def _walk_containers(node: Any) -> Iterator[dict[str, Any]]:
+    if isinstance(node, dict):
+        for key, value in node.items():
+            if key in ("containers", "initContainers"):
+                yield from value
+            else:
+                yield from _walk_containers(value)
+    elif isinstance(node, list):
+        for item in node:
+            yield from _walk_containers(item)
+
+
+def test_manifests_run_only_entry_points_with_options_they_take() -> None:
+    whole = {container["name"]: container for _, container in manifest_containers() if "image" in container}
+    for name, container in manifest_containers():
+        # A patch that changes a container defined elsewhere names it and gives no image: check it as merged.
+        command = container.get("command") or whole[container["name"]].get("command")
+        assert command, f"{name}: {container['name']} runs the image's default command"
+        env = {item["name"] for item in container.get("env", []) if item["name"].startswith("AVAP_")}
+        check_entry_point(command, env)
+    assert {container["command"][0] for container in whole.values()} == {"avap-server", "avap-export", "avap-sync"}
+    generated = kustomization(K8S / "sidecar")["configMapGenerator"][0]["literals"]
+    check_entry_point(["avap-sync", "--watch"], {literal.split("=", 1)[0] for literal in generated})
+
+
+# ---- the checks against a server started as deployed ---------------------------------------
+
+
+def test_health_checks_and_probes_ask_what_the_deployed_server_answers(
+    compose: dict[str, Any], make_snapshot: MakeSnapshot
+) -> None:
+    deployment = yaml.safe_load((K8S / "base" / "server-deployment.yaml").read_text())
+    server = server_container(deployment["spec"]["template"]["spec"])
+    folder = make_snapshot(version=1).parent
+    argv = _local(server["command"], folder)
+    process = subprocess.Popen([BIN / argv[0], *argv[1:]], stderr=subprocess.PIPE, text=True)
+    try:
+        seen: list[str] = []
+        port = int(wait_for_line(log_lines(process), r"serving catalog version .* on 127\.0\.0\.1:(\d+)", seen)[1])
+        for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+            service = server[probe]["grpc"].get("service", "")
+            assert health_status(port, service) == health_pb2.HealthCheckResponse.SERVING, probe
+        health = compose_argv(compose["services"]["server"]["healthcheck"]["test"])
+        assert _run(health, port) == 0
+    finally:
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(30) == 0
+        assert process.stderr is not None
+        process.stderr.close()
+    assert _run(health, port) == 3, "nothing listens: the check fails (exit 3, unreachable)"
+
+
+def _local(argv: list[str], folder: Path) -> list[str]:
+    """``argv`` on loopback, any free port, serving ``folder``."""
+    values = {"--host": "127.0.0.1", "--port": "0", "--snapshots": str(folder)}
+    return [values.get(argv[index - 1], word) if index else word for index, word in enumerate(argv)]
+
+
+def _run(health: list[str], port: int) -> int:
+    argv = [word.replace(":50051", f":{port}") for word in health]
+    return subprocess.run([BIN / argv[0], *argv[1:]], capture_output=True, timeout=60, check=False).returncode
