@@ -14,8 +14,9 @@ later takes ``drain`` (health NOT_SERVING, watch streams end, hot reload
 stops). When the launcher goes away the socket closes and the process ends
 itself, so no server outlives its ``avap-server``.
 
-Health says NOT_SERVING until a snapshot is loaded and from the moment a
-drain begins; the port is only listened on once the load is done.
+Health says NOT_SERVING until a snapshot is loaded, from the moment a drain
+begins, and with ``--max-age`` while the live snapshot is stale
+(``health.py``); the port is only listened on once the load is done.
 """
 
 from __future__ import annotations
@@ -28,16 +29,15 @@ import os
 import signal
 import socket
 import threading
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
-from grpc_health.v1 import health_pb2
-
 from avapdefs.errors import NoSnapshotError
 from server import legacy, logs
 from server.config import Settings
+from server.health import Health
 from server.legacy.codec import LegacyCodec, LegacyProtoError, bundled_codec, load_codec
 from server.legacy.service import LegacyService
 from server.reload import Reloader
@@ -72,10 +72,6 @@ EXIT_FAILED = 1
 EXIT_USAGE = 2
 EXIT_NO_SNAPSHOT = 3
 
-SERVING = health_pb2.HealthCheckResponse.SERVING
-NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
-_SERVICE_UNKNOWN = health_pb2.HealthCheckResponse.SERVICE_UNKNOWN
-
 Bidi = Callable[[bytes], Iterable[bytes]]
 
 
@@ -85,41 +81,6 @@ class _Route:
     stream: Stream | None = None
     bidi: Bidi | None = None  # called once per request message; its answers are sent in order
     protected: bool = False  # needs the API key, when one is set
-
-
-class Health:
-    """grpc.health.v1.Health: ``""`` (the whole server) and the definition service share one status."""
-
-    def __init__(self, changes: Signal) -> None:
-        self._changes = changes
-        self.status: int = NOT_SERVING
-        self._services = {"", SERVICE_NAME}
-
-    def set(self, status: int) -> None:
-        """Report ``status`` from now on, and to every Watch."""
-        self.status = status
-        self._changes.notify()
-
-    def _status_of(self, data: bytes) -> int:
-        service = parse(health_pb2.HealthCheckRequest.FromString, data).service
-        return self.status if service in self._services else _SERVICE_UNKNOWN
-
-    def check(self, data: bytes) -> bytes:
-        """Check: the status, or NOT_FOUND for a service this server does not have."""
-        status = self._status_of(data)
-        if status == _SERVICE_UNKNOWN:
-            raise StatusError(Code.NOT_FOUND, "unknown service")
-        return health_pb2.HealthCheckResponse(status=status).SerializeToString()
-
-    async def watch(self, data: bytes, disconnected: asyncio.Future[None]) -> AsyncIterator[bytes]:
-        """Watch: the status now, then each change, until the client goes away."""
-        sent = None
-        while not disconnected.done():
-            status = self._status_of(data)
-            if status != sent:
-                sent = status
-                yield health_pb2.HealthCheckResponse(status=status).SerializeToString()
-            await self._changes.wait(3600.0, disconnected)
 
 
 def _reflection(service_names: list[str]) -> Bidi:
@@ -163,7 +124,8 @@ class DefinitionServer:
             max_watch_streams=settings.max_watch_streams,
             max_sync_streams=settings.max_sync_streams,
         )
-        self.health = Health(Signal(loop))
+        self.health = Health(Signal(loop), self.store, settings.max_age_s)
+        self._age_task: asyncio.Task[None] | None = None
         self._key = settings.api_key.encode("utf-8") if settings.api_key else None
         names = [SERVICE_NAME, HEALTH_SERVICE, REFLECTION_SERVICE]
         routes: dict[str, _Route] = {}
@@ -191,7 +153,9 @@ class DefinitionServer:
             NoSnapshotError: the snapshot folder holds no valid snapshot.
         """
         loaded = self.store.load_newest()
-        self.health.set(SERVING)
+        self.health.set_up(True)
+        if self.settings.max_age_s is not None:
+            self._age_task = self.loop.create_task(self.health.follow_age())
         if self.reloader is not None:
             self.reloader.start()
         return loaded
@@ -203,7 +167,9 @@ class DefinitionServer:
         retry (on another process of the group, or once the server is back); calls in flight finish.
         """
         self._draining = True
-        self.health.set(NOT_SERVING)
+        self.health.set_up(False)
+        if self._age_task is not None:
+            self._age_task.cancel()
         self.service.close()
         if self.reloader is not None:
             threading.Thread(target=self.reloader.stop, name="avap-reload-stop", daemon=True).start()

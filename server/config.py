@@ -47,6 +47,26 @@ def number(text: str) -> float:
         raise ValueError(f"not a number: {text!r}") from None
 
 
+_DURATION_UNITS_S = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+
+
+def duration_s(text: str) -> float:
+    """A duration in seconds: a number with an optional unit, ``90``, ``90s``, ``15m``, ``2h``, ``1d``.
+
+    Raises:
+        ValueError: ``text`` is not one, or is not above 0.
+    """
+    word = text.strip().lower()
+    scale = _DURATION_UNITS_S.get(word[-1:])
+    try:
+        seconds = float(word[:-1] if scale is not None else word) * (scale or 1.0)
+    except ValueError:
+        raise ValueError(f"not a duration: {text!r} (a number of seconds, or with a unit: 90s, 15m, 2h, 1d)") from None
+    if not seconds > 0 or seconds == float("inf"):
+        raise ValueError(f"not a duration above 0: {text!r}")
+    return seconds
+
+
 @dataclass(frozen=True)
 class Settings:
     """Everything the server is told at start-up.
@@ -73,6 +93,7 @@ class Settings:
             client that stopped reading); above ``heartbeat_s``, so a quiet watch is never cut.
         reuse_port: share the port with the other processes of one ``--processes`` group (SO_REUSEPORT);
             off, a port another server listens on is refused.
+        max_age_s: health is NOT_SERVING while the live, unpinned snapshot is older than this; None: never.
     """
 
     snapshots_dir: Path = Path("snapshots")
@@ -97,6 +118,7 @@ class Settings:
     max_sync_streams: int = 64
     stream_idle_timeout_s: float = 60.0
     reuse_port: bool = False
+    max_age_s: float | None = None
 
     def __post_init__(self) -> None:
         if not 0 <= self.port <= 65535:
@@ -114,6 +136,8 @@ class Settings:
                 "stream_idle_timeout_s",
                 f"stream_idle_timeout_s {self.stream_idle_timeout_s} must be above heartbeat_s {self.heartbeat_s}",
             )
+        if self.max_age_s is not None and not self.max_age_s > 0:
+            raise SettingError("max_age_s", f"max_age_s {self.max_age_s} is not above 0")
         if self.pin is not None and not 0 < self.pin <= MAX_VERSION:
             raise SettingError("pin", f"pin {self.pin} is not a catalog version (1..{MAX_VERSION})")
         self._check_sizes()
@@ -203,6 +227,13 @@ OPTIONS: tuple[Option, ...] = (
         integer,
         "serve this catalog version, not the newest; a PIN file (avap-pin) wins; a version not in the "
         "folder stops the start (exit 3)",
+    ),
+    Option(
+        "--max-age",
+        "AVAP_MAX_AGE",
+        "max_age_s",
+        duration_s,
+        "health turns NOT_SERVING while the live snapshot is older than this (90s, 15m, 2h, 1d) and not pinned",
     ),
     Option(
         "--poll",

@@ -35,7 +35,7 @@ from avapdefs.v1.definitions_pb2 import (
     WatchCatalogResponse,
 )
 from server.rpc import Code, StatusError
-from server.store import LoadedSnapshot, SnapshotStore
+from server.store import LoadedSnapshot, SnapshotStore, snapshot_age_s
 
 logger = logging.getLogger(__name__)
 
@@ -206,12 +206,14 @@ class DefinitionService:
         return head.SerializeToString() + b"".join(entries)
 
     def get_catalog_info(self, data: bytes) -> bytes:
-        """GetCatalogInfo: the stored CatalogInfo bytes."""
+        """GetCatalogInfo: the stored CatalogInfo bytes, with the pin in force and the snapshot's age now."""
         parse(GetCatalogInfoRequest.FromString, data)
-        info = require_snapshot(self._store).catalog_info
-        pinned = self._store.pinned_version
-        # Serialized messages concatenate: the appended field sets pinned_version.
-        return info + CatalogInfo(pinned_version=pinned).SerializeToString() if pinned else info
+        return self._catalog_info_now(require_snapshot(self._store))
+
+    def _catalog_info_now(self, snap: LoadedSnapshot) -> bytes:
+        # Serialized messages concatenate: the appended fields set pinned_version and snapshot_age_s.
+        now = CatalogInfo(pinned_version=self._store.pinned_version, snapshot_age_s=snapshot_age_s(snap.info))
+        return snap.catalog_info + now.SerializeToString()
 
     async def sync_catalog(self, data: bytes, disconnected: asyncio.Future[None]) -> AsyncIterator[bytes]:
         """SyncCatalog: a header, then the file in pre-framed chunks (or only an up-to-date header).
@@ -261,7 +263,7 @@ class DefinitionService:
                 snap = require_snapshot(self._store)
                 if snap.info.version != seen:
                     seen = snap.info.version
-                    yield wire.encode_entry(snap.catalog_info)  # field 1: WatchCatalogResponse.catalog
+                    yield wire.encode_entry(self._catalog_info_now(snap))  # field 1: WatchCatalogResponse.catalog
                     continue
                 # A client that goes away wakes its stream at once, so its slot is free now.
                 if not await self._swaps.wait(self._heartbeat_s, disconnected):

@@ -194,6 +194,14 @@ def build(
     )
 
 
+def snapshot_age_s(info: SnapshotInfo, now_s: float | None = None) -> float:
+    """Seconds since ``info``'s version was created; 0 when the file records no creation time."""
+    if info.created_at_unix_ms <= 0:
+        return 0.0
+    now = time.time() if now_s is None else now_s
+    return max(0.0, now - info.created_at_unix_ms / 1000)
+
+
 class SnapshotStore:
     """Holds the live snapshot; ``current`` is None until the first load.
 

@@ -12,6 +12,7 @@ import re
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +21,8 @@ from typing import IO, Any, Protocol
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from avapdefs.folder import atomic_file, snapshot_name
+from avapdefs.format import snapshot
 from avapdefs.v1.definitions_pb2 import Command, WatchCatalogResponse
 from avapdefs.v1.definitions_pb2_grpc import DefinitionServiceStub
 from server.config import Settings
@@ -225,3 +228,14 @@ def wait_for_line(lines: Iterator[str], pattern: str, seen: list[str]) -> re.Mat
         if match:
             return match
     raise AssertionError(f"the server ended without logging {pattern!r}:\n{''.join(seen)}")
+
+
+def write_dated_snapshot(folder: Path, version: int, age_s: float) -> Path:
+    """A snapshot of ``version`` in ``folder`` that the exporter created ``age_s`` seconds ago."""
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / snapshot_name(version)
+    created = int((time.time() - age_s) * 1000)
+    with atomic_file(path) as file:
+        snapshot.write_snapshot(file, versioned_commands(version), version=version, source="test",
+                                created_at_unix_ms=created)  # fmt: skip
+    return path

@@ -258,6 +258,7 @@ class CatalogInfo(_message.Message):
     SOURCE_FIELD_NUMBER: _builtins.int
     FORMAT_VERSION_FIELD_NUMBER: _builtins.int
     PINNED_VERSION_FIELD_NUMBER: _builtins.int
+    SNAPSHOT_AGE_S_FIELD_NUMBER: _builtins.int
     version: _builtins.int
     content_hash: _builtins.bytes
     command_count: _builtins.int
@@ -271,6 +272,10 @@ class CatalogInfo(_message.Message):
     format_version: _builtins.int
     pinned_version: _builtins.int
     """0 when the server follows the newest snapshot"""
+    snapshot_age_s: _builtins.float
+    """Seconds since this version was created (created_at_unix_ms), when the server answered.
+    Set in GetCatalogInfo and WatchCatalog answers; 0 in a SyncCatalog header and in a file.
+    """
     def __init__(
         self,
         *,
@@ -285,10 +290,11 @@ class CatalogInfo(_message.Message):
         source: _builtins.str = ...,
         format_version: _builtins.int = ...,
         pinned_version: _builtins.int = ...,
+        snapshot_age_s: _builtins.float = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["command_count", b"command_count", "compressed_size", b"compressed_size", "content_hash", b"content_hash", "created_at_unix_ms", b"created_at_unix_ms", "file_size", b"file_size", "format_version", b"format_version", "loaded_at_unix_ms", b"loaded_at_unix_ms", "pinned_version", b"pinned_version", "source", b"source", "uncompressed_size", b"uncompressed_size", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["command_count", b"command_count", "compressed_size", b"compressed_size", "content_hash", b"content_hash", "created_at_unix_ms", b"created_at_unix_ms", "file_size", b"file_size", "format_version", b"format_version", "loaded_at_unix_ms", b"loaded_at_unix_ms", "pinned_version", b"pinned_version", "snapshot_age_s", b"snapshot_age_s", "source", b"source", "uncompressed_size", b"uncompressed_size", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
