@@ -342,9 +342,11 @@ class Application:
         lines = control.makefile("r", encoding="utf-8")
         try:
             message = json.loads(lines.readline() or "{}")
-            logs.configure(message.get("log_level", "INFO"))
+            settings = settings_from_json(message["settings"])
+            logs.configure(message["log_level"], message["log_format"], process=message["process"],
+                           secrets=[settings.api_key])  # fmt: skip
             loop = asyncio.get_running_loop()
-            server = DefinitionServer(settings_from_json(message["settings"]), loop)
+            server = DefinitionServer(settings, loop)
             loaded = server.load()
         except LegacyProtoError as exc:
             return self._report_failure(EXIT_USAGE, str(exc))

@@ -19,6 +19,7 @@ import logging
 import os
 import sys
 from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -87,22 +88,33 @@ def _named(exc: SettingError, args: argparse.Namespace, env: Mapping[str, str]) 
     return f"{option.flag}: {exc}"
 
 
-def _settings(args: argparse.Namespace, env: Mapping[str, str]) -> tuple[dict[str, Any], int | None, str]:
-    """The Settings fields, the number of processes wanted and the log level, from the flags and ``env``.
+@dataclass(frozen=True)
+class _Program:
+    """The options that are the program's, not the serving processes' settings."""
+
+    processes: int | None
+    log_level: str
+    log_format: str
+
+
+def _settings(args: argparse.Namespace, env: Mapping[str, str]) -> tuple[dict[str, Any], _Program]:
+    """The Settings fields and the program's own options, from the flags and ``env``.
 
     Raises:
         ValueError: an option's value cannot be used (OptionError and SettingError name where it came from).
     """
     values = resolve(args, env, OPTIONS)
-    log_level: str = values.pop("log_level", "INFO")
-    processes_wanted: int | None = values.pop("processes", None)
+    program = _Program(
+        values.pop("processes", None), values.pop("log_level", "INFO"), values.pop("log_format", "plain")
+    )
+    processes_wanted = program.processes
     values["api_key"] = _api_key(values.pop("api_key_file", None), env)
     if processes_wanted is not None and processes_wanted < 1:
         raise ValueError(f"--processes {processes_wanted} is below 1")
     port = values.get("port", DEFAULTS["port"])
     if processes_wanted is not None and processes_wanted > 1 and port == 0:
         raise ValueError("--processes above 1 needs a fixed --port (each process must listen on the same one)")
-    return values, processes_wanted, log_level
+    return values, program
 
 
 @contextlib.contextmanager
@@ -132,10 +144,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SystemExit as exc:
         return exc.code if isinstance(exc.code, int) else EXIT_USAGE
     try:
-        values, processes_wanted, log_level = _settings(args, os.environ)
+        values, program = _settings(args, os.environ)
     except (OptionError, ValueError) as exc:
         return _usage_error(str(exc))
-    logs.configure(log_level)
+    logs.configure(program.log_level, program.log_format, secrets=[values["api_key"]])
     with _folder(values) as folder:
         try:
             settings = Settings(**{**values, "snapshots_dir": folder})
@@ -145,8 +157,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         except NoSnapshotError as exc:
             print(f"{PROG}: {exc}; nothing to serve", file=sys.stderr, flush=True)
             return EXIT_NO_SNAPSHOT
-        wanted = processes.default_processes(settings.port) if processes_wanted is None else processes_wanted
-        return processes.run(settings, processes=wanted, log_level=log_level)
+        wanted = processes.default_processes(settings.port) if program.processes is None else program.processes
+        if wanted > 1:  # from here on, every line names its process
+            logs.configure(program.log_level, program.log_format, process=logs.SUPERVISOR, secrets=[settings.api_key])
+        return processes.run(settings, processes=wanted, log_level=program.log_level, log_format=program.log_format)
 
 
 def _usage_error(message: str) -> int:

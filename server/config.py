@@ -7,6 +7,7 @@ from pathlib import Path
 
 from avapdefs.folder import MAX_VERSION
 from avapdefs.options import Option, parse_bool, parse_log_level
+from server.logs import parse_log_format
 
 # SyncCatalog chunk size, measured on loopback with a 41 MB snapshot (best of
 # three rounds, docs/server.md): 256 KiB 1,362 MB/s, 1 MiB 1,719 MB/s,
@@ -177,6 +178,14 @@ LOG_LEVEL = Option(
     "debug, info, warning or error, any case",
     default="info",
 )
+LOG_FORMAT = Option(
+    "--log-format",
+    "AVAP_LOG_FORMAT",
+    "log_format",
+    parse_log_format,
+    "plain (text) or json (one object per line)",
+    default="plain",
+)
 # Every flag of avap-server, in --help order. Fields that are not Settings' belong to the program.
 OPTIONS: tuple[Option, ...] = (
     SNAPSHOTS,
@@ -260,4 +269,5 @@ OPTIONS: tuple[Option, ...] = (
         switch=True,
     ),
     LOG_LEVEL,
+    LOG_FORMAT,
 )

@@ -159,12 +159,22 @@ class ServerProcess:
     Args:
         settings: what to serve, and how.
         log_level: the application's logging level (a ``logging`` level name).
+        log_format: ``plain`` or ``json`` (``logs.LOG_FORMATS``).
+        process_index: the index its log lines carry (one of several processes); None for none.
         stderr: where the process's log goes; inherited when None.
     """
 
-    def __init__(self, settings: Settings, *, log_level: str = "INFO", stderr: int | IO[Any] | None = None) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        log_level: str = "INFO",
+        log_format: str = "plain",
+        process_index: int | None = None,
+        stderr: int | IO[Any] | None = None,
+    ) -> None:
         self.settings = settings
-        self._log_level = log_level
+        self._log = {"log_level": log_level, "log_format": log_format, "process": process_index}
         self._stderr = stderr
         self._folder = Path(tempfile.mkdtemp(prefix="avap-server-"))
         self._admin = _Admin(self._folder / "admin.sock")
@@ -212,7 +222,7 @@ class ServerProcess:
         theirs.close()
         self._control = ours
         self._replies = ours.makefile("r", encoding="utf-8")
-        message = {"settings": settings_to_json(self.settings), "log_level": self._log_level}
+        message = {"settings": settings_to_json(self.settings), **self._log}
         ours.sendall(json.dumps(message).encode("utf-8") + b"\n")
         return self.process.pid
 

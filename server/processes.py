@@ -65,13 +65,16 @@ class _Child:
     index: int
     settings: Settings
     log_level: str
+    log_format: str
+    named: bool  # whether its log lines name it (one of several processes)
     server: ServerProcess | None = None
     started_at: float = 0.0
     restarts: int = 0
     not_before: float = field(default=0.0)
 
     def spawn(self) -> None:
-        self.server = ServerProcess(self.settings, log_level=self.log_level)
+        self.server = ServerProcess(self.settings, log_level=self.log_level, log_format=self.log_format,
+                                    process_index=self.index if self.named else None)  # fmt: skip
         pid = self.server.spawn()
         self.started_at = time.monotonic()
         cpu = self.settings.cpu
@@ -123,7 +126,7 @@ def _install_signal_handlers(stop: threading.Event) -> dict[int, object]:
     return {sig: signal.signal(sig, request_stop) for sig in (signal.SIGTERM, signal.SIGINT)}
 
 
-def run(settings: Settings, *, processes: int = 1, log_level: str = "INFO") -> int:
+def run(settings: Settings, *, processes: int = 1, log_level: str = "INFO", log_format: str = "plain") -> int:
     """Serve with ``processes`` processes until SIGTERM or SIGINT, then shut down gracefully (main thread only).
 
     Args:
@@ -131,6 +134,7 @@ def run(settings: Settings, *, processes: int = 1, log_level: str = "INFO") -> i
             CPUs available (``settings.cpu`` pins a single process).
         processes: how many serving processes share the port.
         log_level: the processes' logging level.
+        log_format: the processes' log format (``logs.LOG_FORMATS``).
 
     Returns:
         An exit code: 0 after a graceful shutdown, 2 for a bad ``--legacy-proto``, 3 when no
@@ -147,9 +151,13 @@ def run(settings: Settings, *, processes: int = 1, log_level: str = "INFO") -> i
     cpus = sorted(os.sched_getaffinity(0))
     group = processes > 1
     children = [
-        _Child(index, dataclasses.replace(settings, cpu=cpus[index % len(cpus)], reuse_port=True), log_level)
-        if group
-        else _Child(index, settings, log_level)
+        _Child(
+            index,
+            dataclasses.replace(settings, cpu=cpus[index % len(cpus)], reuse_port=True) if group else settings,
+            log_level,
+            log_format,
+            named=group,
+        )
         for index in range(processes)
     ]
     stop = threading.Event()

@@ -50,8 +50,8 @@ def test_a_stale_snapshot_is_not_serving_until_a_fresh_one_loads(tmp_path: Path)
         assert stub.GetCommand(GetCommandRequest(name="cmd.001"), timeout=5).command.name == "cmd.001"
         assert any("over --max-age 600 s" in line for line in server.lines)
         with grpc.insecure_channel(f"127.0.0.1:{server.port}") as channel:
-            health = health_pb2_grpc.HealthStub(channel)  # type: ignore[attr-defined]
-            watch = health.Watch(health_pb2.HealthCheckRequest(), timeout=30)
+            health = health_pb2_grpc.HealthStub(channel)
+            watch = health.Watch(health_pb2.HealthCheckRequest(), timeout=30)  # type: ignore[attr-defined]
             assert next(watch).status == NOT_SERVING
             write_dated_snapshot(folder, 2, age_s=0)
             assert next(watch).status == SERVING  # within a second of the swap
