@@ -23,6 +23,9 @@ when matplotlib (the ``bench`` extra) is installed.
     .venv/bin/python bench/run_all.py --quick          # short phases, two sizes: about 3 minutes
     .venv/bin/python bench/run_all.py --targets ours   # our server alone: no node, no ../shared/peer
 
+Exit status: 0, or 1 when a phase failed (it says why; the other phases' figures are still reported), or 2 for
+bad arguments.
+
 Caveats: two shared cores, with other tenants at work (the record has the load
 average and the cores others used); read the ratios, not the absolutes. The
 generated catalogs (and the peer's ``npm ci``) are made once into
@@ -275,13 +278,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     runs: list[Run] = []
     began = time.perf_counter()
     stamp = time.strftime("%Y-%m-%d %H:%M %Z")
+    failed: list[str] = []
     with machine.Load() as load:
         for name in args.phases:
             started = time.perf_counter()
             print(f"== {name}")
-            runs += PHASES[name](args, notes)
+            try:
+                runs += PHASES[name](args, notes)
+            except Exception as exc:  # a benchmark phase that fails leaves the others' figures standing
+                print(f"error: phase {name} failed: {exc}", file=sys.stderr)
+                failed.append(f"Phase {name} failed, its rows are missing: {str(exc).splitlines()[0]}")
             print(f"== {name} took {time.perf_counter() - started:.0f} s")
-    notes = _merged(notes)
+    notes = [*failed, *_merged(notes)]
     if not peer.available(args.peer_source):
         notes.insert(0, f"No reference server in {args.peer_source}: catalogs are bench/catalog.py's generated ones.")
     text = table(runs, args.targets)
@@ -304,7 +312,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 print(f"plot: {path}")
         except ImportError:
             print("plots skipped: matplotlib is not installed (pip install -e '.[bench]')")
-    return 0
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":
