@@ -20,6 +20,7 @@ has a current context.
 
 from __future__ import annotations
 
+import functools
 import re
 import shlex
 import shutil
@@ -84,17 +85,17 @@ def _runs_nothing(token: str) -> bool:
 
 def help_text(argv: list[str]) -> str:
     """What ``argv[0] --help`` says, and ``argv[0] argv[1] --help`` when argv[1] is a subcommand."""
-    program = BIN / argv[0]
-    assert program.exists(), f"{argv[0]} is not installed in {BIN}: run pip install -e '.[dev]'"
-    texts = [_help(program, [])]
+    assert (BIN / argv[0]).exists(), f"{argv[0]} is not installed in {BIN}: run pip install -e '.[dev]'"
+    texts = [_help(argv[0])]
     if len(argv) > 1 and re.fullmatch(r"[a-z][a-z-]*", argv[1]) and f" {argv[1]}" in texts[0]:
-        texts.append(_help(program, [argv[1]]))
+        texts.append(_help(argv[0], argv[1]))
     return "\n".join(texts)
 
 
-def _help(program: Path, words: list[str]) -> str:
-    done = subprocess.run([program, *words, "--help"], capture_output=True, text=True, timeout=60, check=False)
-    assert done.returncode == 0, f"{program.name} {' '.join(words)} --help exited {done.returncode}: {done.stderr}"
+@functools.cache
+def _help(program: str, *words: str) -> str:
+    done = subprocess.run([BIN / program, *words, "--help"], capture_output=True, text=True, timeout=60, check=False)
+    assert done.returncode == 0, f"{program} {' '.join(words)} --help exited {done.returncode}: {done.stderr}"
     return done.stdout
 
 

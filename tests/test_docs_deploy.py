@@ -1,0 +1,162 @@
+"""Every command docs/deploy.md shows is run here, where that needs no Docker and no Kubernetes.
+
+The guide's ``bash`` blocks run in order, with bash, in a temporary folder
+standing for /var/lib/avap and /var/backups, against a real ``avap-server``
+started on that folder, whose address stands for 127.0.0.1:50051. A block
+that calls docker or kubectl cannot run on this machine, so every line of
+such a block must call one of them: nothing else escapes the test. The cron
+line's program and options are checked against its ``--help``, and the alert
+rules are read as YAML.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import shlex
+import subprocess
+import sys
+import threading
+import tomllib
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.helpers import MakeSnapshot
+from tests.server.helpers import log_lines, wait_for_line
+
+ROOT = Path(__file__).resolve().parents[1]
+GUIDE = ROOT / "docs" / "deploy.md"
+BIN = Path(sys.executable).parent
+SCRIPTS: dict[str, str] = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]
+CLUSTER_TOOLS = ("docker", "kubectl")
+ADDRESS = "127.0.0.1:50051"
+
+
+def blocks(kind: str) -> list[str]:
+    """The guide's fenced blocks of ``kind`` (the word after the opening fence), in order."""
+    return re.findall(rf"^```{kind}\n(.*?)^```$", GUIDE.read_text(), flags=re.MULTILINE | re.DOTALL)
+
+
+def needs_a_cluster(block: str) -> bool:
+    """True when every command line of ``block`` calls docker or kubectl; False when none does."""
+    firsts = [line.split()[0] for line in block.splitlines() if line.strip() and not line.startswith("#")]
+    cluster = [word in CLUSTER_TOOLS for word in firsts]
+    assert all(cluster) or not any(cluster), f"a block mixes cluster commands with others:\n{block}"
+    return all(cluster)
+
+
+@pytest.fixture
+def server(tmp_path: Path, make_snapshot: MakeSnapshot) -> Iterator[tuple[Path, str]]:
+    """(the folder standing for /var/lib/avap, the address) of a real server on its snapshots, versions 40-42."""
+    lib = tmp_path / "lib"
+    folder = lib / "snapshots"
+    for version in (40, 41, 42):
+        make_snapshot(folder=folder, version=version)
+    for leftover in (".lock", ".export-state", ".tmp-catalog-0000000043.avsnap.1.0a0b0c0d"):
+        (folder / leftover).write_bytes(b"")  # what a backup must leave out
+    argv: list[str | Path] = [
+        BIN / "avap-server",
+        "--snapshots",
+        folder,
+        "--host",
+        "127.0.0.1",
+        "--port",
+        "0",
+        "--processes",
+        "1",
+    ]
+    process = subprocess.Popen(argv, stderr=subprocess.PIPE, text=True)
+    lines = log_lines(process)
+    drain = threading.Thread(target=lambda: all(lines), daemon=True)  # keeps its log pipe from filling
+    try:
+        port = wait_for_line(lines, r"serving catalog version 42 .* on 127\.0\.0\.1:(\d+)", [])[1]
+        drain.start()
+        yield lib, f"127.0.0.1:{port}"
+    finally:
+        process.terminate()
+        assert process.wait(30) == 0
+        if drain.is_alive():
+            drain.join(10)
+        assert process.stderr is not None
+        process.stderr.close()
+
+
+def run(block: str, lib: Path, address: str) -> str:
+    """Run ``block`` with bash as the guide shows it, on the test's folders; its output."""
+    text = block.replace("/var/lib/avap", str(lib)).replace("/var/backups", str(lib.parent / "backups"))
+    done = subprocess.run(
+        ["bash", "-e", "-o", "pipefail", "-c", text.replace(ADDRESS, address)],
+        env={"PATH": f"{BIN}:/usr/bin:/bin", "HOME": str(lib.parent)},
+        cwd=lib.parent,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0, f"exit {done.returncode}:\n{block}\n{done.stdout}{done.stderr}"
+    return done.stdout
+
+
+def digests(folder: Path) -> dict[str, str]:
+    return {path.name: hashlib.sha256(path.read_bytes()).hexdigest() for path in folder.glob("catalog-*.avsnap")}
+
+
+def test_the_guides_commands_run(server: tuple[Path, str]) -> None:
+    lib, address = server
+    folder = lib / "snapshots"
+    published = digests(folder)
+    runnable = [block for block in blocks("bash") if not needs_a_cluster(block)]
+    assert len(runnable) == 5, "pin, unpin, backup, restore, the age check"
+    pin, unpin, backup, restore, age = runnable
+    assert "pinned to version 41" in run(pin, lib, address)
+    assert (folder / "PIN").read_text().strip() == "41"
+    run(unpin, lib, address)
+    assert not (folder / "PIN").exists()
+    members = {Path(name).name for name in run(backup, lib, address).split()}
+    assert set(published) <= members and not members & {".lock", ".export-state", ".serving"}
+    assert not any(name.startswith(".tmp-") for name in members)
+    for path in folder.glob("catalog-*.avsnap"):
+        path.unlink()  # the folder is lost; the running server keeps serving what it loaded
+    output = run(restore, lib, address)
+    assert output.count(f"verified {lib}/restore/catalog-") == 3 and "catalog version   42" in output
+    assert digests(folder) == published
+    assert not (lib / "restore").exists()
+    run(age, lib, address)
+
+
+def test_the_cron_line_runs_an_entry_point_with_options_it_takes() -> None:
+    (crontab,) = blocks("crontab")
+    (line,) = crontab.splitlines()
+    words = shlex.split(line)
+    assert len(words[:5]) == 5 and all(re.fullmatch(r"[\d*/,-]+", field) for field in words[:5]), "a schedule"
+    program = Path(words[5]).name
+    assert program in SCRIPTS
+    command = words[5 : words.index(">>")]
+    help_text = subprocess.run([BIN / program, "--help"], capture_output=True, text=True, timeout=60, check=True)
+    for flag in (word for word in command if word.startswith("--")):
+        assert re.search(rf"{re.escape(flag)}(?![\w-])", help_text.stdout), f"{program} takes no {flag}"
+    assert "/var/lib/avap/snapshots" in command, "the folder the rest of the guide uses"
+
+
+def test_the_cluster_blocks_call_only_the_package_inside_containers() -> None:
+    cluster = [block for block in blocks("bash") if needs_a_cluster(block)]
+    assert len(cluster) == 5
+    for block in cluster:
+        for line in block.splitlines():
+            words = shlex.split(line, comments=True)
+            inside = words[words.index("--") + 1 :] if "--" in words else []
+            if words[:3] == ["docker", "compose", "exec"]:
+                inside = words[4:]
+            assert not inside or inside[0] in SCRIPTS, f"{line}: runs {inside[0]}, not one of the package's programs"
+
+
+def test_the_alert_rules_read_as_prometheus_rule_groups() -> None:
+    (rules,) = blocks("yaml")
+    (group,) = yaml.safe_load(rules)["groups"]
+    alerts = {rule["alert"]: rule for rule in group["rules"]}
+    assert set(alerts) == {"AvapCatalogStale", "AvapSnapshotRefused"}
+    for rule in alerts.values():
+        assert rule["expr"] and rule["labels"]["severity"] and rule["annotations"]["summary"]
