@@ -200,3 +200,112 @@ def test_avap_get_cli(served: tuple[RunningServer, Path], capsys: pytest.Capture
     assert cli.get_main(["nope", "--server", address]) == 1
     assert cli.get_main(["", "--server", address]) == 4
     assert cli.get_main(["if", "--server", _dead_address(), "--timeout-s", "0.3"]) == 3
+
+
+KEY = "s3cret-key"
+
+
+@pytest.fixture
+def keyed(make_snapshot: MakeSnapshot) -> Iterator[RunningServer]:
+    """A server started with an API key, on a small catalog."""
+    path = make_snapshot(version=2)
+    with running_server(path.parent, api_key=KEY) as server:
+        yield server
+
+
+def test_the_api_key_reaches_every_call(keyed: RunningServer, cache: Path) -> None:
+    with _client(keyed, api_key=f"  {KEY}\n") as client:  # surrounding white space is not part of it
+        assert client.get_command("if").name == "if"
+        assert client.catalog_info().version == 2
+        assert [command.name for command in client.batch_get(["end"]).commands] == ["end"]
+        assert next(client.list_commands()).names == ["addVar", "end", "if"]
+        assert client.sync(cache).info.version == 2  # the stream calls carry it too
+        watch = client.watch()
+        assert next(iter(watch)).catalog.version == 2
+        watch.cancel()
+    for key in (None, "wrong"):
+        with _client(keyed, api_key=key) as client, pytest.raises(ServerError) as refused:
+            client.get_command("if")
+        assert refused.value.code == "UNAUTHENTICATED"
+
+
+def test_a_blank_or_non_ascii_key_is_refused_before_any_call() -> None:
+    for key in ("", " \n", "clé"):
+        with pytest.raises(ValueError, match="API key"):
+            DefinitionClient("127.0.0.1:1", api_key=key)
+
+
+@pytest.mark.parametrize("address", ["not an address", "127.0.0.1", ":50051", "host:0", "host:x", "::1:50051", ""])
+def test_a_malformed_address_is_refused_at_once(address: str) -> None:
+    with pytest.raises(ValueError, match="HOST:PORT"):
+        DefinitionClient(address)
+
+
+def test_an_unreachable_server_is_named_with_the_reason(cache: Path) -> None:
+    address = _dead_address()
+    started = time.monotonic()
+    with DefinitionClient(address, timeout_s=0.5, backoff_s=0.01) as client:
+        for call in (lambda: client.get_command("if"), client.catalog_info, lambda: client.sync(cache)):
+            with pytest.raises(ServerUnavailableError) as caught:
+                call()
+            assert caught.value.details == f"cannot reach {address} (connection refused)"
+        with pytest.raises(ServerUnavailableError) as stream:
+            next(iter(client.watch()))
+        assert stream.value.details == f"cannot reach {address} (connection refused)"
+    assert time.monotonic() - started < 5
+
+
+def test_a_listener_that_never_answers_is_named(cache: Path) -> None:
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen()
+        address = f"127.0.0.1:{silent.getsockname()[1]}"
+        with DefinitionClient(address, timeout_s=0.5) as client, pytest.raises(ServerUnavailableError) as caught:
+            client.get_command("if")
+    assert caught.value.details == f"{address} did not answer within 0.5 s"
+
+
+def test_batch_get_splits_the_names_and_keeps_their_order(served: tuple[RunningServer, Path]) -> None:
+    server, _ = served
+    names = [f"big.{index:04d}" for index in reversed(range(24))] + ["nope"]
+    with _client(server) as client:
+        answer = client.batch_get(names * 50)  # 1,250 names: two calls; 3 MB each answer over the send limit splits
+    assert [command.name for command in answer.commands] == [name for name in names * 50 if name != "nope"]
+    assert list(answer.missing_names) == ["nope"] * 50 and answer.catalog_version == 4
+
+
+def test_list_commands_pages_through_every_name(served: tuple[RunningServer, Path]) -> None:
+    server, _ = served
+    with _client(server) as client:
+        pages = list(client.list_commands("big.00", page_size=7))
+        assert [len(page.names) for page in pages] == [7, 7, 7, 3]
+        assert [name for page in pages for name in page.names] == [f"big.{index:04d}" for index in range(24)]
+        assert [page.names for page in client.list_commands("zz")] == [[]]
+
+
+def test_health_is_serving_then_not_when_draining(make_snapshot: MakeSnapshot) -> None:
+    path = make_snapshot()
+    with running_server(path.parent) as server, _client(server) as client:
+        assert client.health() == 1  # SERVING
+        server.process.drain()
+        assert client.health() == 2  # NOT_SERVING
+        with pytest.raises(ServerError) as unknown:
+            client.health("no.such.Service")
+        assert unknown.value.code == "NOT_FOUND"
+
+
+def test_a_sync_rate_leaves_out_the_wait_for_the_server(make_snapshot: MakeSnapshot, cache: Path) -> None:
+    path = make_snapshot(version=3)
+    port = _free_port()
+    with contextlib.ExitStack() as servers:
+        waited: list[float] = []
+
+        def start_instead_of_sleeping(pause: float) -> None:
+            started = time.perf_counter()
+            servers.enter_context(running_server(path.parent, port=port))
+            waited.append(time.perf_counter() - started)
+
+        with DefinitionClient(f"127.0.0.1:{port}", retries=1, sleep=start_instead_of_sleeping) as client:
+            result = client.sync(cache)
+    assert result.info.version == 3 and waited
+    assert result.seconds >= waited[0] and result.transfer_s <= result.seconds - waited[0]

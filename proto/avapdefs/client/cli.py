@@ -1,7 +1,9 @@
 """``avap-sync`` (bring a local snapshot cache up to date) and ``avap-get`` (print one command).
 
-``--server`` defaults to the ``AVAP_SERVER`` variable, else 127.0.0.1:50051;
-``avap-sync --dest`` to ``AVAP_DEST``.
+Both take the options every client tool takes (``tool.py``): ``--server``
+(``AVAP_SERVER``, default 127.0.0.1:50051), ``--api-key-file``
+(``AVAP_API_KEY_FILE``) or ``AVAP_API_KEY``, ``--log-level``; ``avap-sync
+--dest`` may come from ``AVAP_DEST``.
 
 Exit codes, for both programs:
 
@@ -19,157 +21,170 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
-import os
-import signal
 import sys
-import threading
 from collections.abc import Sequence
 from pathlib import Path
 
-from google.protobuf import json_format
-
-from avapdefs.client.follow import follow
-from avapdefs.client.rpc import DEFAULT_SERVER, DefinitionClient, SyncResult
-from avapdefs.errors import CommandNotFoundError, ServerError, ServerUnavailableError, SyncError
+from avapdefs.about import add_version_option
+from avapdefs.client import tool
+from avapdefs.client.cache import SyncResult
+from avapdefs.client.follow import describe, follow
+from avapdefs.client.render import command_text, message_dict, plural
+from avapdefs.client.rpc import DefinitionClient
+from avapdefs.client.runner import Job, run
+from avapdefs.errors import AvapDefsError, CommandNotFoundError, ServerError, SyncError
+from avapdefs.options import Option
 from avapdefs.progress import ProgressBar
-from avapdefs.v1.definitions_pb2 import Command
 
-EXIT_OK = 0
-EXIT_NOT_FOUND = 1
-EXIT_USAGE = 2
-EXIT_UNAVAILABLE = 3
-EXIT_SERVER_ERROR = 4
 EXIT_SYNC_FAILED = 5
 EXIT_CANNOT_WRITE = 6
-EXIT_INTERRUPTED = 130
 _MB = 1_000_000
+_WAIT_WORTH_SAYING_S = 0.5
+
+SYNC_OPTIONS: tuple[Option, ...] = (
+    tool.SERVER,
+    Option("--dest", "AVAP_DEST", "dest", Path, "cache folder (required)"),
+    Option(
+        "--connect-timeout-s",
+        "AVAP_CONNECT_TIMEOUT_S",
+        "connect_timeout_s",
+        tool.seconds,
+        "how long to retry reaching the server",
+        default=10,
+    ),
+    Option("--timeout-s", "AVAP_SYNC_TIMEOUT_S", "timeout_s", tool.seconds, "deadline of the transfer", default=600),
+    tool.API_KEY_FILE,
+    tool.LOG_LEVEL,
+)
+GET_OPTIONS: tuple[Option, ...] = (
+    tool.SERVER,
+    Option("--timeout-s", "AVAP_TIMEOUT_S", "timeout_s", tool.seconds, "deadline, retries included", default=5),
+    tool.API_KEY_FILE,
+    tool.LOG_LEVEL,
+)
+
+_SYNC_EPILOG = f"""\
+examples:
+  avap-sync --server 127.0.0.1:50051 --dest /var/cache/avap     # once, at a worker's boot
+  AVAP_API_KEY_FILE=/run/secrets/avap-key avap-sync --dest ./cache --watch
+
+exit codes:
+   0  a new version installed, or already up to date (--watch: stopped by SIGTERM)
+   5  the stream broke or its data did not verify; the cache is unchanged
+   6  the destination folder cannot be written
+{tool.SERVER_EXIT_CODES}; the cache is unchanged
+"""
+_GET_EPILOG = f"""\
+examples:
+  avap-get addVar
+  avap-get addVar --json | jq .code
+  avapctl get addVar if end      # several at once; avapctl ls, info, watch, health: the other calls
+
+exit codes:
+   0  printed
+   1  the server has no command of that name
+{tool.SERVER_EXIT_CODES}
+"""
 
 
-def _parse(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> argparse.Namespace | int:
-    try:
-        return parser.parse_args(argv)
-    except SystemExit as exc:
-        return exc.code if isinstance(exc.code, int) else EXIT_USAGE
-
-
-def _server_error_exit(exc: ServerError) -> int:
-    logging.getLogger(__name__).error("%s", exc)
-    return EXIT_UNAVAILABLE if isinstance(exc, ServerUnavailableError) else EXIT_SERVER_ERROR
-
-
-def _summary(result: SyncResult, dest: Path) -> str:
-    if result.up_to_date:
-        return f"catalog version {result.info.version} in {dest} is up to date"
-    rate = result.bytes_received / _MB / result.seconds if result.seconds > 0 else 0.0
-    return (
-        f"synced catalog version {result.info.version} ({result.info.command_count} commands"
-        f"{', as a delta' if result.delta else ''}): "
-        f"{result.bytes_received / _MB:.2f} MB in {result.seconds:.2f} s, {rate:.1f} MB/s -> {result.path}"
+def _parser(prog: str, description: str, epilog: str) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog=prog, description=description, epilog=epilog, formatter_class=argparse.RawDescriptionHelpFormatter
     )
+    add_version_option(parser)
+    return parser
 
 
 def _sync_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="avap-sync", description="Bring a local snapshot cache up to date.")
-    parser.add_argument(
-        "--server", default=os.environ.get("AVAP_SERVER", DEFAULT_SERVER), help="HOST:PORT [AVAP_SERVER]"
-    )
-    dest = os.environ.get("AVAP_DEST")
-    parser.add_argument("--dest", type=Path, default=dest, required=dest is None, help="cache folder [AVAP_DEST]")
-    parser.add_argument("--timeout-s", type=float, default=600.0, help="deadline of the transfer (default 600)")
-    parser.add_argument(
-        "--connect-timeout-s", type=float, default=10.0, help="how long to retry reaching the server (default 10)"
-    )
+    parser = _parser("avap-sync", "Bring a local snapshot cache up to date.", _SYNC_EPILOG)
+    tool.add_common_options(parser, SYNC_OPTIONS)
     parser.add_argument(
         "--watch",
         action="store_true",
-        help="keep the cache current until SIGINT/SIGTERM: sync each new version as it goes live, "
-        "reconnecting with jittered backoff",
+        help="keep the cache current until stopped: sync each new version as it goes live; "
+        "while the server is away, retry with jittered backoff, saying so once",
     )
     return parser
 
 
-def _follow(args: argparse.Namespace) -> int:
-    stop = threading.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda signum, frame: stop.set())
-    with DefinitionClient(args.server, timeout_s=args.connect_timeout_s) as client:
-        follow(client, args.dest, stop, on_sync=lambda result: _print(_summary(result, args.dest)))
-    return EXIT_OK
+def summary(result: SyncResult, dest: Path) -> str:
+    """The line ``avap-sync`` prints after a sync.
+
+    The rate counts the transfer only, not the time spent waiting for a server to come back.
+    """
+    if result.up_to_date:
+        return f"catalog version {result.info.version} in {dest} is up to date"
+    rate = result.bytes_received / _MB / result.transfer_s if result.transfer_s > 0 else 0.0
+    waited_s = result.seconds - result.transfer_s
+    waited = f", after {waited_s:.1f} s reaching the server" if waited_s >= _WAIT_WORTH_SAYING_S else ""
+    return (
+        f"synced catalog version {result.info.version} ({plural(result.info.command_count, 'command')}"
+        f"{', as a delta' if result.delta else ''}): "
+        f"{result.bytes_received / _MB:.2f} MB in {result.transfer_s:.2f} s, {rate:.1f} MB/s{waited} -> {result.path}"
+    )
+
+
+def _is_fatal(exc: AvapDefsError | OSError) -> bool:
+    return isinstance(exc, ServerError) and not isinstance(exc, SyncError) and exc.code in tool.FATAL_CODES
+
+
+def _sync(args: argparse.Namespace, job: Job) -> int:
+    dest: Path | None = job.values.get("dest")
+    if dest is None:
+        tool.say("avap-sync", "give the cache folder: --dest DIR or AVAP_DEST")
+        return tool.EXIT_USAGE
+    with job.client(10.0, timeout_field="connect_timeout_s") as client:
+        if args.watch:  # until SIGTERM or Ctrl-C sets job.stop
+            follow(client, dest, job.stop, on_sync=lambda result: tool.emit(summary(result, dest)), fatal=_is_fatal)
+            return tool.EXIT_OK
+        return _sync_once(client, dest, job.values.get("timeout_s", 600.0))
+
+
+def _sync_once(client: DefinitionClient, dest: Path, timeout_s: float) -> int:
+    bar = ProgressBar(sys.stderr if sys.stderr.isatty() else None, None, unit="MB", per_unit=_MB)
+    try:
+        result = client.sync(dest, progress=bar.update, timeout_s=timeout_s)
+    except SyncError as exc:
+        tool.say("avap-sync", describe(exc))
+        return EXIT_SYNC_FAILED
+    except OSError as exc:
+        tool.say("avap-sync", f"cannot write {dest}: {exc.strerror or exc}")
+        return EXIT_CANNOT_WRITE
+    finally:
+        bar.close()
+    tool.emit(summary(result, dest))
+    return tool.EXIT_OK
 
 
 def sync_main(argv: Sequence[str] | None = None) -> int:
     """``avap-sync``: sync the server's newest catalog into ``--dest``; returns the exit code."""
-    args = _parse(_sync_parser(), argv)
-    if isinstance(args, int):
-        return args
-    logging.basicConfig(level=logging.WARNING, format="avap-sync: %(levelname)s: %(message)s")
-    if args.watch:
-        return _follow(args)
-    bar = ProgressBar(sys.stderr if sys.stderr.isatty() else None, None, unit="MB", per_unit=_MB)
-    try:
-        with DefinitionClient(args.server, timeout_s=args.connect_timeout_s) as client:
-            result = client.sync(args.dest, progress=bar.update, timeout_s=args.timeout_s)
-    except KeyboardInterrupt:
-        return EXIT_INTERRUPTED
-    except SyncError as exc:
-        logging.getLogger(__name__).error("%s", exc)
-        return EXIT_SYNC_FAILED
-    except ServerError as exc:
-        return _server_error_exit(exc)
-    except OSError as exc:
-        logging.getLogger(__name__).error("cannot write %s: %s", args.dest, exc)
-        return EXIT_CANNOT_WRITE
-    finally:
-        bar.close()
-    print(_summary(result, args.dest))
-    return EXIT_OK
+    interrupted = "interrupted; nothing partial is left in the cache"
+    return run("avap-sync", _sync_parser(), SYNC_OPTIONS, _sync, argv, interrupted=interrupted, until_stopped=_watches)
 
 
-def _print(text: str) -> None:
-    try:
-        print(text, flush=True)
-    except BrokenPipeError:
-        # The reader went away (`avap-get x | head`): not an error. Point stdout at
-        # /dev/null so the interpreter's final flush does not report it either.
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-
-
-def _text(command: Command) -> str:
-    lines = [f"{command.name} ({command.type})", f"interface: {command.interface_json}"]
-    if command.description:
-        lines.append(f"description: {command.description}")
-    lines += ["code:", command.code.rstrip("\n")]
-    return "\n".join(lines)
+def _watches(args: argparse.Namespace) -> bool:
+    return bool(args.watch)
 
 
 def _get_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="avap-get", description="Print one command definition.")
+    parser = _parser("avap-get", "Print one command definition.", _GET_EPILOG)
     parser.add_argument("name", help="the command name, e.g. addVar")
-    parser.add_argument(
-        "--server", default=os.environ.get("AVAP_SERVER", DEFAULT_SERVER), help="HOST:PORT [AVAP_SERVER]"
-    )
+    tool.add_common_options(parser, GET_OPTIONS)
     parser.add_argument("--json", action="store_true", help="print the whole Command message as JSON")
-    parser.add_argument("--timeout-s", type=float, default=5.0, help="deadline, retries included (default 5)")
     return parser
+
+
+def _get(args: argparse.Namespace, job: Job) -> int:
+    try:
+        with job.client(5.0) as client:
+            command = client.get_command(args.name)
+    except CommandNotFoundError as exc:
+        tool.say("avap-get", exc.details)
+        return tool.EXIT_NOT_FOUND
+    tool.emit(json.dumps(message_dict(command), indent=2) if args.json else command_text(command))
+    return tool.EXIT_OK
 
 
 def get_main(argv: Sequence[str] | None = None) -> int:
     """``avap-get``: print the definition of one command; returns the exit code."""
-    args = _parse(_get_parser(), argv)
-    if isinstance(args, int):
-        return args
-    logging.basicConfig(level=logging.WARNING, format="avap-get: %(levelname)s: %(message)s")
-    try:
-        with DefinitionClient(args.server, timeout_s=args.timeout_s) as client:
-            command = client.get_command(args.name)
-    except CommandNotFoundError as exc:
-        logging.getLogger(__name__).error("%s", exc.details)
-        return EXIT_NOT_FOUND
-    except ServerError as exc:
-        return _server_error_exit(exc)
-    if args.json:
-        _print(json.dumps(json_format.MessageToDict(command, preserving_proto_field_name=True), indent=2))
-    else:
-        _print(_text(command))
-    return EXIT_OK
+    return run("avap-get", _get_parser(), GET_OPTIONS, _get, argv)

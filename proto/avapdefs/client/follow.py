@@ -12,19 +12,24 @@ from __future__ import annotations
 import logging
 import random
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
-import grpc
-
-from avapdefs.client.rpc import DefinitionClient, SyncResult
-from avapdefs.errors import AvapDefsError
-from avapdefs.v1.definitions_pb2 import WatchCatalogRequest
+from avapdefs.client.cache import SyncResult
+from avapdefs.client.rpc import DefinitionClient, WatchStream
+from avapdefs.errors import AvapDefsError, ServerError, ServerUnavailableError
+from avapdefs.v1.definitions_pb2 import WatchCatalogResponse
 
 logger = logging.getLogger(__name__)
 
 
-def backoff_s(attempt: int, *, first_s: float = 0.5, max_s: float = 30.0, rng: random.Random | None = None) -> float:
+FIRST_BACKOFF_S = 0.5
+MAX_BACKOFF_S = 30.0
+
+
+def backoff_s(
+    attempt: int, *, first_s: float = FIRST_BACKOFF_S, max_s: float = MAX_BACKOFF_S, rng: random.Random | None = None
+) -> float:
     """The wait before reconnect ``attempt`` (0, 1, 2, ...): full jitter over an exponential cap."""
     cap = min(max_s, first_s * 2**attempt)
     return (rng or random).uniform(0, cap)
@@ -37,8 +42,13 @@ def follow(
     *,
     on_sync: Callable[[SyncResult], None] | None = None,
     rng: random.Random | None = None,
+    fatal: Callable[[AvapDefsError | OSError], bool] | None = None,
 ) -> None:
     """Keep ``dest_dir`` at the server's live version until ``stop`` is set.
+
+    A failure is logged once, as a warning that names the backoff; the
+    retries that follow it are logged at DEBUG until a sync succeeds again
+    (then at INFO), so a server that is down for an hour costs one line.
 
     Args:
         client: the connection to the server.
@@ -46,20 +56,43 @@ def follow(
         stop: set it to return (an open watch is cancelled at once).
         on_sync: called after each sync, up to date or not.
         rng: the source of jitter.
+        fatal: says which errors end the loop (raised) instead of being retried, e.g. a refused
+            API key for a command-line tool; by default every error is retried.
     """
-    attempt = 0
+    failures = 0
     while not stop.is_set():
         try:
             result = client.sync(dest_dir)
+            if failures:
+                logger.info("reached %s again, after %d failed attempts", client.server, failures)
+            failures = 0
             if on_sync is not None:
                 on_sync(result)
-            attempt = 0
             _watch_and_sync(client, dest_dir, stop, result.info.version, on_sync)
         except (AvapDefsError, OSError) as exc:
-            delay = backoff_s(attempt, rng=rng)
-            attempt += 1
-            logger.warning("keeping %s current failed (%s); retrying in %.1f s", dest_dir, exc, delay)
+            if stop.is_set():
+                return  # the failure is the stop's doing (the caller closed the channel)
+            if fatal is not None and fatal(exc):
+                raise
+            delay = backoff_s(failures, rng=rng)
+            if failures == 0:
+                logger.warning(
+                    "keeping %s current: %s; retrying until it works, after a backoff of %g s doubling to %g s "
+                    "(jittered), without saying so again",
+                    dest_dir,
+                    describe(exc),
+                    FIRST_BACKOFF_S,
+                    MAX_BACKOFF_S,
+                )
+            else:
+                logger.debug("keeping %s current: %s; retry %d in %.1f s", dest_dir, describe(exc), failures, delay)
+            failures += 1
             stop.wait(delay)
+
+
+def describe(exc: Exception) -> str:
+    """An error in words; an unreachable server's details say it all (``cannot reach HOST:PORT (why)``)."""
+    return exc.details if isinstance(exc, ServerUnavailableError) else str(exc)
 
 
 def _watch_and_sync(
@@ -69,25 +102,33 @@ def _watch_and_sync(
     have_version: int,
     on_sync: Callable[[SyncResult], None] | None,
 ) -> None:
-    call = client.stub.WatchCatalog(WatchCatalogRequest(have_version=have_version))
-    canceller = threading.Thread(target=lambda: (stop.wait(), call.cancel()), daemon=True)
-    canceller.start()
+    call = client.watch(have_version)
+
+    def cancel_when_stopped() -> None:
+        stop.wait()
+        call.cancel()
+
+    threading.Thread(target=cancel_when_stopped, daemon=True).start()
     try:
-        for message in call:
+        for message in _events(call, stop):
             if message.WhichOneof("event") == "catalog" and message.catalog.version != have_version:
-                result = client.sync(dest_dir)
+                result = client.sync(dest_dir)  # its errors are the caller's, not the stream's
                 have_version = result.info.version
                 if on_sync is not None:
                     on_sync(result)
-    except grpc.RpcError as exc:
-        if stop.is_set():
-            return
-        code = exc.code() if isinstance(exc, grpc.Call) else grpc.StatusCode.UNKNOWN
-        raise _StreamEnded(f"the watch stream ended: {code.name}") from exc
     finally:
         call.cancel()
     if not stop.is_set():
         raise _StreamEnded("the server closed the watch stream")
+
+
+def _events(call: WatchStream, stop: threading.Event) -> Iterator[WatchCatalogResponse]:
+    """The stream's messages; it breaking is a _StreamEnded, unless ``stop`` ended it."""
+    try:
+        yield from call
+    except ServerError as exc:
+        if not stop.is_set():
+            raise _StreamEnded(f"the watch stream ended: {describe(exc)}") from exc
 
 
 class _StreamEnded(AvapDefsError):

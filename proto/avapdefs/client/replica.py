@@ -53,8 +53,9 @@ from types import MappingProxyType
 
 from google.protobuf.message import DecodeError
 
+from avapdefs.client.cache import SyncResult
 from avapdefs.client.follow import backoff_s, follow
-from avapdefs.client.rpc import DefinitionClient, SyncResult
+from avapdefs.client.rpc import DefinitionClient
 from avapdefs.errors import CorruptSnapshotError, SnapshotError
 from avapdefs.folder import read_newest, read_verified
 from avapdefs.format.snapshot import Snapshot
@@ -129,8 +130,9 @@ class Replica:
             command = replica.get("addVar")
 
     Args:
-        server: ``host:port`` of the definition server.
+        server: ``HOST:PORT`` of the definition server.
         cache_dir: the local snapshot cache (as ``avap-sync --dest``); created when missing.
+        api_key: the key the server wants in ``x-avap-auth`` (started with ``AVAP_API_KEY``); None for none.
         on_change: called from the replica's thread with the new ``ReplicaInfo`` after each swap;
             an exception it raises is logged and ignored.
         timeout_s: the deadline of each call the sync makes to reach the server.
@@ -138,6 +140,9 @@ class Replica:
     Attributes:
         cache_dir: the local snapshot cache.
         synced: set once a sync with the server has finished (up to date or not) and its version is held.
+
+    Raises:
+        ValueError: ``server`` is not ``HOST:PORT``, or ``api_key`` is blank.
     """
 
     def __init__(
@@ -145,16 +150,18 @@ class Replica:
         server: str,
         cache_dir: Path,
         *,
+        api_key: str | None = None,
         on_change: Callable[[ReplicaInfo], None] | None = None,
         timeout_s: float = 5.0,
     ) -> None:
+        client = DefinitionClient(server, api_key=api_key, timeout_s=timeout_s)  # first: it checks the arguments
         self.cache_dir = cache_dir
         self._on_change = on_change
         self._changed = threading.Condition()
         self._view = _boot(cache_dir)
         self._stop = threading.Event()
         self.synced = threading.Event()
-        self._client = DefinitionClient(server, timeout_s=timeout_s)
+        self._client = client
         self._thread = threading.Thread(target=self._follow, name=f"avapdefs-replica {server}", daemon=True)
         self._thread.start()
 

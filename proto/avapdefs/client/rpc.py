@@ -1,59 +1,55 @@
-"""What workers and language servers use: get_command, sync to a local cache, load the cache offline.
+"""What workers and language servers use: the calls of a definition server, with deadlines, retries and the API key.
 
-``DefinitionClient.get_command`` asks a definition server for one command,
-within a deadline, retrying with backoff while the server is UNAVAILABLE.
-``DefinitionClient.sync`` brings a local snapshot folder up to date: it sends
-the version it holds, streams a newer file to a hidden temporary file,
-verifies size, hash and the whole snapshot, then installs it under the
-server's own file name, so ``avap-server --snapshots DEST`` can serve the copy.
-``load_cached`` reads the newest valid snapshot of that folder with no server
-at all, for a worker that boots while the server is down.
+``DefinitionClient`` wraps each read RPC (``get_command``, ``batch_get``,
+``list_commands``, ``catalog_info``, ``health``) in one deadline, retrying
+with backoff while the server is UNAVAILABLE; ``sync`` brings a local cache
+folder up to date (``cache.py`` installs what it receives); ``watch`` opens a
+WatchCatalog stream. Given an API key, every call carries it (``auth.py``).
 
 grpc's RpcError is translated here, once, into ``avapdefs.errors.ServerError``
-and its subclasses. A client is thread safe (one grpc channel, shared).
+and its subclasses. A server that cannot be reached is named, with grpc's
+reason: ``cannot reach 127.0.0.1:50099 (connection refused)`` (``address.py``).
+A client is thread safe (one grpc channel, shared).
 """
 
 from __future__ import annotations
 
-import hashlib
-import io
 import logging
 import random
 import time
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import BinaryIO, TypeVar
+from typing import TypeVar
 
 import grpc
+from grpc_health.v1 import health_pb2
 
-from avapdefs.errors import (
-    AvapDefsError,
-    CommandNotFoundError,
-    NoSnapshotError,
-    ServerError,
-    ServerUnavailableError,
-    SnapshotError,
-    SyncError,
-)
-from avapdefs.folder import VerifiedFile, atomic_file, prune, read_newest, remove_temp_files, snapshot_name
-from avapdefs.format.delta import apply_delta, decode_delta
-from avapdefs.format.snapshot import Snapshot, SnapshotInfo, verify
+from avapdefs.client.address import DEFAULT_SERVER, cannot_reach, parse_server, unreachable_reason
+from avapdefs.client.auth import KeyInterceptor, check_api_key
+from avapdefs.client.cache import Progress, SyncResult, install_delta, install_file, newest_cached
+from avapdefs.errors import AvapDefsError, CommandNotFoundError, ServerError, ServerUnavailableError, SyncError
+from avapdefs.folder import prune, remove_temp_files
 from avapdefs.v1.definitions_pb2 import (
+    BatchGetCommandsRequest,
+    BatchGetCommandsResponse,
     CatalogInfo,
     Command,
     GetCatalogInfoRequest,
     GetCommandRequest,
+    ListCommandsRequest,
+    ListCommandsResponse,
     SyncCatalogRequest,
     SyncCatalogResponse,
     SyncHeader,
+    WatchCatalogRequest,
+    WatchCatalogResponse,
 )
 from avapdefs.v1.definitions_pb2_grpc import DefinitionServiceStub
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_SERVER = "127.0.0.1:50051"
 MAX_RECEIVE_BYTES = 64 << 20  # the server's own send limit
+BATCH_NAMES = 1000  # the most names the server takes in one BatchGetCommands
 CHANNEL_OPTIONS: list[tuple[str, int]] = [
     ("grpc.max_receive_message_length", MAX_RECEIVE_BYTES),
     # Ping every 30 s, calls or not (the server permits exactly that), so a
@@ -68,95 +64,93 @@ CHANNEL_OPTIONS: list[tuple[str, int]] = [
     ("grpc.max_reconnect_backoff_ms", 10_000),
 ]
 _RETRYABLE = (grpc.StatusCode.UNAVAILABLE,)
+_HEALTH_CHECK = "/grpc.health.v1.Health/Check"
 _T = TypeVar("_T")
 
-Progress = Callable[[int, int], None]
-"""Called as ``progress(bytes_received, bytes_total)`` after each chunk of a sync."""
 
-
-@dataclass(frozen=True)
-class SyncResult:
-    """What a sync did.
-
-    Attributes:
-        path: the cached snapshot file now current.
-        info: its header.
-        up_to_date: True when the cache already held the server's version and nothing was sent.
-        bytes_received: data bytes streamed (0 when up to date).
-        seconds: wall time of the sync.
-        delta: True when a delta from the cached version was applied instead of a full download.
-    """
-
-    path: Path
-    info: SnapshotInfo
-    up_to_date: bool
-    bytes_received: int
-    seconds: float
-    delta: bool = False
-
-
-def _translate(exc: grpc.RpcError, name: str | None = None) -> ServerError:
+def _translate(exc: grpc.RpcError, name: str | None = None, server: str | None = None) -> ServerError:
     code = exc.code() if isinstance(exc, grpc.Call) else grpc.StatusCode.UNKNOWN
     details = (exc.details() if isinstance(exc, grpc.Call) else None) or str(exc)
     if code == grpc.StatusCode.NOT_FOUND and name is not None:
         return CommandNotFoundError(name, details)
     if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
-        return ServerUnavailableError(code.name, details)
+        reason = unreachable_reason(details) if server is not None else None
+        return ServerUnavailableError(code.name, cannot_reach(server, reason) if server and reason else details)
     return ServerError(code.name, details)
 
 
-def load_cached(dest_dir: Path) -> Snapshot:
-    """The newest valid snapshot in a local cache folder, read with no server.
+class WatchStream:
+    """A WatchCatalog stream: iterate its messages; ``cancel()`` ends it (from any thread).
 
-    Raises:
-        NoSnapshotError: the folder holds no snapshot that verifies.
+    Iterating raises ``ServerError`` when the stream breaks (CANCELLED after ``cancel``),
+    ``ServerUnavailableError`` naming the server when it cannot be reached.
     """
-    return read_newest(dest_dir).snapshot
 
+    def __init__(self, call: grpc._CallIterator[WatchCatalogResponse], server: str) -> None:
+        self._call = call
+        self._server = server
 
-def _newest_cached(dest_dir: Path) -> VerifiedFile | None:
-    try:
-        return read_newest(dest_dir)
-    except NoSnapshotError:
-        return None
+    def __iter__(self) -> Iterator[WatchCatalogResponse]:
+        try:
+            yield from self._call
+        except grpc.RpcError as exc:
+            raise _translate(exc, server=self._server) from exc
+
+    def cancel(self) -> None:
+        """End the stream; an iteration in progress raises ServerError CANCELLED."""
+        self._call.cancel()
 
 
 class DefinitionClient:
     """A connection to one definition server.
 
     Args:
-        server: ``host:port`` of the server.
-        timeout_s: the deadline of one ``get_command`` or ``catalog_info``, retries included.
+        server: ``HOST:PORT`` of the server (``[IPv6]:PORT``).
+        api_key: the key a server started with ``AVAP_API_KEY`` wants in ``x-avap-auth``; None for none.
+        timeout_s: the deadline of one call (a sync's reaching the server), retries included.
         retries: how many times a call is retried while the server is UNAVAILABLE.
         backoff_s: the first retry's delay; it doubles each retry, with jitter.
         sleep: how to wait between retries (``time.sleep``).
+
+    Raises:
+        ValueError: ``server`` is not ``HOST:PORT``, or ``api_key`` is blank or not printable ASCII.
     """
 
     def __init__(
         self,
         server: str = DEFAULT_SERVER,
         *,
+        api_key: str | None = None,
         timeout_s: float = 5.0,
         retries: int = 3,
         backoff_s: float = 0.1,
         sleep: Callable[[float], None] = time.sleep,
     ) -> None:
-        self.server = server
+        self.server = parse_server(server)
+        key = check_api_key(api_key) if api_key is not None else None
         self._timeout_s = timeout_s
         self._retries = retries
         self._backoff_s = backoff_s
         self._sleep = sleep
-        self._channel = grpc.insecure_channel(server, options=CHANNEL_OPTIONS)
+        self._raw_channel = grpc.insecure_channel(self.server, options=CHANNEL_OPTIONS)
+        self._channel = (
+            self._raw_channel if key is None else grpc.intercept_channel(self._raw_channel, KeyInterceptor(key))
+        )
         self._stub = DefinitionServiceStub(self._channel)
+        self._health_check = self._channel.unary_unary(
+            _HEALTH_CHECK,
+            request_serializer=health_pb2.HealthCheckRequest.SerializeToString,
+            response_deserializer=health_pb2.HealthCheckResponse.FromString,
+        )
 
     @property
     def stub(self) -> DefinitionServiceStub:
-        """The raw stub on this client's channel, for calls the client does not wrap."""
+        """The raw stub on this client's channel (it carries the API key), for calls the client does not wrap."""
         return self._stub
 
     def close(self) -> None:
         """Close the channel; calls in flight are cancelled."""
-        self._channel.close()
+        self._raw_channel.close()
 
     def __enter__(self) -> DefinitionClient:
         return self
@@ -169,21 +163,32 @@ class DefinitionClient:
         # retry waits, within the deadline, for the channel to reconnect, so a
         # restarting server is reached as soon as it is back instead of each
         # retry failing at once while grpc waits out its own reconnect backoff.
+        # Only a failed connection says why (the waits end in DEADLINE_EXCEEDED),
+        # so its reason is kept for the error the caller sees.
         deadline = time.monotonic() + self._timeout_s
         delay = self._backoff_s
+        unreachable: str | None = None
         for attempt in range(self._retries + 1):
             try:
                 return call(max(deadline - time.monotonic(), 0.0), attempt > 0)
             except grpc.RpcError as exc:
                 error = _translate(exc, name)
-                code = exc.code() if isinstance(exc, grpc.Call) else None
+                if error.code != "DEADLINE_EXCEEDED":
+                    unreachable = unreachable_reason(error.details) if error.code == "UNAVAILABLE" else None
                 pause = delay * random.uniform(0.5, 1.0)
-                if code not in _RETRYABLE or attempt == self._retries or time.monotonic() + pause >= deadline:
-                    raise error from exc
+                if error.code != "UNAVAILABLE" or attempt == self._retries or time.monotonic() + pause >= deadline:
+                    raise self._final(error, unreachable) from exc
             logger.debug("%s is unavailable; retrying in %.2f s", self.server, pause)
             self._sleep(pause)
             delay *= 2
         raise AssertionError("unreachable")  # pragma: no cover
+
+    def _final(self, error: ServerError, unreachable: str | None) -> ServerError:
+        if unreachable is not None:
+            return ServerUnavailableError("UNAVAILABLE", cannot_reach(self.server, unreachable))
+        if error.code == "DEADLINE_EXCEEDED":
+            return ServerUnavailableError(error.code, f"{self.server} did not answer within {self._timeout_s:g} s")
+        return error
 
     def get_command(self, name: str) -> Command:
         """The definition of the command ``name``.
@@ -199,6 +204,66 @@ class DefinitionClient:
         )
         return response.command
 
+    def batch_get(self, names: Sequence[str]) -> BatchGetCommandsResponse:
+        """The commands ``names`` (found ones in request order, and the missing names), in as few calls as fit.
+
+        Names go in groups of up to 1,000 (the server's limit); a group whose answer would pass the
+        server's send limit is split in two. The answer's ``catalog_version`` is the last group's.
+
+        Raises:
+            ServerError: as for ``get_command`` (INVALID_ARGUMENT for an invalid name).
+        """
+        merged = BatchGetCommandsResponse()
+        for start in range(0, len(names), BATCH_NAMES):
+            self._batch_into(merged, list(names[start : start + BATCH_NAMES]))
+        return merged
+
+    def _batch_into(self, merged: BatchGetCommandsResponse, names: list[str]) -> None:
+        request = BatchGetCommandsRequest(names=names)
+        try:
+            answer = self._retrying(
+                lambda left, wait: self._stub.BatchGetCommands(request, timeout=left, wait_for_ready=wait)
+            )
+        except ServerError as exc:
+            if exc.code != "RESOURCE_EXHAUSTED" or len(names) < 2:
+                raise
+            half = len(names) // 2
+            self._batch_into(merged, names[:half])
+            self._batch_into(merged, names[half:])
+            return
+        if merged.catalog_version and answer.catalog_version != merged.catalog_version:
+            logger.warning(
+                "the catalog went from version %s to %s between calls", merged.catalog_version, answer.catalog_version
+            )
+        merged.commands.extend(answer.commands)
+        merged.missing_names.extend(answer.missing_names)
+        merged.catalog_version = answer.catalog_version
+
+    def list_commands(
+        self, prefix: str = "", *, page_size: int = 0, include_definitions: bool = False
+    ) -> Iterator[ListCommandsResponse]:
+        """Every page of the names (and, with ``include_definitions``, the commands) that start with ``prefix``.
+
+        Each page is one call with its own deadline; paging carries on across a version change
+        (a page token names the next command).
+
+        Raises:
+            ServerError: as for ``get_command`` (INVALID_ARGUMENT for a token the server did not give).
+        """
+        token = ""
+        while True:
+            request = ListCommandsRequest(
+                prefix=prefix, page_size=page_size, page_token=token, include_definitions=include_definitions
+            )
+            page = self._list_page(request)
+            yield page
+            token = page.next_page_token
+            if not token:
+                return
+
+    def _list_page(self, request: ListCommandsRequest) -> ListCommandsResponse:
+        return self._retrying(lambda left, wait: self._stub.ListCommands(request, timeout=left, wait_for_ready=wait))
+
     def catalog_info(self) -> CatalogInfo:
         """What the server says about the catalog it serves.
 
@@ -207,6 +272,23 @@ class DefinitionClient:
         """
         request = GetCatalogInfoRequest()
         return self._retrying(lambda left, wait: self._stub.GetCatalogInfo(request, timeout=left, wait_for_ready=wait))
+
+    def health(self, service: str = "") -> int:
+        """The grpc.health.v1 status of ``service`` ("": the whole server), e.g. ``HealthCheckResponse.SERVING``.
+
+        Raises:
+            ServerError: as for ``get_command`` (NOT_FOUND for a service the server does not have).
+        """
+        request = health_pb2.HealthCheckRequest(service=service)
+        answer = self._retrying(lambda left, wait: self._health_check(request, timeout=left, wait_for_ready=wait))
+        return int(answer.status)
+
+    def watch(self, have_version: int = 0) -> WatchStream:
+        """A WatchCatalog stream: the live version at once when it is not ``have_version``, then each new one.
+
+        The stream has no deadline and is not retried: a caller that wants to keep watching opens another.
+        """
+        return WatchStream(self._stub.WatchCatalog(WatchCatalogRequest(have_version=have_version)), self.server)
 
     def _open_sync(
         self, request: SyncCatalogRequest, timeout_s: float
@@ -258,19 +340,21 @@ class DefinitionClient:
         dest_dir.mkdir(parents=True, exist_ok=True)
         for stale in remove_temp_files(dest_dir, dead_writers_only=True):
             logger.info("removed %s, left by a sync that was killed", stale.name)
-        cached = _newest_cached(dest_dir)
+        cached = newest_cached(dest_dir)
         request = SyncCatalogRequest()
         if cached is not None:
             request.have_version = cached.snapshot.info.version
             request.have_content_hash = cached.snapshot.info.content_hash
             request.accept_delta = accept_delta
         call, header = self._open_sync(request, timeout_s)
+        answered = time.perf_counter()  # what came before was reaching the server
         try:
             if header.kind == SyncHeader.KIND_UP_TO_DATE and cached is not None:
-                return SyncResult(cached.path, cached.snapshot.info, True, 0, time.perf_counter() - started)
+                now = time.perf_counter()
+                return SyncResult(cached.path, cached.snapshot.info, True, 0, now - started, transfer_s=now - answered)
             if header.kind == SyncHeader.KIND_DELTA and cached is not None:
                 try:
-                    path, info = self._install_delta(call, header, dest_dir, cached, progress)
+                    path, info = install_delta(_chunks(call), header, dest_dir, cached, progress)
                 except (AvapDefsError, OSError) as exc:
                     logger.warning(
                         "delta from version %s failed (%s); fetching the whole file", header.base_version, exc
@@ -278,7 +362,7 @@ class DefinitionClient:
                     call.cancel()
                     return self.sync(dest_dir, progress=progress, timeout_s=timeout_s, keep=keep, accept_delta=False)
             elif header.kind == SyncHeader.KIND_FULL:
-                path, info = self._install(call, header, dest_dir, progress)
+                path, info = install_file(_chunks(call), header, dest_dir, progress)
             else:
                 raise SyncError("INTERNAL", f"unexpected sync header kind {SyncHeader.Kind.Name(header.kind)}")
         finally:
@@ -286,68 +370,19 @@ class DefinitionClient:
         # A local avap-server reads its file once at load, so removing one it serves is harmless.
         prune(dest_dir, keep, current=info.version)
         delta = header.kind == SyncHeader.KIND_DELTA
-        return SyncResult(path, info, False, header.data_size, time.perf_counter() - started, delta)
-
-    def _install_delta(
-        self,
-        call: Iterator[SyncCatalogResponse],
-        header: SyncHeader,
-        dest_dir: Path,
-        cached: VerifiedFile,
-        progress: Progress | None,
-    ) -> tuple[Path, SnapshotInfo]:
-        received = io.BytesIO()  # a delta is small: the changed commands only
-        _receive(call, received, header, progress)
-        delta = decode_delta(received.getvalue())
-        path = dest_dir / snapshot_name(header.catalog.version)
-        with atomic_file(path) as file:
-            apply_delta(cached.snapshot, delta, file)  # checks the result's content hash
-            file.seek(0)
-            info = _check(file.read(), header, path)
-        logger.info("installed catalog version %s at %s from a delta", info.version, path)
-        return path, info
-
-    def _install(
-        self, call: Iterator[SyncCatalogResponse], header: SyncHeader, dest_dir: Path, progress: Progress | None
-    ) -> tuple[Path, SnapshotInfo]:
-        path = dest_dir / snapshot_name(header.catalog.version)
-        with atomic_file(path) as file:
-            _receive(call, file, header, progress)
-            file.seek(0)
-            data = file.read()
-            info = _check(data, header, path)
-        logger.info("installed catalog version %s at %s", info.version, path)
-        return path, info
+        now = time.perf_counter()
+        return SyncResult(path, info, False, header.data_size, now - started, delta, now - answered)
 
 
-def _receive(
-    call: Iterator[SyncCatalogResponse], file: BinaryIO, header: SyncHeader, progress: Progress | None
-) -> None:
+def _chunks(call: Iterator[SyncCatalogResponse]) -> Iterator[bytes]:
+    """The data chunks of a sync stream after its header; a break becomes a SyncError."""
     received = 0
-    hasher = hashlib.sha256()
     try:
         for message in call:
             if message.WhichOneof("message") != "chunk":
                 raise SyncError("INTERNAL", "a second header in the sync stream")
-            file.write(message.chunk)
-            hasher.update(message.chunk)
             received += len(message.chunk)
-            if progress is not None:
-                progress(received, header.data_size)
+            yield message.chunk
     except grpc.RpcError as exc:
         error = _translate(exc)
         raise SyncError(error.code, f"the sync stream broke after {received} bytes: {error.details}") from exc
-    if received != header.data_size:
-        raise SyncError("DATA_LOSS", f"received {received} bytes, the server announced {header.data_size}")
-    if header.data_sha256 and hasher.digest() != header.data_sha256:
-        raise SyncError("DATA_LOSS", "the received file's sha256 differs from the one the server announced")
-
-
-def _check(data: bytes, header: SyncHeader, path: Path) -> SnapshotInfo:
-    try:
-        info = verify(data, path=path).info
-    except SnapshotError as exc:
-        raise SyncError("DATA_LOSS", f"the received snapshot does not verify: {exc.reason}") from exc
-    if info.version != header.catalog.version or info.content_hash != header.catalog.content_hash:
-        raise SyncError("DATA_LOSS", f"the received snapshot is version {info.version}, not the announced one")
-    return info

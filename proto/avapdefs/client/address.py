@@ -1,0 +1,71 @@
+"""A server's address: the one check of ``HOST:PORT``, and the words for a server that cannot be reached.
+
+A malformed address is refused before any connection is tried (grpc would
+otherwise resolve "not an address" or default a missing port to 443, and the
+caller would learn of it only when its deadline ran out). When a server
+cannot be reached, grpc's first failed call says why in its details
+("... Failed to connect to remote host: Connection refused"); the calls that
+then wait for the channel end in a bare DEADLINE_EXCEEDED, so the reason is
+taken from the first and carried to the error the caller sees.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+
+DEFAULT_SERVER = "127.0.0.1:50051"
+
+# A host name: dot-separated labels of letters, digits, '-' and '_' (Docker and Kubernetes service names).
+_HOST_NAME = re.compile(r"[A-Za-z0-9_]([A-Za-z0-9_-]{0,62})(\.[A-Za-z0-9_]([A-Za-z0-9_-]{0,62}))*\.?")
+# How grpc's details begin when it could not connect or resolve.
+_CONNECT_FAILURES = ("failed to connect to all addresses", "errors resolving", "DNS resolution failed")
+
+
+def parse_server(text: str) -> str:
+    """``text`` when it is ``HOST:PORT`` (``[IPv6]:PORT`` for an IPv6 address), with surrounding space removed.
+
+    Raises:
+        ValueError: it is not; the message says what is wrong.
+    """
+    address = text.strip()
+    host, colon, port = address.rpartition(":")
+    if not address:
+        raise ValueError("the server address is empty; give HOST:PORT")
+    if not colon:
+        raise ValueError(f"{text!r} is not HOST:PORT (no port)")
+    if not host:
+        raise ValueError(f"{text!r} is not HOST:PORT (no host)")
+    if not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"{text!r} is not HOST:PORT (the port must be a number from 1 to 65535)")
+    if not _is_host(host):
+        hint = "; write an IPv6 address in brackets, [::1]:50051" if ":" in host else ""
+        raise ValueError(f"{text!r} is not HOST:PORT ({host!r} is not a host name or IP address{hint})")
+    return address
+
+
+def _is_host(host: str) -> bool:
+    if host.startswith("[") and host.endswith("]"):
+        try:
+            return ipaddress.ip_address(host[1:-1]).version == 6
+        except ValueError:
+            return False
+    return len(host) <= 253 and _HOST_NAME.fullmatch(host) is not None
+
+
+def unreachable_reason(details: str) -> str | None:
+    """Why grpc could not reach the server, in a few words ("connection refused"), or None when it did.
+
+    Args:
+        details: the details of an UNAVAILABLE status.
+    """
+    if not any(marker in details for marker in _CONNECT_FAILURES):
+        return None
+    # The cause is the last clause: "...: Failed to connect to remote host: Connection refused".
+    reason = details.rsplit(": ", 1)[-1].strip(" []")
+    return reason[:1].lower() + reason[1:] if reason else "no reason given"
+
+
+def cannot_reach(server: str, reason: str) -> str:
+    """The one wording of an unreachable server: ``cannot reach 127.0.0.1:50099 (connection refused)``."""
+    return f"cannot reach {server} ({reason})"
