@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from avapdefs.client import DefinitionClient, cli, load_cached
+from avapdefs.client import DefinitionClient, Replica, cli, load_cached
 from avapdefs.errors import CommandNotFoundError, NoSnapshotError, ServerError, ServerUnavailableError
 from avapdefs.folder import TEMP_PREFIX, list_snapshots, snapshot_name
 from avapdefs.format import snapshot
@@ -309,3 +309,11 @@ def test_a_sync_rate_leaves_out_the_wait_for_the_server(make_snapshot: MakeSnaps
             result = client.sync(cache)
     assert result.info.version == 3 and waited
     assert result.seconds >= waited[0] and result.transfer_s <= result.seconds - waited[0]
+
+
+def test_a_replica_follows_a_server_that_wants_a_key(keyed: RunningServer, cache: Path) -> None:
+    with Replica(f"127.0.0.1:{keyed.port}", cache, api_key=KEY) as replica:
+        assert replica.wait_for_version(2, timeout_s=30)
+        assert replica.get("if") is not None
+    with pytest.raises(ValueError, match="HOST:PORT"):
+        Replica("127.0.0.1", cache)

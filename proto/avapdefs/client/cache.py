@@ -1,14 +1,15 @@
-"""The local snapshot cache a sync fills: what a sync did, installing what it received, loading the cache offline.
+"""The local snapshot cache a sync fills: the sync itself, installing what it received, loading the cache offline.
 
-A sync streams a newer file (or a delta) from the server; ``install_file``
+``sync_cache`` sends the cached version, and on the server's answer does
+nothing (up to date), applies a delta, or takes the whole file; ``install_file``
 and ``install_delta`` write it under a hidden temporary name, verify size,
 sha256 and the whole snapshot against the header the server sent, and only
 then rename it into place under the server's own file name, so
 ``avap-server --snapshots DEST`` can serve the copy. ``load_cached`` reads
 the newest valid snapshot of the folder with no server at all, for a worker
-that boots while the server is down. Nothing here speaks gRPC: the data
-arrives as an iterator of chunks (``DefinitionClient.sync`` turns the stream
-into one).
+that boots while the server is down. Nothing here speaks gRPC: the stream
+arrives as a header and an iterator of chunks (``DefinitionClient.sync``
+opens it).
 """
 
 from __future__ import annotations
@@ -16,16 +17,17 @@ from __future__ import annotations
 import hashlib
 import io
 import logging
-from collections.abc import Callable, Iterable
+import time
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
-from avapdefs.errors import NoSnapshotError, SnapshotError, SyncError
-from avapdefs.folder import VerifiedFile, atomic_file, read_newest, snapshot_name
+from avapdefs.errors import AvapDefsError, NoSnapshotError, SnapshotError, SyncError
+from avapdefs.folder import VerifiedFile, atomic_file, prune, read_newest, remove_temp_files, snapshot_name
 from avapdefs.format.delta import apply_delta, decode_delta
 from avapdefs.format.snapshot import Snapshot, SnapshotInfo, verify
-from avapdefs.v1.definitions_pb2 import SyncHeader
+from avapdefs.v1.definitions_pb2 import SyncCatalogRequest, SyncHeader
 
 logger = logging.getLogger(__name__)
 
@@ -55,6 +57,67 @@ class SyncResult:
     seconds: float
     delta: bool = False
     transfer_s: float = 0.0
+
+
+@dataclass(frozen=True)
+class SyncStream:
+    """An open SyncCatalog stream: its header, then its data, and how to end it early.
+
+    Attributes:
+        header: the stream's first message.
+        chunks: the data that follows; a broken stream raises SyncError.
+        cancel: ends the stream (a no-op once it has ended).
+    """
+
+    header: SyncHeader
+    chunks: Iterator[bytes]
+    cancel: Callable[[], object]
+
+
+OpenStream = Callable[[SyncCatalogRequest], SyncStream]
+"""Sends a SyncCatalog request (after reaching the server, retries included) and returns its stream."""
+
+
+def sync_cache(
+    dest_dir: Path, open_stream: OpenStream, *, progress: Progress | None, keep: int, accept_delta: bool
+) -> SyncResult:
+    """Bring the cache in ``dest_dir`` up to the server's version (``DefinitionClient.sync`` documents it)."""
+    started = time.perf_counter()
+    dest_dir.mkdir(parents=True, exist_ok=True)
+    for stale in remove_temp_files(dest_dir, dead_writers_only=True):
+        logger.info("removed %s, left by a sync that was killed", stale.name)
+    cached = newest_cached(dest_dir)
+    request = SyncCatalogRequest()
+    if cached is not None:
+        request.have_version = cached.snapshot.info.version
+        request.have_content_hash = cached.snapshot.info.content_hash
+        request.accept_delta = accept_delta
+    stream = open_stream(request)
+    answered = time.perf_counter()  # what came before was reaching the server
+    header = stream.header
+    try:
+        if header.kind == SyncHeader.KIND_UP_TO_DATE and cached is not None:
+            now = time.perf_counter()
+            return SyncResult(cached.path, cached.snapshot.info, True, 0, now - started, transfer_s=now - answered)
+        if header.kind == SyncHeader.KIND_DELTA and cached is not None:
+            try:
+                path, info = install_delta(stream.chunks, header, dest_dir, cached, progress)
+            except (AvapDefsError, OSError) as exc:
+                logger.warning("delta from version %s failed (%s); fetching the whole file", header.base_version, exc)
+                stream.cancel()
+                return sync_cache(dest_dir, open_stream, progress=progress, keep=keep, accept_delta=False)
+        elif header.kind == SyncHeader.KIND_FULL:
+            path, info = install_file(stream.chunks, header, dest_dir, progress)
+        else:
+            raise SyncError("INTERNAL", f"unexpected sync header kind {SyncHeader.Kind.Name(header.kind)}")
+    finally:
+        stream.cancel()  # a no-op once the stream has ended; otherwise the server stops sending
+    # A local avap-server reads its file once at load, so removing one it serves is harmless.
+    prune(dest_dir, keep, current=info.version)
+    now = time.perf_counter()
+    return SyncResult(
+        path, info, False, header.data_size, now - started, header.kind == SyncHeader.KIND_DELTA, now - answered
+    )
 
 
 def load_cached(dest_dir: Path) -> Snapshot:

@@ -26,9 +26,8 @@ from grpc_health.v1 import health_pb2
 
 from avapdefs.client.address import DEFAULT_SERVER, cannot_reach, parse_server, unreachable_reason
 from avapdefs.client.auth import KeyInterceptor, check_api_key
-from avapdefs.client.cache import Progress, SyncResult, install_delta, install_file, newest_cached
-from avapdefs.errors import AvapDefsError, CommandNotFoundError, ServerError, ServerUnavailableError, SyncError
-from avapdefs.folder import prune, remove_temp_files
+from avapdefs.client.cache import Progress, SyncResult, SyncStream, sync_cache
+from avapdefs.errors import CommandNotFoundError, ServerError, ServerUnavailableError, SyncError
 from avapdefs.v1.definitions_pb2 import (
     BatchGetCommandsRequest,
     BatchGetCommandsResponse,
@@ -40,7 +39,6 @@ from avapdefs.v1.definitions_pb2 import (
     ListCommandsResponse,
     SyncCatalogRequest,
     SyncCatalogResponse,
-    SyncHeader,
     WatchCatalogRequest,
     WatchCatalogResponse,
 )
@@ -290,10 +288,8 @@ class DefinitionClient:
         """
         return WatchStream(self._stub.WatchCatalog(WatchCatalogRequest(have_version=have_version)), self.server)
 
-    def _open_sync(
-        self, request: SyncCatalogRequest, timeout_s: float
-    ) -> tuple[grpc._CallIterator[SyncCatalogResponse], SyncHeader]:
-        def start(left: float, wait: bool) -> tuple[grpc._CallIterator[SyncCatalogResponse], SyncHeader]:
+    def _open_sync(self, request: SyncCatalogRequest, timeout_s: float) -> SyncStream:
+        def start(left: float, wait: bool) -> SyncStream:
             if wait:
                 # The stream's deadline is the whole transfer's, too long to wait for a
                 # reconnect: a small call waits for the server within the retry deadline.
@@ -303,7 +299,7 @@ class DefinitionClient:
             if first is None or first.WhichOneof("message") != "header":
                 call.cancel()
                 raise SyncError("INTERNAL", "the sync stream did not start with a header")
-            return call, first.header
+            return SyncStream(first.header, _chunks(call), call.cancel)
 
         return self._retrying(start)
 
@@ -336,42 +332,13 @@ class DefinitionClient:
             SyncError: the stream broke, or its data did not verify; the cache is unchanged.
             OSError: ``dest_dir`` cannot be written.
         """
-        started = time.perf_counter()
-        dest_dir.mkdir(parents=True, exist_ok=True)
-        for stale in remove_temp_files(dest_dir, dead_writers_only=True):
-            logger.info("removed %s, left by a sync that was killed", stale.name)
-        cached = newest_cached(dest_dir)
-        request = SyncCatalogRequest()
-        if cached is not None:
-            request.have_version = cached.snapshot.info.version
-            request.have_content_hash = cached.snapshot.info.content_hash
-            request.accept_delta = accept_delta
-        call, header = self._open_sync(request, timeout_s)
-        answered = time.perf_counter()  # what came before was reaching the server
-        try:
-            if header.kind == SyncHeader.KIND_UP_TO_DATE and cached is not None:
-                now = time.perf_counter()
-                return SyncResult(cached.path, cached.snapshot.info, True, 0, now - started, transfer_s=now - answered)
-            if header.kind == SyncHeader.KIND_DELTA and cached is not None:
-                try:
-                    path, info = install_delta(_chunks(call), header, dest_dir, cached, progress)
-                except (AvapDefsError, OSError) as exc:
-                    logger.warning(
-                        "delta from version %s failed (%s); fetching the whole file", header.base_version, exc
-                    )
-                    call.cancel()
-                    return self.sync(dest_dir, progress=progress, timeout_s=timeout_s, keep=keep, accept_delta=False)
-            elif header.kind == SyncHeader.KIND_FULL:
-                path, info = install_file(_chunks(call), header, dest_dir, progress)
-            else:
-                raise SyncError("INTERNAL", f"unexpected sync header kind {SyncHeader.Kind.Name(header.kind)}")
-        finally:
-            call.cancel()  # a no-op once the stream has ended; otherwise the server stops sending
-        # A local avap-server reads its file once at load, so removing one it serves is harmless.
-        prune(dest_dir, keep, current=info.version)
-        delta = header.kind == SyncHeader.KIND_DELTA
-        now = time.perf_counter()
-        return SyncResult(path, info, False, header.data_size, now - started, delta, now - answered)
+        return sync_cache(
+            dest_dir,
+            lambda request: self._open_sync(request, timeout_s),
+            progress=progress,
+            keep=keep,
+            accept_delta=accept_delta,
+        )
 
 
 def _chunks(call: Iterator[SyncCatalogResponse]) -> Iterator[bytes]:
