@@ -62,8 +62,10 @@ def command_text(command: Command) -> str:
 
 def snapshot_age_s(info: CatalogInfo, now_s: float | None = None) -> float:
     """How old the served snapshot is: the server's ``snapshot_age_s`` when it has one, else from its creation time."""
-    if "snapshot_age_s" in CatalogInfo.DESCRIPTOR.fields_by_name:
-        return float(getattr(info, "snapshot_age_s"))  # noqa: B009  # a field newer servers add
+    # A field newer servers fill; 0 from a server that does not (a real age is never exactly 0.0).
+    reported = float(getattr(info, "snapshot_age_s", 0.0))
+    if reported > 0:
+        return reported
     now = time.time() if now_s is None else now_s
     return max(now - info.created_at_unix_ms / 1000, 0.0)
 
