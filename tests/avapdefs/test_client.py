@@ -16,7 +16,7 @@ from avapdefs.client import DefinitionClient, Replica, cli, load_cached
 from avapdefs.errors import CommandNotFoundError, NoSnapshotError, ServerError, ServerUnavailableError
 from avapdefs.folder import TEMP_PREFIX, list_snapshots, snapshot_name
 from avapdefs.format import snapshot
-from avapdefs.v1.definitions_pb2 import GetCommandRequest
+from avapdefs.v1.definitions_pb2 import GetCatalogInfoRequest, GetCommandRequest
 from tests.helpers import MakeSnapshot
 from tests.server.helpers import RunningServer, big_commands, running_server, stub_for
 
@@ -217,6 +217,7 @@ def test_the_api_key_reaches_every_call(keyed: RunningServer, cache: Path) -> No
     with _client(keyed, api_key=f"  {KEY}\n") as client:  # surrounding white space is not part of it
         assert client.get_command("if").name == "if"
         assert client.catalog_info().version == 2
+        assert client.stub.GetCatalogInfo(GetCatalogInfoRequest(), timeout=5).version == 2  # the stub handed out
         assert [command.name for command in client.batch_get(["end"]).commands] == ["end"]
         assert next(client.list_commands()).names == ["addVar", "end", "if"]
         assert client.sync(cache).info.version == 2  # the stream calls carry it too

@@ -22,10 +22,11 @@ from pathlib import Path
 from typing import TypeVar
 
 import grpc
+from google.protobuf.message import Message
 from grpc_health.v1 import health_pb2
 
 from avapdefs.client.address import DEFAULT_SERVER, cannot_reach, parse_server, unreachable_reason
-from avapdefs.client.auth import KeyInterceptor, check_api_key
+from avapdefs.client.auth import AUTH_METADATA_KEY, KeyInterceptor, check_api_key
 from avapdefs.client.cache import Progress, SyncResult, SyncStream, sync_cache
 from avapdefs.errors import CommandNotFoundError, ServerError, ServerUnavailableError, SyncError
 from avapdefs.v1.definitions_pb2 import (
@@ -130,11 +131,16 @@ class DefinitionClient:
         self._retries = retries
         self._backoff_s = backoff_s
         self._sleep = sleep
-        self._raw_channel = grpc.insecure_channel(self.server, options=CHANNEL_OPTIONS)
-        self._channel = (
-            self._raw_channel if key is None else grpc.intercept_channel(self._raw_channel, KeyInterceptor(key))
-        )
+        self._channel = grpc.insecure_channel(self.server, options=CHANNEL_OPTIONS)
         self._stub = DefinitionServiceStub(self._channel)
+        # Our calls pass the key as metadata. The stub handed out adds it by an interceptor, which
+        # costs about 180 us a call in grpcio's Python (1,980 -> 1,460 GetCommand calls/s, loopback).
+        self._metadata = ((AUTH_METADATA_KEY, key),) if key is not None else None
+        self._public_stub = (
+            self._stub
+            if key is None
+            else DefinitionServiceStub(grpc.intercept_channel(self._channel, KeyInterceptor(key)))
+        )
         self._health_check = self._channel.unary_unary(
             _HEALTH_CHECK,
             request_serializer=health_pb2.HealthCheckRequest.SerializeToString,
@@ -144,11 +150,11 @@ class DefinitionClient:
     @property
     def stub(self) -> DefinitionServiceStub:
         """The raw stub on this client's channel (it carries the API key), for calls the client does not wrap."""
-        return self._stub
+        return self._public_stub
 
     def close(self) -> None:
         """Close the channel; calls in flight are cancelled."""
-        self._raw_channel.close()
+        self._channel.close()
 
     def __enter__(self) -> DefinitionClient:
         return self
@@ -181,6 +187,12 @@ class DefinitionClient:
             delay *= 2
         raise AssertionError("unreachable")  # pragma: no cover
 
+    def _unary(self, method: Callable[..., _T], request: Message, name: str | None = None) -> _T:
+        """``method(request)`` within the deadline, with the key, retried as ``_retrying`` does."""
+        return self._retrying(
+            lambda left, wait: method(request, timeout=left, wait_for_ready=wait, metadata=self._metadata), name
+        )
+
     def _final(self, error: ServerError, unreachable: str | None) -> ServerError:
         if unreachable is not None:
             return ServerUnavailableError("UNAVAILABLE", cannot_reach(self.server, unreachable))
@@ -197,10 +209,7 @@ class DefinitionClient:
             ServerError: the server refused the call (e.g. INVALID_ARGUMENT for an empty name).
         """
         request = GetCommandRequest(name=name)
-        response = self._retrying(
-            lambda left, wait: self._stub.GetCommand(request, timeout=left, wait_for_ready=wait), name
-        )
-        return response.command
+        return self._unary(self._stub.GetCommand, request, name).command
 
     def batch_get(self, names: Sequence[str]) -> BatchGetCommandsResponse:
         """The commands ``names`` (found ones in request order, and the missing names), in as few calls as fit.
@@ -219,9 +228,7 @@ class DefinitionClient:
     def _batch_into(self, merged: BatchGetCommandsResponse, names: list[str]) -> None:
         request = BatchGetCommandsRequest(names=names)
         try:
-            answer = self._retrying(
-                lambda left, wait: self._stub.BatchGetCommands(request, timeout=left, wait_for_ready=wait)
-            )
+            answer = self._unary(self._stub.BatchGetCommands, request)
         except ServerError as exc:
             if exc.code != "RESOURCE_EXHAUSTED" or len(names) < 2:
                 raise
@@ -260,7 +267,7 @@ class DefinitionClient:
                 return
 
     def _list_page(self, request: ListCommandsRequest) -> ListCommandsResponse:
-        return self._retrying(lambda left, wait: self._stub.ListCommands(request, timeout=left, wait_for_ready=wait))
+        return self._unary(self._stub.ListCommands, request)
 
     def catalog_info(self) -> CatalogInfo:
         """What the server says about the catalog it serves.
@@ -269,7 +276,7 @@ class DefinitionClient:
             ServerError: as for ``get_command``.
         """
         request = GetCatalogInfoRequest()
-        return self._retrying(lambda left, wait: self._stub.GetCatalogInfo(request, timeout=left, wait_for_ready=wait))
+        return self._unary(self._stub.GetCatalogInfo, request)
 
     def health(self, service: str = "") -> int:
         """The grpc.health.v1 status of ``service`` ("": the whole server), e.g. ``HealthCheckResponse.SERVING``.
@@ -278,7 +285,7 @@ class DefinitionClient:
             ServerError: as for ``get_command`` (NOT_FOUND for a service the server does not have).
         """
         request = health_pb2.HealthCheckRequest(service=service)
-        answer = self._retrying(lambda left, wait: self._health_check(request, timeout=left, wait_for_ready=wait))
+        answer = self._unary(self._health_check, request)
         return int(answer.status)
 
     def watch(self, have_version: int = 0) -> WatchStream:
@@ -286,15 +293,18 @@ class DefinitionClient:
 
         The stream has no deadline and is not retried: a caller that wants to keep watching opens another.
         """
-        return WatchStream(self._stub.WatchCatalog(WatchCatalogRequest(have_version=have_version)), self.server)
+        call = self._stub.WatchCatalog(WatchCatalogRequest(have_version=have_version), metadata=self._metadata)
+        return WatchStream(call, self.server)
 
     def _open_sync(self, request: SyncCatalogRequest, timeout_s: float) -> SyncStream:
         def start(left: float, wait: bool) -> SyncStream:
             if wait:
                 # The stream's deadline is the whole transfer's, too long to wait for a
                 # reconnect: a small call waits for the server within the retry deadline.
-                self._stub.GetCatalogInfo(GetCatalogInfoRequest(), timeout=left, wait_for_ready=True)
-            call = self._stub.SyncCatalog(request, timeout=timeout_s)
+                self._stub.GetCatalogInfo(
+                    GetCatalogInfoRequest(), timeout=left, wait_for_ready=True, metadata=self._metadata
+                )
+            call = self._stub.SyncCatalog(request, timeout=timeout_s, metadata=self._metadata)
             first = next(call, None)
             if first is None or first.WhichOneof("message") != "header":
                 call.cancel()
