@@ -133,6 +133,10 @@ def test_errors_are_one_line(capsys: pytest.CaptureFixture[str]) -> None:
     assert "avapctl info: error: argument --server: '127.0.0.1' is not HOST:PORT (no port)" in capsys.readouterr().err
     assert ctl.main([]) == 2
     assert ctl.main(["get"]) == 2
+    assert ctl.main(["ls", "--page-size", "-1"]) == 2
+    assert "argument --page-size: '-1' is not a whole number above 0" in capsys.readouterr().err
+    assert ctl.main(["watch", "--count", "0"]) == 2
+    assert ctl.main(["info", "--timeout-s", "inf"]) == 2
     capsys.readouterr()
 
 
@@ -145,3 +149,9 @@ def test_help_and_version(capsys: pytest.CaptureFixture[str]) -> None:
         assert f"examples:\n  avapctl {command}" in text and "exit codes:" in text and "--json" in text
     assert ctl.main(["--help"]) == 0
     assert " 130  interrupted" in _out(capsys)
+
+
+def test_a_bad_variable_is_named(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("AVAP_TIMEOUT_S", "soon")
+    assert ctl.main(["info"]) == 2
+    assert capsys.readouterr().err == "avapctl: AVAP_TIMEOUT_S='soon': 'soon' is not a number of seconds above 0\n"

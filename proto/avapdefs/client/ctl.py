@@ -168,11 +168,13 @@ _HANDLERS: dict[str, Handler] = {"info": _info, "ls": _ls, "get": _get, "watch":
 def _add_arguments(name: str, sub: argparse.ArgumentParser) -> None:
     if name == "ls":
         sub.add_argument("prefix", nargs="?", default="", help="only names that start with it (default: all)")
-        sub.add_argument("--page-size", type=int, default=1000, help="names per call (the server caps it at 1000)")
+        sub.add_argument(
+            "--page-size", type=tool.count, default=1000, help="names per call (the server caps it at 1000)"
+        )
     elif name == "get":
         sub.add_argument("names", nargs="+", metavar="NAME", help="command names")
     elif name == "watch":
-        sub.add_argument("--count", type=int, help="exit 0 after this many versions (the live one counts)")
+        sub.add_argument("--count", type=tool.count, help="exit 0 after this many versions (the live one counts)")
     elif name == "health":
         sub.add_argument("--service", default="", help="a service name; '' (default) is the whole server")
     json_help = "one JSON object a line, per version" if name == "watch" else "print JSON, for scripts"

@@ -10,6 +10,7 @@ or the key itself in ``AVAP_API_KEY``, ``--log-level``/``AVAP_LOG_LEVEL``.
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import sys
 from collections.abc import Callable, Sequence
@@ -47,14 +48,30 @@ def _checked(parse: Callable[[str], Any]) -> Callable[[str], Any]:
 
 
 def _positive_s(text: str) -> float:
-    value = float(text)
-    if not value > 0:
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not (value > 0 and math.isfinite(value)):
         raise ValueError(f"{text!r} is not a number of seconds above 0")
+    return value
+
+
+def _positive_count(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise ValueError(f"{text!r} is not a whole number above 0")
     return value
 
 
 seconds = _checked(_positive_s)
 """Parses a duration in seconds above 0, with a clear message otherwise."""
+
+count = _checked(_positive_count)
+"""Parses a whole number above 0, with a clear message otherwise."""
 
 SERVER = Option("--server", "AVAP_SERVER", "server", _checked(parse_server), "HOST:PORT of the server")
 API_KEY_FILE = Option(
