@@ -40,6 +40,8 @@ from avapdefs.client.tool import (
     EXIT_USAGE,
     refusal,
     say,
+    silence,
+    unsilence,
 )
 from avapdefs.errors import ServerError, ServerUnavailableError
 from avapdefs.options import Option, resolve
@@ -150,11 +152,10 @@ def _run_job(prog: str, body: Body, args: argparse.Namespace, job: Job, until_st
             worker.join(_SIGNAL_CHECK_S)
     except (KeyboardInterrupt, _Terminated) as exc:
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not interrupt the clean-up
+        if not isinstance(exc, _Terminated):
+            say(prog, interrupted)
         _stop(job, worker)
-        if isinstance(exc, _Terminated):
-            return EXIT_OK
-        say(prog, interrupted)
-        return EXIT_INTERRUPTED
+        return EXIT_OK if isinstance(exc, _Terminated) else EXIT_INTERRUPTED
     finally:
         if previous_term is not None:
             signal.signal(signal.SIGTERM, previous_term)
@@ -173,9 +174,16 @@ def _work(prog: str, body: Body, args: argparse.Namespace, job: Job, outcome: li
 
 
 def _stop(job: Job, worker: threading.Thread) -> None:
-    # Closing a channel can wait for a blocking call in flight: close on a thread of its own.
-    threading.Thread(target=job.cancel, name="stop", daemon=True).start()
-    worker.join(_UNWIND_S)
+    # The tool has said how it ends: what the work says while it unwinds is about the stop itself.
+    silence()
+    logging.disable(logging.CRITICAL)
+    try:
+        # Closing a channel can wait for a blocking call in flight: close on a thread of its own.
+        threading.Thread(target=job.cancel, name="stop", daemon=True).start()
+        worker.join(_UNWIND_S)
+    finally:
+        logging.disable(logging.NOTSET)
+        unsilence()
 
 
 def _guarded(prog: str, body: Body, args: argparse.Namespace, job: Job) -> int:

@@ -13,6 +13,7 @@ import argparse
 import math
 import os
 import sys
+import threading
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -98,8 +99,24 @@ def add_common_options(parser: argparse.ArgumentParser, options: Sequence[Option
     add_options(parser, options, COMMON_DEFAULTS)
 
 
+_silenced = threading.Event()
+
+
+def silence() -> None:
+    """From now on ``emit`` and ``say`` print nothing: the tool has said how it ends, and its work,
+    stopped under it, would only add noise about the stop (a cancelled stream, say)."""
+    _silenced.set()
+
+
+def unsilence() -> None:
+    """Undo ``silence`` (for a tool run again in the same process, as the tests do)."""
+    _silenced.clear()
+
+
 def emit(text: str) -> None:
     """Print ``text`` on stdout, at once; a reader that went away (``avapctl ls | head``) is not an error."""
+    if _silenced.is_set():
+        return
     try:
         print(text, flush=True)
     except BrokenPipeError:
@@ -109,6 +126,8 @@ def emit(text: str) -> None:
 
 def say(prog: str, message: str) -> None:
     """One line on stderr: ``prog: message``."""
+    if _silenced.is_set():
+        return
     print(f"{prog}: {message}", file=sys.stderr, flush=True)
 
 
