@@ -249,7 +249,10 @@ def run_h2load(
     ]  # fmt: skip
     if log_path is not None:
         argv[1:1] = ["--log-file", str(log_path)]
-    done = subprocess.run(argv, capture_output=True, text=True, timeout=duration_s + warmup_s + 60)
+    try:
+        done = subprocess.run(argv, capture_output=True, text=True, timeout=duration_s + warmup_s + 60)
+    except subprocess.TimeoutExpired as exc:
+        raise RuntimeError(f"h2load did not finish within {exc.timeout:.0f} s against {url}") from None
     out = done.stdout
     rps = re.search(r"finished in [\d.]+m?s, ([\d.]+) req/s", out)
     counts = re.search(r"requests: \d+ total, \d+ started, \d+ done, (\d+) succeeded, (\d+) failed, (\d+) errored", out)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import tempfile
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -119,35 +120,52 @@ def scenario_b(
     if loads.h2load_path() is None:
         notes.append("h2load not found: Scenario B skipped (apt-get install nghttp2-client provides it).")
         return
-    body = cache / "h2load" / "getcommand.bin"
-    body.parent.mkdir(parents=True, exist_ok=True)
-    body.write_bytes(loads.grpc_frame(targets.request_bytes(name)))
-    for target in live:
-        _check_h2load_body(target, name, body, notes)
-    tag = f"B h2load -c{args.h2load_clients} -m{args.h2load_streams} -t{args.h2load_threads}"
-    print(f"{tag}: {args.rounds} x {args.warmup:g}+{args.h2load_duration:g} s per server, GetCommand({name!r})")
-    for number, order in _orders(live, args.rounds):
-        for target in order:
-            cpu_before = procs.cpu_s(pids[target.label]) if target.label in pids else None
-            result = loads.run_h2load(
-                f"http://{target.address}{target.method('GetCommand')}", body, clients=args.h2load_clients,
-                streams=args.h2load_streams, threads=args.h2load_threads, duration_s=args.h2load_duration,
-                warmup_s=args.warmup, log_path=cache / "h2load" / f"requests-{target.label}.tsv",
-            )  # fmt: skip
-            metric(metrics, f"{tag}: GetCommand", "req/s", True).add(target.label, result.rps)
-            metric(metrics, f"{tag}: mean latency", "ms", False).add(target.label, result.mean_ms)
-            metric(metrics, f"{tag}: p50 latency", "ms", False).add(target.label, result.p50_ms)
-            metric(metrics, f"{tag}: p99 latency", "ms", False).add(target.label, result.p99_ms)
-            metric(metrics, f"{tag}: failed+errored", "req", False).add(target.label, result.failed + result.errored)
-            line = f"  round {number} {target.label}: {result.rps:,.0f} RPS, mean {result.mean_ms:.2f} ms"
-            line += f", p99 {result.p99_ms:.2f} ms"
-            line += f", {result.succeeded} ok, {result.failed} failed, {result.errored} errored"
-            if cpu_before is not None and result.rps:
-                calls = result.rps * (args.h2load_duration + args.warmup)
-                cpu_us = (procs.cpu_s(pids[target.label]) - cpu_before) / calls * 1e6
-                metric(metrics, f"{tag}: server CPU per call (est.)", "us", False).add(target.label, cpu_us)
-                line += f", server CPU ~{cpu_us:.0f} us/call"
-            print(line)
+    (cache / "h2load").mkdir(parents=True, exist_ok=True)
+    # The body and the request logs belong to this run alone: h2load reads its body file for each
+    # request, so a file shared with another benchmark run on the machine could change under it.
+    with tempfile.TemporaryDirectory(prefix="run-", dir=cache / "h2load") as folder:
+        body = Path(folder) / "getcommand.bin"
+        body.write_bytes(loads.grpc_frame(targets.request_bytes(name)))
+        for target in live:
+            _check_h2load_body(target, name, body, notes)
+        tag = f"B h2load -c{args.h2load_clients} -m{args.h2load_streams} -t{args.h2load_threads}"
+        print(f"{tag}: {args.rounds} x {args.warmup:g}+{args.h2load_duration:g} s per server, GetCommand({name!r})")
+        for number, order in _orders(live, args.rounds):
+            for target in order:
+                log = Path(folder) / f"requests-{target.label}.tsv"
+                _b_round(target, body, log, tag, f"round {number}", args, metrics, pids)
+
+
+def _b_round(
+    target: targets.Target,
+    body: Path,
+    log: Path,
+    tag: str,
+    round_name: str,
+    args: argparse.Namespace,
+    metrics: dict[str, Metric],
+    pids: dict[str, int],
+) -> None:
+    """One round of h2load against ``target``: req/s, latencies, failures, and the server's CPU per call."""
+    cpu_before = procs.cpu_s(pids[target.label]) if target.label in pids else None
+    result = loads.run_h2load(
+        f"http://{target.address}{target.method('GetCommand')}", body, clients=args.h2load_clients,
+        streams=args.h2load_streams, threads=args.h2load_threads, duration_s=args.h2load_duration,
+        warmup_s=args.warmup, log_path=log,
+    )  # fmt: skip
+    metric(metrics, f"{tag}: GetCommand", "req/s", True).add(target.label, result.rps)
+    metric(metrics, f"{tag}: mean latency", "ms", False).add(target.label, result.mean_ms)
+    metric(metrics, f"{tag}: p50 latency", "ms", False).add(target.label, result.p50_ms)
+    metric(metrics, f"{tag}: p99 latency", "ms", False).add(target.label, result.p99_ms)
+    metric(metrics, f"{tag}: failed+errored", "req", False).add(target.label, result.failed + result.errored)
+    line = f"  {round_name} {target.label}: {result.rps:,.0f} RPS, mean {result.mean_ms:.2f} ms"
+    line += f", p99 {result.p99_ms:.2f} ms, {result.succeeded} ok, {result.failed} failed, {result.errored} errored"
+    if cpu_before is not None and result.rps:
+        calls = result.rps * (args.h2load_duration + args.warmup)
+        cpu_us = (procs.cpu_s(pids[target.label]) - cpu_before) / calls * 1e6
+        metric(metrics, f"{tag}: server CPU per call (est.)", "us", False).add(target.label, cpu_us)
+        line += f", server CPU ~{cpu_us:.0f} us/call"
+    print(line)
 
 
 def _check_h2load_body(target: targets.Target, name: str, body: Path, notes: list[str]) -> None:
