@@ -29,8 +29,9 @@ import os
 import signal
 import socket
 import threading
+import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +41,7 @@ from server.config import Settings
 from server.health import Health
 from server.legacy.codec import LegacyCodec, LegacyProtoError, bundled_codec, load_codec
 from server.legacy.service import LegacyService
+from server.metrics import ServingMetrics
 from server.reload import Reloader
 from server.rpc import (
     OK_TRAILERS,
@@ -60,7 +62,7 @@ from server.rpc import (
     timeout_s,
 )
 from server.service import SERVICE_NAME, DefinitionService, Signal, Stream, Unary, parse
-from server.store import LoadedSnapshot, PinnedVersionMissingError, SnapshotStore
+from server.store import LoadedSnapshot, PinnedVersionMissingError, SnapshotStore, snapshot_age_s
 
 logger = logging.getLogger(__name__)
 
@@ -81,6 +83,11 @@ class _Route:
     stream: Stream | None = None
     bidi: Bidi | None = None  # called once per request message; its answers are sent in order
     protected: bool = False  # needs the API key, when one is set
+    observe: Callable[[int, float], None] | None = None  # records (status code, seconds) when metrics are on
+
+    @property
+    def grpc_type(self) -> str:
+        return "unary" if self.unary else "server_stream" if self.stream else "bidi_stream"
 
 
 def _reflection(service_names: list[str]) -> Bidi:
@@ -115,7 +122,11 @@ class DefinitionServer:
         )
         self.reloader = Reloader(self.store, poll=settings.poll) if settings.reload else None
         swaps = Signal(loop)
-        self.store.on_swap = swaps.notify
+        self._swaps = swaps
+        self.metrics = ServingMetrics() if settings.metrics_port is not None else None
+        self.store.on_swap = self._swapped
+        if self.metrics is not None:
+            self.store.on_refused = self.metrics.file_refused
         self.service = DefinitionService(
             self.store,
             swaps,
@@ -123,6 +134,7 @@ class DefinitionServer:
             heartbeat_s=settings.heartbeat_s,
             max_watch_streams=settings.max_watch_streams,
             max_sync_streams=settings.max_sync_streams,
+            metrics=self.metrics,
         )
         self.health = Health(Signal(loop), self.store, settings.max_age_s)
         self._age_task: asyncio.Task[None] | None = None
@@ -141,6 +153,10 @@ class DefinitionServer:
         routes[f"/{HEALTH_SERVICE}/Check"] = _Route(unary=self.health.check)
         routes[f"/{HEALTH_SERVICE}/Watch"] = _Route(stream=self.health.watch)
         routes[f"/{REFLECTION_SERVICE}/ServerReflectionInfo"] = _Route(bidi=_reflection(names))
+        if self.metrics is not None:
+            metrics = self.metrics
+            routes = {path: replace(route, observe=metrics.call_observer(path, route.grpc_type))
+                      for path, route in routes.items()}  # fmt: skip
         self._routes = routes
         self._max_receive_bytes = settings.max_receive_bytes
         self._max_send_bytes = settings.max_send_bytes
@@ -154,11 +170,25 @@ class DefinitionServer:
         """
         loaded = self.store.load_newest()
         self.health.set_up(True)
-        if self.settings.max_age_s is not None:
-            self._age_task = self.loop.create_task(self.health.follow_age())
+        if self.settings.max_age_s is not None or self.metrics is not None:
+            self._age_task = self.loop.create_task(self.health.follow_age(self._each_second))
         if self.reloader is not None:
             self.reloader.start()
         return loaded
+
+    def _swapped(self) -> None:
+        # On the swapping thread, after each swap (a new version, or new deltas to the live one).
+        self._swaps.notify()
+        current = self.store.current
+        if self.metrics is not None and current is not None:
+            self.metrics.snapshot_swapped(current)
+            self.metrics.age(snapshot_age_s(current.info))
+
+    def _each_second(self) -> None:
+        current = self.store.current
+        if self.metrics is not None and current is not None:
+            self.metrics.age(snapshot_age_s(current.info))
+            self.metrics.flush()
 
     def drain(self) -> None:
         """Report NOT_SERVING, end every watch stream and stop following the folder (shutdown has begun).
@@ -170,6 +200,8 @@ class DefinitionServer:
         self.health.set_up(False)
         if self._age_task is not None:
             self._age_task.cancel()
+        if self.metrics is not None:
+            self.metrics.flush()  # and again at the process's end, for the calls of the grace period
         self.service.close()
         if self.reloader is not None:
             threading.Thread(target=self.reloader.stop, name="avap-reload-stop", daemon=True).start()
@@ -179,6 +211,15 @@ class DefinitionServer:
         if route is None or not is_grpc(scope):
             await self._not_a_method(scope, send)
             return
+        if route.observe is None:
+            await self._answer(route, scope, receive, send)
+            return
+        started = time.perf_counter()
+        code = await self._answer(route, scope, receive, send)
+        route.observe(code, time.perf_counter() - started)
+
+    async def _answer(self, route: _Route, scope: Scope, receive: Receive, send: Send) -> Code:
+        """Answer one call; the status code it ended with."""
         try:
             if route.protected:
                 if self._draining:
@@ -187,14 +228,17 @@ class DefinitionServer:
                     self._authenticate(scope)
             if route.unary is not None:
                 await self._unary(route.unary, receive, send)
-            elif route.stream is not None:
-                await self._stream(route.stream, scope, receive, send)
-            elif route.bidi is not None:
-                await self._bidi(route.bidi, receive, send)
+                return Code.OK
+            if route.stream is not None:
+                return await self._stream(route.stream, scope, receive, send)
+            assert route.bidi is not None
+            return await self._bidi(route.bidi, receive, send)
         except StatusError as exc:
             await send_status(send, exc.code, exc.details, started=False)
+            return exc.code
         except (Disconnected, OSError):
-            pass  # the client went away: nobody is left to answer (OSError: pyvoy's ClientDisconnectedError)
+            # The client went away: nobody is left to answer (OSError: pyvoy's ClientDisconnectedError).
+            return Code.CANCELLED
 
     async def _unary(self, handler: Unary, receive: Receive, send: Send) -> None:
         request = await read_unary(receive, self._max_receive_bytes)
@@ -211,7 +255,7 @@ class DefinitionServer:
         await send({"type": "http.response.body", "body": frame(answer), "more_body": False})
         await send(OK_TRAILERS)
 
-    async def _stream(self, handler: Stream, scope: Scope, receive: Receive, send: Send) -> None:
+    async def _stream(self, handler: Stream, scope: Scope, receive: Receive, send: Send) -> Code:
         request = await read_unary(receive, self._max_receive_bytes)
         deadline_s = timeout_s(scope)
         # After the request, receive() only returns once the client goes away.
@@ -224,24 +268,25 @@ class DefinitionServer:
                     await reply.message(message)
         except StatusError as exc:
             await reply.end(exc.code, exc.details)
-            return
+            return exc.code
         except TimeoutError:
             await reply.end(Code.DEADLINE_EXCEEDED, "deadline exceeded")
-            return
+            return Code.DEADLINE_EXCEEDED
         except (Disconnected, OSError):
             # A reset by the client, or by Envoy once the stream moved no bytes for the idle timeout.
             logger.debug("%s ended early: the client went away or stopped reading", handler.__name__)
-            return
+            return Code.CANCELLED
         except Exception:
             logger.exception("%s failed", getattr(handler, "__name__", handler))
             await reply.end(Code.INTERNAL, "internal error")
-            return
+            return Code.INTERNAL
         finally:
             disconnected.cancel()
             await messages.aclose()  # type: ignore[attr-defined]
         await reply.end()
+        return Code.OK
 
-    async def _bidi(self, handler: Bidi, receive: Receive, send: Send) -> None:
+    async def _bidi(self, handler: Bidi, receive: Receive, send: Send) -> Code:
         reader = MessageReader(receive, self._max_receive_bytes)
         reply = StreamReply(send)
         try:
@@ -250,8 +295,9 @@ class DefinitionServer:
                     await reply.message(message)
         except StatusError as exc:
             await reply.end(exc.code, exc.details)
-            return
+            return exc.code
         await reply.end()
+        return Code.OK
 
     def _authenticate(self, scope: Scope) -> None:
         # Constant-time comparison: how long a refusal takes says nothing about how much of a guess was right.

@@ -148,6 +148,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (OptionError, ValueError) as exc:
         return _usage_error(str(exc))
     logs.configure(program.log_level, program.log_format, secrets=[values["api_key"]])
+    try:
+        return _serve(args, values, program)
+    finally:
+        logs.unconfigure()
+
+
+def _serve(args: argparse.Namespace, values: dict[str, Any], program: _Program) -> int:
     with _folder(values) as folder:
         try:
             settings = Settings(**{**values, "snapshots_dir": folder})

@@ -95,6 +95,8 @@ class Settings:
         reuse_port: share the port with the other processes of one ``--processes`` group (SO_REUSEPORT);
             off, a port another server listens on is refused.
         max_age_s: health is NOT_SERVING while the live, unpinned snapshot is older than this; None: never.
+        metrics_port: the supervisor serves Prometheus metrics on this port (0: any free one) and the
+            serving processes count them; None: no metrics, and no cost per call.
     """
 
     snapshots_dir: Path = Path("snapshots")
@@ -120,6 +122,7 @@ class Settings:
     stream_idle_timeout_s: float = 60.0
     reuse_port: bool = False
     max_age_s: float | None = None
+    metrics_port: int | None = None
 
     def __post_init__(self) -> None:
         if not 0 <= self.port <= 65535:
@@ -141,9 +144,13 @@ class Settings:
             raise SettingError("max_age_s", f"max_age_s {self.max_age_s} is not above 0")
         if self.pin is not None and not 0 < self.pin <= MAX_VERSION:
             raise SettingError("pin", f"pin {self.pin} is not a catalog version (1..{MAX_VERSION})")
-        self._check_sizes()
+        self._check_others()
 
-    def _check_sizes(self) -> None:
+    def _check_others(self) -> None:
+        if self.metrics_port is not None and not 0 <= self.metrics_port <= 65535:
+            raise SettingError("metrics_port", f"metrics port {self.metrics_port} is not between 0 and 65535")
+        if self.metrics_port == self.port != 0:
+            raise SettingError("metrics_port", f"metrics port {self.metrics_port} is the gRPC port")
         if self.api_key is not None and not self.api_key:
             raise SettingError("api_key", "the API key is empty")
         if not MIN_CHUNK_BYTES <= self.chunk_bytes <= self.max_send_bytes // 2:
@@ -267,6 +274,14 @@ OPTIONS: tuple[Option, ...] = (
         parse_bool,
         "share the port with the other processes of a group (--processes sets it for each of them)",
         switch=True,
+    ),
+    Option(
+        "--metrics-port",
+        "AVAP_METRICS_PORT",
+        "metrics_port",
+        integer,
+        "serve Prometheus metrics on http://HOST:PORT/metrics, all processes together (default: off; 0 for any "
+        "free port)",
     ),
     LOG_LEVEL,
     LOG_FORMAT,

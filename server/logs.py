@@ -119,9 +119,8 @@ def configure(
     hidden = tuple(secret for secret in secrets if secret)
     handler = _Stderr()
     handler.setFormatter(_Json(process, hidden) if log_format == "json" else _Plain(process, hidden))
+    unconfigure()
     root = logging.getLogger()
-    while _installed:
-        root.removeHandler(_installed.pop())
     root.addHandler(handler)
     _installed.append(handler)
     root.setLevel(level)
@@ -129,3 +128,10 @@ def configure(
     for name in _CHATTY_LOGGERS:
         logging.getLogger(name).setLevel(quiet)
     return handler
+
+
+def unconfigure() -> None:
+    """Remove the handler ``configure`` set up (a program's ``main`` returning, e.g. in a test's process)."""
+    root = logging.getLogger()
+    while _installed:
+        root.removeHandler(_installed.pop())

@@ -62,7 +62,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"{PROG}: {exc}", file=sys.stderr)
         return EXIT_USAGE
     logs.configure(values.get(LOG_LEVEL.field, "WARNING"))
-    folder: Path = values.get(SNAPSHOTS.field, DEFAULTS[SNAPSHOTS.field])
+    try:
+        return _run(parser, args, values.get(SNAPSHOTS.field, DEFAULTS[SNAPSHOTS.field]))
+    finally:
+        logs.unconfigure()
+
+
+def _run(parser: argparse.ArgumentParser, args: argparse.Namespace, folder: Path) -> int:
     if args.unpin == (args.version is not None):
         parser.print_usage(sys.stderr)
         print(f"{PROG}: give a VERSION or --unpin", file=sys.stderr)

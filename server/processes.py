@@ -30,6 +30,7 @@ from types import FrameType
 
 from server.config import Settings
 from server.launch import EXIT_CANNOT_LISTEN, EXIT_OK, Loaded, ServerProcess, StartError
+from server.metrics import MetricsEndpoint
 
 logger = logging.getLogger(__name__)
 
@@ -60,21 +61,35 @@ def port_is_free(host: str, port: int) -> OSError | None:
     return None
 
 
+@dataclass(frozen=True)
+class _Launch:
+    """What every serving process of the group is started with, beside its settings."""
+
+    log_level: str
+    log_format: str
+    named: bool  # whether its log lines name it (one of several processes)
+    metrics: MetricsEndpoint | None  # where it writes its metrics; None when they are off
+
+
 @dataclass
 class _Child:
     index: int
     settings: Settings
-    log_level: str
-    log_format: str
-    named: bool  # whether its log lines name it (one of several processes)
+    launch: _Launch
     server: ServerProcess | None = None
     started_at: float = 0.0
     restarts: int = 0
     not_before: float = field(default=0.0)
 
     def spawn(self) -> None:
-        self.server = ServerProcess(self.settings, log_level=self.log_level, log_format=self.log_format,
-                                    process_index=self.index if self.named else None)  # fmt: skip
+        launch = self.launch
+        self.server = ServerProcess(
+            self.settings,
+            log_level=launch.log_level,
+            log_format=launch.log_format,
+            process_index=self.index if launch.named else None,
+            environment=launch.metrics.environment() if launch.metrics else None,
+        )
         pid = self.server.spawn()
         self.started_at = time.monotonic()
         cpu = self.settings.cpu
@@ -101,6 +116,8 @@ class _Child:
             logger.error("server process %s (pid %s) exited with %s; restarting in %.1f s",
                          self.index, self.server.pid, code, delay)  # fmt: skip
             self.server.kill()
+            if self.launch.metrics is not None:
+                self.launch.metrics.process_ended(self.server.pid, restarted=True)
             self.server, self.not_before = None, now + delay
         if now >= self.not_before:
             self.spawn()
@@ -115,6 +132,8 @@ class _Child:
         if self.server is not None:
             pid = self.server.pid
             self.server.stop(grace_s)
+            if self.launch.metrics is not None:
+                self.launch.metrics.process_ended(pid, restarted=False)
             logger.info("server process %s (pid %s) stopped", self.index, pid)
 
 
@@ -148,30 +167,42 @@ def run(settings: Settings, *, processes: int = 1, log_level: str = "INFO", log_
         if busy is not None:
             logger.error("cannot listen on %s: %s", settings.address, busy.strerror or busy)
             return EXIT_CANNOT_LISTEN
+    try:
+        metrics = _metrics_endpoint(settings)
+    except OSError as exc:
+        logger.error("cannot serve metrics on %s:%s: %s", settings.host, settings.metrics_port, exc.strerror or exc)
+        return EXIT_CANNOT_LISTEN
     cpus = sorted(os.sched_getaffinity(0))
     group = processes > 1
+    launch = _Launch(log_level, log_format, group, metrics)
     children = [
-        _Child(
-            index,
-            dataclasses.replace(settings, cpu=cpus[index % len(cpus)], reuse_port=True) if group else settings,
-            log_level,
-            log_format,
-            named=group,
-        )
+        _Child(index, dataclasses.replace(settings, cpu=cpus[index % len(cpus)], reuse_port=True), launch)
+        if group
+        else _Child(index, settings, launch)
         for index in range(processes)
     ]
     stop = threading.Event()
     # Installed first, so a signal during a long load still ends in a clean stop.
     previous = _install_signal_handlers(stop)
     try:
-        code = _serve(children, stop, settings.grace_s)
-        return code
+        return _serve(children, stop, settings.grace_s)
     finally:
         for child in children:
             if child.server is not None:
                 child.server.kill()
         for sig, handler in previous.items():
             signal.signal(sig, handler)  # type: ignore[arg-type]
+        if metrics is not None:
+            metrics.close()
+
+
+def _metrics_endpoint(settings: Settings) -> MetricsEndpoint | None:
+    """The supervisor's /metrics, when asked for (raises OSError when its port cannot be listened on)."""
+    if settings.metrics_port is None:
+        return None
+    endpoint = MetricsEndpoint(settings.host, settings.metrics_port)
+    logger.info("serving metrics on http://%s:%s/metrics", settings.host, endpoint.port)
+    return endpoint
 
 
 def _serve(children: list[_Child], stop: threading.Event, grace_s: float) -> int:

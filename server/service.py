@@ -17,7 +17,7 @@ import logging
 import time
 from bisect import bisect_left
 from collections.abc import AsyncIterator, Callable
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 from google.protobuf.message import DecodeError
 
@@ -36,6 +36,9 @@ from avapdefs.v1.definitions_pb2 import (
 )
 from server.rpc import Code, StatusError
 from server.store import LoadedSnapshot, SnapshotStore, snapshot_age_s
+
+if TYPE_CHECKING:
+    from server.metrics import ServingMetrics
 
 logger = logging.getLogger(__name__)
 
@@ -137,8 +140,10 @@ class DefinitionService:
         heartbeat_s: float = 15.0,
         max_watch_streams: int = 64,
         max_sync_streams: int = 64,
+        metrics: ServingMetrics | None = None,
     ) -> None:
         self._store = store
+        self._metrics = metrics
         self._swaps = swaps
         self._max_send_bytes = max_send_bytes
         self._heartbeat_s = heartbeat_s
@@ -227,6 +232,8 @@ class DefinitionService:
         snap = require_snapshot(self._store)  # this version to the end of the stream, whatever is swapped in meanwhile
         if request.have_version == snap.info.version and request.have_content_hash == snap.info.content_hash:
             logger.debug("sync: client already holds version %s", snap.info.version)
+            if self._metrics is not None:
+                self._metrics.sync("up_to_date")
             yield snap.sync_up_to_date
             return
         if self.sync_streams >= self._max_sync_streams:
@@ -238,12 +245,20 @@ class DefinitionService:
         try:
             delta = snap.deltas.get(request.have_version) if request.accept_delta else None
             if delta is not None and delta.base_content_hash == request.have_content_hash:
-                header, chunks, what = delta.header, delta.chunks, f"the delta from version {request.have_version}"
+                header, chunks, kind = delta.header, delta.chunks, "delta"
+                what = f"the delta from version {request.have_version}"
             else:
-                header, chunks, what = snap.sync_full_header, snap.sync_chunks, "the whole file"
+                header, chunks, kind, what = snap.sync_full_header, snap.sync_chunks, "full", "the whole file"
+            metrics = self._metrics
+            if metrics is not None:
+                metrics.sync(kind)
             yield header
             for chunk in chunks:
                 yield chunk
+                if metrics is not None:  # as it goes, so a transfer cut short counts what it sent
+                    metrics.sync_bytes(kind, len(chunk))
+            if metrics is not None:
+                metrics.sync_bytes(kind, len(header))
             logger.debug("sync of version %s: sent %s", snap.info.version, what)
         finally:
             self.sync_streams -= 1
@@ -257,6 +272,8 @@ class DefinitionService:
                 f"over {self._max_watch_streams} watch streams open here; retry later (with backoff)",
             )
         self.watch_streams += 1
+        if self._metrics is not None:
+            self._metrics.watch_streams(+1)
         try:
             seen = request.have_version
             while not self._closing and not disconnected.done():
@@ -270,6 +287,8 @@ class DefinitionService:
                     yield WatchCatalogResponse(heartbeat_unix_ms=int(time.time() * 1000)).SerializeToString()
         finally:
             self.watch_streams -= 1
+            if self._metrics is not None:
+                self._metrics.watch_streams(-1)
 
     def close(self) -> None:
         """End every watch stream (the server is shutting down)."""

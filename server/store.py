@@ -237,6 +237,7 @@ class SnapshotStore:
         self._refused_files: dict[Path, tuple[tuple[int, int, int], SnapshotError]] = {}
         self._cache_failure_noted = False
         self.on_swap: Callable[[], None] = _nothing  # called on the swapping thread after each swap
+        self.on_refused: Callable[[], None] = _nothing  # called when a snapshot file is refused (once per file)
 
     def load_newest(self) -> LoadedSnapshot:
         """Make the snapshot the folder calls for live (see the class docstring).
@@ -351,6 +352,7 @@ class SnapshotStore:
         current = self.current
         still = f"still serving version {current.info.version}" if current else "nothing served yet"
         logger.warning("refused snapshot %s: %s; %s", path, exc.reason, still)
+        self.on_refused()
 
     def _note_missing_file(self) -> None:
         # Retention or an operator may delete the live file: it was read into memory

@@ -25,10 +25,7 @@ DSN = "postgresql://avap:s3cret-pw@db.example:5432/avap"
 @pytest.fixture
 def log_to_stderr() -> Iterator[None]:
     yield
-    root = logging.getLogger()
-    for handler in logs._installed:
-        root.removeHandler(handler)
-    logs._installed.clear()
+    logs.unconfigure()
 
 
 def _emit(capsys: pytest.CaptureFixture[str], log_format: str, process: logs.Process = None) -> list[str]:
