@@ -181,7 +181,8 @@ def test_compose_services_volumes_and_ports_hang_together(compose: dict[str, Any
     assert f"snapshots:{folder}" in exporter["volumes"] and f"snapshots:{folder}" in server["volumes"]
     assert option(server_argv, "--host") == "0.0.0.0", "the server must listen beyond the container's loopback"
     port = option(server_argv, "--port", "50051")
-    assert [mapping.split(":")[-1] for mapping in server["ports"]] == [port]
+    published = [mapping.split(":")[-1] for mapping in server["ports"]]
+    assert published == [port, option(server_argv, "--metrics-port")], "gRPC and metrics, nothing else"
     health = compose_argv(server["healthcheck"]["test"])
     assert health[:2] == ["avapctl", "health"] and option(health, "--server") == f"127.0.0.1:{port}"
     assert f"{folder}/" in exporter["healthcheck"]["test"][1], "the exporter's check reads the shared folder"
@@ -366,7 +367,9 @@ def test_server_deployment_service_budget_and_autoscaler_hang_together() -> None
         argv = server["command"]
         port = int(option(argv, "--port", "50051") or 0)
         assert option(argv, "--processes") == "1", f"{variant}: one process per pod (server-deployment.yaml says why)"
-        assert [p["containerPort"] for p in server["ports"]] == [port]
+        assert [p["containerPort"] for p in server["ports"]] == [port, int(option(argv, "--metrics-port") or 0)]
+        annotations = deployment["spec"]["template"]["metadata"]["annotations"]
+        assert annotations["prometheus.io/port"] == option(argv, "--metrics-port")
         for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
             assert server[probe]["grpc"]["port"] == port, f"{variant}: {probe} asks another port"
         (service,) = by_kind(documents, "Service")
@@ -483,8 +486,8 @@ def test_health_checks_and_probes_ask_what_the_deployed_server_answers(
 
 
 def _local(argv: list[str], folder: Path) -> list[str]:
-    """``argv`` on loopback, any free port, serving ``folder``."""
-    values = {"--host": "127.0.0.1", "--port": "0", "--snapshots": str(folder)}
+    """``argv`` on loopback, any free ports, serving ``folder``."""
+    values = {"--host": "127.0.0.1", "--port": "0", "--metrics-port": "0", "--snapshots": str(folder)}
     return [values.get(argv[index - 1], word) if index else word for index, word in enumerate(argv)]
 
 

@@ -17,7 +17,9 @@ import shlex
 import subprocess
 import sys
 import threading
+import time
 import tomllib
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -49,32 +51,24 @@ def needs_a_cluster(block: str) -> bool:
 
 
 @pytest.fixture
-def server(tmp_path: Path, make_snapshot: MakeSnapshot) -> Iterator[tuple[Path, str]]:
-    """(the folder standing for /var/lib/avap, the address) of a real server on its snapshots, versions 40-42."""
+def server(tmp_path: Path, make_snapshot: MakeSnapshot) -> Iterator[tuple[Path, str, str]]:
+    """A real server on versions 40-42: (the folder standing for /var/lib/avap, its address, its metrics URL)."""
     lib = tmp_path / "lib"
     folder = lib / "snapshots"
     for version in (40, 41, 42):
         make_snapshot(folder=folder, version=version)
     for leftover in (".lock", ".export-state", ".tmp-catalog-0000000043.avsnap.1.0a0b0c0d"):
         (folder / leftover).write_bytes(b"")  # what a backup must leave out
-    argv: list[str | Path] = [
-        BIN / "avap-server",
-        "--snapshots",
-        folder,
-        "--host",
-        "127.0.0.1",
-        "--port",
-        "0",
-        "--processes",
-        "1",
-    ]
+    argv: list[str | Path] = [BIN / "avap-server", "--snapshots", folder, "--host", "127.0.0.1", "--port", "0"]
+    argv += ["--processes", "1", "--metrics-port", "0"]
     process = subprocess.Popen(argv, stderr=subprocess.PIPE, text=True)
     lines = log_lines(process)
     drain = threading.Thread(target=lambda: all(lines), daemon=True)  # keeps its log pipe from filling
     try:
+        metrics = wait_for_line(lines, r"serving metrics on (http://\S+)", [])[1]
         port = wait_for_line(lines, r"serving catalog version 42 .* on 127\.0\.0\.1:(\d+)", [])[1]
         drain.start()
-        yield lib, f"127.0.0.1:{port}"
+        yield lib, f"127.0.0.1:{port}", metrics
     finally:
         process.terminate()
         assert process.wait(30) == 0
@@ -104,8 +98,8 @@ def digests(folder: Path) -> dict[str, str]:
     return {path.name: hashlib.sha256(path.read_bytes()).hexdigest() for path in folder.glob("catalog-*.avsnap")}
 
 
-def test_the_guides_commands_run(server: tuple[Path, str]) -> None:
-    lib, address = server
+def test_the_guides_commands_run(server: tuple[Path, str, str]) -> None:
+    lib, address, _ = server
     folder = lib / "snapshots"
     published = digests(folder)
     runnable = [block for block in blocks("bash") if not needs_a_cluster(block)]
@@ -153,10 +147,26 @@ def test_the_cluster_blocks_call_only_the_package_inside_containers() -> None:
             assert not inside or inside[0] in SCRIPTS, f"{line}: runs {inside[0]}, not one of the package's programs"
 
 
-def test_the_alert_rules_read_as_prometheus_rule_groups() -> None:
+def test_the_alert_rules_ask_for_metrics_the_server_exposes(server: tuple[Path, str, str]) -> None:
     (rules,) = blocks("yaml")
     (group,) = yaml.safe_load(rules)["groups"]
     alerts = {rule["alert"]: rule for rule in group["rules"]}
     assert set(alerts) == {"AvapCatalogStale", "AvapSnapshotRefused"}
     for rule in alerts.values():
         assert rule["expr"] and rule["labels"]["severity"] and rule["annotations"]["summary"]
+    wanted = {name for rule in alerts.values() for name in re.findall(r"\bavap_\w+", rule["expr"])}
+    assert wanted == {"avap_snapshot_age_seconds", "avap_refused_files_total"}
+    exposed = _metric_names(server[2], wanted)
+    assert wanted <= exposed, f"not exposed: {wanted - exposed}"
+
+
+def _metric_names(url: str, wanted: set[str], timeout_s: float = 10.0) -> set[str]:
+    # The age gauge is first set by the server's once-a-second age check: wait for it, boundedly.
+    deadline = time.monotonic() + timeout_s
+    while True:
+        with urllib.request.urlopen(url, timeout=5) as answer:
+            text = answer.read().decode()
+        names = set(re.findall(r"^(\w+)(?:\{| )", text, flags=re.MULTILINE))
+        if wanted <= names or time.monotonic() > deadline:
+            return names
+        time.sleep(0.1)
