@@ -8,6 +8,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Protocol
 
+from avapdefs.folder import atomic_file, delta_name, snapshot_name
+from avapdefs.format import snapshot
+from avapdefs.format.delta import encode_delta, make_delta_files
 from avapdefs.v1.definitions_pb2 import Command
 
 
@@ -22,6 +25,25 @@ def sample_command(name: str, **fields: object) -> Command:
     }
     values.update(fields)
     return Command(**values)  # type: ignore[arg-type]
+
+
+def numbered_commands(count: int, changed: int = -1) -> list[Command]:
+    """``count`` commands ``cmd0000``, ``cmd0001``, …; the one numbered ``changed`` has a different body."""
+    return [sample_command(f"cmd{i:04d}", code=f"x = {i}{'  # changed' if i == changed else ''}") for i in range(count)]
+
+
+def export_snapshot(folder: Path, version: int, commands: list[Command], *, delta_from: int | None = None) -> Path:
+    """Publish a snapshot into ``folder`` as the exporter does, and a delta to it from version ``delta_from``."""
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / snapshot_name(version)
+    with atomic_file(path) as file:
+        snapshot.write_snapshot(file, commands, version=version, source="test")
+    if delta_from is not None:
+        delta = make_delta_files(folder / snapshot_name(delta_from), path)
+        assert delta is not None
+        with atomic_file(folder / delta_name(delta_from, version)) as file:
+            file.write(encode_delta(delta))
+    return path
 
 
 class MakeSnapshot(Protocol):

@@ -199,6 +199,19 @@ def _bounded_int(value: object, low: int, high: int, what: str) -> int:
     return value
 
 
+def allow_http_from(environ: Mapping[str, str]) -> bool:
+    """Whether the standard variables let an S3, GCS or Azure endpoint be plain HTTP.
+
+    ``AWS_ALLOW_HTTP=true`` says so, and so does an ``AWS_ENDPOINT_URL``
+    (or ``AWS_ENDPOINT``) that starts with ``http://``: someone who names a
+    plain-HTTP endpoint means it.
+    """
+    if environ.get("AWS_ALLOW_HTTP", "").strip().lower() in ("1", "true", "yes"):
+        return True
+    endpoint = environ.get("AWS_ENDPOINT_URL") or environ.get("AWS_ENDPOINT") or ""
+    return endpoint.lower().startswith("http://")
+
+
 def display_url(url: str) -> str:
     """``url`` without a user name, password or query, fit for a log line."""
     parts = urllib.parse.urlsplit(url)

@@ -9,9 +9,7 @@ import obstore
 import pytest
 from obstore.store import from_url
 
-from avapdefs.folder import atomic_file, delta_name, list_snapshots, prune, snapshot_name
-from avapdefs.format import snapshot
-from avapdefs.format.delta import encode_delta, make_delta_files
+from avapdefs.folder import delta_name, list_snapshots, prune, snapshot_name
 from avapdefs.remote import (
     ANNOUNCEMENT_KEY,
     Announcement,
@@ -21,27 +19,9 @@ from avapdefs.remote import (
     RemoteError,
     StoreUnavailableError,
 )
-from avapdefs.v1.definitions_pb2 import Command
-from tests.helpers import sample_command
+from tests.helpers import export_snapshot as _export
+from tests.helpers import numbered_commands as _commands
 from tests.objectstore import SeaweedS3
-
-
-def _commands(count: int, changed: int = -1) -> list[Command]:
-    return [sample_command(f"cmd{i:04d}", code=f"x = {i}{'  # changed' if i == changed else ''}") for i in range(count)]
-
-
-def _export(folder: Path, version: int, commands: list[Command], *, delta_from: int | None = None) -> Path:
-    """Write a snapshot as the exporter does, and a delta to it from ``delta_from``."""
-    folder.mkdir(parents=True, exist_ok=True)
-    path = folder / snapshot_name(version)
-    with atomic_file(path) as file:
-        snapshot.write_snapshot(file, commands, version=version, source="test")
-    if delta_from is not None:
-        delta = make_delta_files(folder / snapshot_name(delta_from), path)
-        assert delta is not None
-        with atomic_file(folder / delta_name(delta_from, version)) as file:
-            file.write(encode_delta(delta))
-    return path
 
 
 @pytest.fixture(params=["s3", "file"])

@@ -3,7 +3,9 @@
 Both take the options every client tool takes (``tool.py``): ``--server``
 (``AVAP_SERVER``, default 127.0.0.1:50051), ``--api-key-file``
 (``AVAP_API_KEY_FILE``) or ``AVAP_API_KEY``, ``--log-level``; ``avap-sync
---dest`` may come from ``AVAP_DEST``.
+--dest`` may come from ``AVAP_DEST``. ``avap-sync --from URL`` pulls from
+object storage instead of a server (``avapdefs.remote``; the ``cloud``
+extra), into the same cache format.
 
 Exit codes, for both programs:
 
@@ -12,7 +14,7 @@ Exit codes, for both programs:
     2  bad usage
     3  the server could not be reached (retries and deadline included)
     4  the server refused the call (any other gRPC status)
-    5  avap-sync: the stream broke or its data did not verify; the cache is unchanged
+    5  avap-sync: the stream broke or its data did not verify (--from: or nothing is announced); the cache is unchanged
     6  avap-sync: the destination folder cannot be written
     130 interrupted (Ctrl-C); the cache is unchanged
 """
@@ -21,9 +23,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from avapdefs.about import add_version_option
 from avapdefs.client import tool
@@ -35,6 +39,9 @@ from avapdefs.client.runner import Job, run
 from avapdefs.errors import AvapDefsError, CommandNotFoundError, ServerError, SyncError
 from avapdefs.options import Option
 from avapdefs.progress import ProgressBar
+
+if TYPE_CHECKING:
+    from avapdefs.remote import PullResult
 
 EXIT_SYNC_FAILED = 5
 EXIT_CANNOT_WRITE = 6
@@ -53,6 +60,22 @@ SYNC_OPTIONS: tuple[Option, ...] = (
         default=10,
     ),
     Option("--timeout-s", "AVAP_SYNC_TIMEOUT_S", "timeout_s", tool.seconds, "deadline of the transfer", default=600),
+    Option(
+        "--from",
+        "AVAP_SYNC_FROM",
+        "source",
+        str,
+        "pull from object storage instead of a server: s3://bucket/prefix, gs://, az://, file:///path "
+        "(credentials and endpoint from AWS_* and the like; needs the cloud extra)",
+    ),
+    Option(
+        "--poll-s",
+        "AVAP_SYNC_POLL_S",
+        "poll_s",
+        tool.seconds,
+        "with --from --watch: seconds between polls of the store's announcement (jittered)",
+        default=5,
+    ),
     tool.API_KEY_FILE,
     tool.LOG_LEVEL,
 )
@@ -67,10 +90,11 @@ _SYNC_EPILOG = f"""\
 examples:
   avap-sync --server 127.0.0.1:50051 --dest /var/cache/avap     # once, at a worker's boot
   AVAP_API_KEY_FILE=/run/secrets/avap-key avap-sync --dest ./cache --watch
+  avap-sync --from s3://avap-snapshots/prod --dest ./cache --watch   # no server: the exporter's bucket
 
 exit codes:
    0  a new version installed, or already up to date (--watch: stopped by SIGTERM)
-   5  the stream broke or its data did not verify; the cache is unchanged
+   5  the stream broke or its data did not verify (--from: or nothing is announced yet); the cache is unchanged
    6  the destination folder cannot be written
 {tool.SERVER_EXIT_CODES}; the cache is unchanged
 """
@@ -133,6 +157,9 @@ def _sync(args: argparse.Namespace, job: Job) -> int:
     if dest is None:
         tool.say("avap-sync", "give the cache folder: --dest DIR or AVAP_DEST")
         return tool.EXIT_USAGE
+    source: str | None = job.values.get("source")
+    if source is not None:
+        return _pull(args, job, source, dest)
     with job.client(10.0, timeout_field="connect_timeout_s") as client:
         if args.watch:  # until SIGTERM or Ctrl-C sets job.stop
             follow(client, dest, job.stop, on_sync=lambda result: tool.emit(summary(result, dest)), fatal=_is_fatal)
@@ -154,6 +181,56 @@ def _sync_once(client: DefinitionClient, dest: Path, timeout_s: float) -> int:
         bar.close()
     tool.emit(summary(result, dest))
     return tool.EXIT_OK
+
+
+def _pull(args: argparse.Namespace, job: Job, url: str, dest: Path) -> int:
+    try:
+        from avapdefs import remote  # obstore: the optional cloud extra
+    except ImportError:
+        tool.say("avap-sync", "--from needs obstore: pip install 'avap-definition-server[cloud]'")
+        return tool.EXIT_USAGE
+    try:
+        store = remote.Remote(
+            url, allow_http=remote.allow_http_from(os.environ), timeout_s=job.values.get("timeout_s", 600.0)
+        )
+    except remote.RemoteError as exc:
+        tool.say("avap-sync", str(exc))
+        return tool.EXIT_USAGE
+    if args.watch:  # until SIGTERM or Ctrl-C sets job.stop
+        follower = remote.Follower(store, dest, poll_s=job.values.get("poll_s", 5.0))
+        while not job.stop.is_set():
+            result = follower.poll()
+            if result is not None and result.installed is not None:
+                tool.emit(pull_summary(result, dest, store.url))
+            job.stop.wait(follower.next_wait_s())
+        return tool.EXIT_OK
+    try:
+        result = store.pull(dest)
+    except remote.StoreUnavailableError as exc:
+        tool.say("avap-sync", f"cannot reach the store: {exc}")
+        return tool.EXIT_UNAVAILABLE
+    except remote.RemoteError as exc:
+        tool.say("avap-sync", str(exc))
+        return EXIT_SYNC_FAILED
+    except OSError as exc:
+        tool.say("avap-sync", f"cannot write {dest}: {exc.strerror or exc}")
+        return EXIT_CANNOT_WRITE
+    tool.emit(pull_summary(result, dest, store.url))
+    return tool.EXIT_OK
+
+
+def pull_summary(result: PullResult, dest: Path, url: str) -> str:
+    """The line ``avap-sync --from`` prints after a pull."""
+    announcement = result.announcement
+    if announcement is None or result.installed is None:
+        version = announcement.version if announcement is not None else "?"
+        return f"catalog version {version} in {dest} is up to date with {url}"
+    rate = result.bytes_received / _MB / result.seconds if result.seconds > 0 else 0.0
+    return (
+        f"synced catalog version {announcement.version} ({plural(announcement.command_count, 'command')}"
+        f"{', as a delta' if result.delta else ''}) from {url}: "
+        f"{result.bytes_received / _MB:.2f} MB in {result.seconds:.2f} s, {rate:.1f} MB/s -> {result.installed}"
+    )
 
 
 def sync_main(argv: Sequence[str] | None = None) -> int:
