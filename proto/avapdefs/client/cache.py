@@ -6,8 +6,15 @@ and ``install_delta`` write it under a hidden temporary name, verify size,
 sha256 and the whole snapshot against the header the server sent, and only
 then rename it into place under the server's own file name, so
 ``avap-server --snapshots DEST`` can serve the copy. ``load_cached`` reads
-the newest valid snapshot of the folder with no server at all, for a worker
-that boots while the server is down. Nothing here speaks gRPC: the stream
+the cache's current snapshot with no server at all, for a worker that boots
+while the server is down.
+
+The cache serves what its server serves, rollbacks included: when a sync
+brings a version older than the newest one cached (the server was pinned
+back), the cache pins it (the folder's ``PIN`` file, which ``avap-server``
+honours too, so a server on the cache follows); when a sync brings the newest,
+the pin goes. A pinned cache asks the server from its pinned version, so an
+unchanged pin costs nothing. Nothing here speaks gRPC: the stream
 arrives as a header and an iterator of chunks (``DefinitionClient.sync``
 opens it).
 """
@@ -24,7 +31,19 @@ from pathlib import Path
 from typing import BinaryIO
 
 from avapdefs.errors import AvapDefsError, NoSnapshotError, SnapshotError, SyncError
-from avapdefs.folder import VerifiedFile, atomic_file, prune, read_newest, remove_temp_files, snapshot_name
+from avapdefs.folder import (
+    VerifiedFile,
+    atomic_file,
+    list_snapshots,
+    prune,
+    read_newest,
+    read_pin,
+    read_verified,
+    remove_pin,
+    remove_temp_files,
+    snapshot_name,
+    write_pin,
+)
 from avapdefs.format.delta import apply_delta, decode_delta
 from avapdefs.format.snapshot import Snapshot, SnapshotInfo, verify
 from avapdefs.v1.definitions_pb2 import SyncCatalogRequest, SyncHeader
@@ -86,7 +105,7 @@ def sync_cache(
     dest_dir.mkdir(parents=True, exist_ok=True)
     for stale in remove_temp_files(dest_dir, dead_writers_only=True):
         logger.info("removed %s, left by a sync that was killed", stale.name)
-    cached = newest_cached(dest_dir)
+    cached = current_cached(dest_dir)
     request = SyncCatalogRequest()
     if cached is not None:
         request.have_version = cached.snapshot.info.version
@@ -97,6 +116,7 @@ def sync_cache(
     header = stream.header
     try:
         if header.kind == SyncHeader.KIND_UP_TO_DATE and cached is not None:
+            _follow_pin(dest_dir, cached.snapshot.info.version)
             now = time.perf_counter()
             return SyncResult(cached.path, cached.snapshot.info, True, 0, now - started, transfer_s=now - answered)
         if header.kind == SyncHeader.KIND_DELTA and cached is not None:
@@ -112,6 +132,7 @@ def sync_cache(
             raise SyncError("INTERNAL", f"unexpected sync header kind {SyncHeader.Kind.Name(header.kind)}")
     finally:
         stream.cancel()  # a no-op once the stream has ended; otherwise the server stops sending
+    _follow_pin(dest_dir, info.version)
     # A local avap-server reads its file once at load, so removing one it serves is harmless.
     prune(dest_dir, keep, current=info.version)
     now = time.perf_counter()
@@ -121,12 +142,39 @@ def sync_cache(
 
 
 def load_cached(dest_dir: Path) -> Snapshot:
-    """The newest valid snapshot in a local cache folder, read with no server.
+    """The current snapshot of a cache folder (its pinned version, else its newest valid one), read with no server.
 
     Raises:
         NoSnapshotError: the folder holds no snapshot that verifies.
     """
-    return read_newest(dest_dir).snapshot
+    current = current_cached(dest_dir)
+    if current is None:
+        return read_newest(dest_dir).snapshot  # raises NoSnapshotError, naming what was refused
+    return current.snapshot
+
+
+def current_cached(dest_dir: Path) -> VerifiedFile | None:
+    """The version the cache serves: the pinned one when it is there and verifies, else the newest valid one."""
+    pinned = read_pin(dest_dir)
+    if pinned is not None:
+        try:
+            return read_verified(dest_dir / snapshot_name(pinned))
+        except SnapshotError as exc:
+            logger.warning("the cache's pinned version %s cannot be used (%s); using the newest", pinned, exc.reason)
+    return newest_cached(dest_dir)
+
+
+def _follow_pin(dest_dir: Path, version: int) -> None:
+    """Pin the cache to ``version`` when a newer one is cached (the server rolled back), unpin it otherwise."""
+    newest = max((cached for cached, _ in list_snapshots(dest_dir)), default=0)
+    if version < newest:
+        if read_pin(dest_dir) != version:
+            write_pin(dest_dir, version)
+            logger.info(
+                "the server serves version %s, older than the cached %s: the cache is pinned to it", version, newest
+            )
+    elif remove_pin(dest_dir):
+        logger.info("the server serves the newest cached version %s: the cache's pin is removed", version)
 
 
 def newest_cached(dest_dir: Path) -> VerifiedFile | None:
