@@ -240,8 +240,9 @@ def _write(file: BinaryIO, source: Source, config: ExportConfig, version: int, p
     writer.compress_in_background()
     bar = ProgressBar(progress, source.count() if progress else None, unit="commands")
     logger.debug("writing version %s into %s", version, file.name)
+    rows = source.rows()
     commands = iter_sealed(
-        source.rows(), signing_key=config.signing_key, max_problems=config.max_problems, check_utf8=source.checks_utf8
+        rows, signing_key=config.signing_key, max_problems=config.max_problems, check_utf8=source.checks_utf8
     )
     try:
         for command_name, serialized in commands:
@@ -254,4 +255,5 @@ def _write(file: BinaryIO, source: Source, config: ExportConfig, version: int, p
     except CatalogOrderError as exc:
         raise SourceError(f"rows did not arrive in UTF-8 name order (is the database encoding UTF8?): {exc}") from exc
     finally:
+        rows.close()  # ends the COPY now, even on an error, so the rollback gets the connection's lock
         writer.close()

@@ -21,7 +21,7 @@ import contextlib
 import hashlib
 import logging
 import struct
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Generator, Iterable, Iterator, Sequence
 from typing import NamedTuple
 
 import psycopg
@@ -251,15 +251,18 @@ class Source:
                     columns=[name],
                 )
 
-    def rows(self) -> Iterator[SourceRow]:
+    def rows(self) -> Generator[SourceRow, None, None]:
         """Every row, ascending by the UTF-8 bytes of the name, then by id; then ``digest`` is known.
+
+        A caller that stops before the end must ``close()`` the generator before the transaction
+        ends: an open COPY holds the connection's lock, which the rollback waits for.
 
         Raises:
             SourceError: the database fails during the read.
         """
         digest = hashlib.sha256()
-        with self._statement():
-            yield from _parse_copy(_hashed(self._copy(), digest))
+        with self._statement(), contextlib.closing(self._copy()) as chunks:
+            yield from _parse_copy(_hashed(chunks, digest))
         self._digest = digest.digest()
 
     def drain(self) -> bytes:
@@ -269,8 +272,8 @@ class Source:
             SourceError: the database fails during the read.
         """
         digest = hashlib.sha256()
-        with self._statement():
-            for data in self._copy():
+        with self._statement(), contextlib.closing(self._copy()) as chunks:
+            for data in chunks:
                 digest.update(data)
         self._digest = digest.digest()
         return self._digest
@@ -283,8 +286,11 @@ class Source:
             yield
         self._watchdog.restart()
 
-    def _copy(self) -> Iterator[bytes | bytearray | memoryview]:
+    def _copy(self) -> Generator[bytes | bytearray | memoryview, None, None]:
         # What psycopg yields may be a view of libpq's buffer, valid until the next read.
+        # psycopg holds the connection's lock (not reentrant) until the COPY's block ends: a
+        # generator left suspended in it, kept alive by an exception's traceback, made the
+        # rollback wait for that lock forever (a full disk mid-COPY hung the exporter).
         statement = sql.SQL("COPY ({}) TO STDOUT (FORMAT BINARY)").format(self._query())
         with self._conn.cursor() as cursor, cursor.copy(statement) as copy:
             yield from copy

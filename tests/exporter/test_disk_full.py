@@ -60,3 +60,17 @@ def test_a_full_disk_fails_the_export_and_leaves_nothing_behind(
     assert run_export(pg_dsn, folder, "--created-at-ms", CREATED_AT_MS) == EXIT_OK  # room again
     assert [version for version, _ in list_snapshots(folder)] == [1, 2]
     assert (folder / snapshot_name(2)).stat().st_size == size
+
+
+def test_a_full_disk_mid_read_ends_the_export_at_once(db: psycopg.Connection, pg_dsn: str, folder: Path) -> None:
+    # 64 KiB is reached after a few thousand of the 30,000 rows: the write fails while the COPY
+    # still streams. The open COPY held the connection's lock, which the rollback then waited
+    # for: the exporter hung for good, holding the folder's lock.
+    insert_generated(db, 30_000, code_bytes=256)
+    with ExporterProcess(pg_dsn, folder, preexec_fn=_file_size_limit(64 * 1024)) as exporter:
+        assert exporter.wait(30) == EXIT_FOLDER, exporter.lines
+    assert not any("30000 commands written" in line for line in exporter.lines)  # it failed mid-read
+    assert exporter.last_line == f"avap-export: snapshot folder {folder}: File too large"
+    assert list_snapshots(folder) == []
+    assert [name for name in os.listdir(folder) if name.startswith(TEMP_PREFIX)] == []
+    assert run_export(pg_dsn, folder) == EXIT_OK
