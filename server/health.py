@@ -1,10 +1,14 @@
 """grpc.health.v1.Health, and the staleness rule that can turn it NOT_SERVING (``--max-age``).
 
 Health is SERVING once a snapshot is loaded and until a drain begins. With
-``--max-age``, it is also NOT_SERVING while the live snapshot is older than
-that and not pinned, so a load balancer routes away from a server whose
-exporter is stuck. Calls are still answered: a stale catalog is better than
-none for a client that reaches the server anyway.
+``--max-age``, the definition service (``avapdefs.v1.DefinitionService``) is
+also NOT_SERVING while the live snapshot is older than that and not pinned,
+so a load balancer that checks readiness on it routes away from a server
+whose exporter is stuck. The whole server (``""``) ignores staleness: it says
+whether the process works, so a liveness probe on it never restarts a
+server only because its catalog is old (a restart would not make it young).
+Calls are still answered: a stale catalog is better than none for a client
+that reaches the server anyway.
 
 Age is counted from the snapshot's creation time (``created_at_unix_ms``, set
 by the exporter), not from when this server loaded it: a restart does not
@@ -33,7 +37,8 @@ AGE_CHECK_S = 1.0  # how often staleness (and the age gauge) is looked at
 
 
 class Health:
-    """grpc.health.v1.Health: ``""`` (the whole server) and the definition service share one status.
+    """grpc.health.v1.Health: ``""`` (the whole server: loaded and not draining) and the definition service
+    (the same, and not stale).
 
     Args:
         changes: wakes Watch streams when the status may have changed.
@@ -51,8 +56,14 @@ class Health:
 
     @property
     def status(self) -> int:
-        """SERVING or NOT_SERVING, as of now."""
+        """The definition service's status as of now: SERVING, or NOT_SERVING (not loaded, draining or stale)."""
         return SERVING if self._up and not self._is_stale() else NOT_SERVING
+
+    def status_of(self, service: str) -> int:
+        """The status of ``service``: ``""`` ignores staleness; an unknown service is SERVICE_UNKNOWN."""
+        if service == "":
+            return SERVING if self._up else NOT_SERVING
+        return self.status if service in self._services else _SERVICE_UNKNOWN
 
     def set_up(self, up: bool) -> None:
         """Loaded (True) or draining (False): report it from now on, and to every Watch."""
@@ -92,8 +103,7 @@ class Health:
             await asyncio.sleep(AGE_CHECK_S)
 
     def _status_of(self, data: bytes) -> int:
-        service = parse(health_pb2.HealthCheckRequest.FromString, data).service
-        return self.status if service in self._services else _SERVICE_UNKNOWN
+        return self.status_of(parse(health_pb2.HealthCheckRequest.FromString, data).service)
 
     def check(self, data: bytes) -> bytes:
         """Check: the status, or NOT_FOUND for a service this server does not have."""

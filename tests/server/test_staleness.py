@@ -1,4 +1,4 @@
-"""Staleness: GetCatalogInfo's snapshot_age_s, and --max-age turning health NOT_SERVING (a pin is never stale)."""
+"""Staleness: GetCatalogInfo's snapshot_age_s, and --max-age turning the service's health NOT_SERVING (a pin never)."""
 
 from __future__ import annotations
 
@@ -24,6 +24,7 @@ from tests.server.helpers import (
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 HOUR_S = 3600.0
+SERVICE = "avapdefs.v1.DefinitionService"  # readiness; "" (liveness) ignores staleness
 
 
 def test_catalog_info_and_watch_report_the_snapshot_age(tmp_path: Path) -> None:
@@ -45,18 +46,19 @@ def test_a_stale_snapshot_is_not_serving_until_a_fresh_one_loads(tmp_path: Path)
     folder = tmp_path / "snapshots"
     write_dated_snapshot(folder, 1, age_s=HOUR_S)
     with live_server(folder, max_age_s=600.0) as (server, stub):
-        assert health_status(server.port) == NOT_SERVING
+        assert health_status(server.port, SERVICE) == NOT_SERVING
+        assert health_status(server.port) == SERVING  # the process works: a liveness probe must not restart it
         # Still answered: health steers load balancers, it does not refuse calls.
         assert stub.GetCommand(GetCommandRequest(name="cmd.001"), timeout=5).command.name == "cmd.001"
         assert any("over --max-age 600 s" in line for line in server.lines)
         with grpc.insecure_channel(f"127.0.0.1:{server.port}") as channel:
             health = health_pb2_grpc.HealthStub(channel)
-            watch = health.Watch(health_pb2.HealthCheckRequest(), timeout=30)  # type: ignore[attr-defined]
+            watch = health.Watch(health_pb2.HealthCheckRequest(service=SERVICE), timeout=30)  # type: ignore[attr-defined]
             assert next(watch).status == NOT_SERVING
             write_dated_snapshot(folder, 2, age_s=0)
             assert next(watch).status == SERVING  # within a second of the swap
             watch.cancel()
-        assert health_status(server.port) == SERVING
+        assert health_status(server.port, SERVICE) == SERVING
 
 
 def test_a_pinned_version_is_never_stale(tmp_path: Path) -> None:
@@ -64,23 +66,24 @@ def test_a_pinned_version_is_never_stale(tmp_path: Path) -> None:
     write_dated_snapshot(folder, 1, age_s=2 * HOUR_S)
     write_dated_snapshot(folder, 2, age_s=HOUR_S)
     with live_server(folder, max_age_s=60.0) as (server, stub):
-        assert health_status(server.port) == NOT_SERVING
+        assert health_status(server.port, SERVICE) == NOT_SERVING
         with LogWaiter(server, "server.health", "health reports SERVING again") as waiter:
             assert pin.main(["--snapshots", str(folder), "1"]) == 0  # the older one: held there on purpose
             assert waiter.seen.wait(10)
         info = stub.GetCatalogInfo(GetCatalogInfoRequest(), timeout=5)
         assert (info.version, info.pinned_version) == (1, 1) and info.snapshot_age_s > 2 * HOUR_S - 5
-        assert health_status(server.port) == SERVING
+        assert health_status(server.port, SERVICE) == SERVING
         with LogWaiter(server, "server.health", "over --max-age") as waiter:
             assert pin.main(["--snapshots", str(folder), "--unpin"]) == 0
             assert waiter.seen.wait(10)
-        assert health_status(server.port) == NOT_SERVING
+        assert health_status(server.port, SERVICE) == NOT_SERVING
 
 
 def test_without_max_age_an_old_snapshot_serves(tmp_path: Path) -> None:
     folder = tmp_path / "snapshots"
     write_dated_snapshot(folder, 1, age_s=1000 * HOUR_S)
     with running_server(folder) as server:
+        assert health_status(server.port, SERVICE) == SERVING
         assert health_status(server.port) == SERVING
 
 
