@@ -3,12 +3,16 @@
 Each option may also be given as an ``AVAP_*`` environment variable; a flag
 wins over the variable, the variable over the default. With neither
 ``--snapshots`` nor ``AVAP_SNAPSHOTS``, ``./snapshots`` is served when it
-exists, else the built-in sample catalog (``sample.py``).
+exists, else the built-in sample catalog (``sample.py``). With ``--source
+URL``, the supervisor keeps ``--snapshots`` at an object store's announced
+version (``avapdefs.remote``): one pull for all the processes, which serve
+the folder as ever.
 
 Exit codes: 0 stopped by SIGTERM/SIGINT after a graceful shutdown; 1 a
 serving process failed at start for another reason; 2 bad options; 3 nothing
 to serve (the folder does not exist, is not a folder, holds no valid
-snapshot, or lacks the pinned version); 4 the address cannot be listened on.
+snapshot, or lacks the pinned version; with ``--source``, the store is
+unreachable and the folder empty); 4 the address cannot be listened on.
 """
 
 from __future__ import annotations
@@ -21,14 +25,18 @@ import sys
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from avapdefs.about import add_version_option
 from avapdefs.errors import NoSnapshotError, OptionError
+from avapdefs.folder import list_snapshots, no_snapshot_error
 from avapdefs.options import add_options, resolve
 from server import logs, processes, sample
 from server.config import DEFAULTS, OPTIONS, SettingError, Settings
 from server.store import check_folder
+
+if TYPE_CHECKING:
+    from avapdefs.remote import Follower
 
 PROG = "avap-server"
 EXIT_USAGE = 2
@@ -46,6 +54,7 @@ def _parser() -> argparse.ArgumentParser:
         "  1  a serving process failed at start\n"
         "  2  bad options\n"
         "  3  nothing to serve: no such folder, no valid snapshot, or the pinned version missing\n"
+        "     (--source: the store unreachable or empty and nothing in --snapshots)\n"
         "  4  the address cannot be listened on",
         # Raw: --version's lines and the exit-code table keep their line breaks.
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -95,6 +104,8 @@ class _Program:
     processes: int | None
     log_level: str
     log_format: str
+    source: str | None = None
+    source_poll_s: float = 5.0
 
 
 def _settings(args: argparse.Namespace, env: Mapping[str, str]) -> tuple[dict[str, Any], _Program]:
@@ -105,8 +116,14 @@ def _settings(args: argparse.Namespace, env: Mapping[str, str]) -> tuple[dict[st
     """
     values = resolve(args, env, OPTIONS)
     program = _Program(
-        values.pop("processes", None), values.pop("log_level", "INFO"), values.pop("log_format", "plain")
+        values.pop("processes", None),
+        values.pop("log_level", "INFO"),
+        values.pop("log_format", "plain"),
+        values.pop("source", None),
+        values.pop("source_poll_s", 5.0),
     )
+    if program.source is not None and values.get("snapshots_dir") is None:
+        raise ValueError("--source needs --snapshots DIR: the local folder the pulled versions are served from")
     processes_wanted = program.processes
     values["api_key"] = _api_key(values.pop("api_key_file", None), env)
     if processes_wanted is not None and processes_wanted < 1:
@@ -158,16 +175,58 @@ def _serve(args: argparse.Namespace, values: dict[str, Any], program: _Program) 
     with _folder(values) as folder:
         try:
             settings = Settings(**{**values, "snapshots_dir": folder})
+            follower = _follower(program, settings.snapshots_dir)
             check_folder(settings.snapshots_dir)
+            if follower is not None and not list_snapshots(settings.snapshots_dir):
+                raise no_snapshot_error(settings.snapshots_dir)
         except SettingError as exc:
             return _usage_error(_named(exc, args, os.environ))
+        except _SourceError as exc:
+            return _usage_error(str(exc))
         except NoSnapshotError as exc:
-            print(f"{PROG}: {exc}; nothing to serve", file=sys.stderr, flush=True)
+            unreachable = follower is not None and follower.state.last_error
+            also = f" (and {program.source}: {follower.state.last_error})" if unreachable and follower else ""
+            print(f"{PROG}: {exc}; nothing to serve{also}", file=sys.stderr, flush=True)
             return EXIT_NO_SNAPSHOT
         wanted = processes.default_processes(settings.port) if program.processes is None else program.processes
         if wanted > 1:  # from here on, every line names its process
             logs.configure(program.log_level, program.log_format, process=logs.SUPERVISOR, secrets=[settings.api_key])
-        return processes.run(settings, processes=wanted, log_level=program.log_level, log_format=program.log_format)
+        return processes.run(
+            settings,
+            processes=wanted,
+            log_level=program.log_level,
+            log_format=program.log_format,
+            follower=follower,
+        )
+
+
+class _SourceError(ValueError):
+    """``--source`` cannot be followed: not a store URL, or the cloud extra is not installed."""
+
+
+def _follower(program: _Program, folder: Path) -> Follower | None:
+    """With ``--source``, a follower of the store, after a first pull into ``folder`` (which it creates).
+
+    A first pull that fails is logged and the server boots from what ``folder`` holds.
+
+    Raises:
+        _SourceError: the URL names no store, or obstore is not installed.
+    """
+    if program.source is None:
+        return None
+    try:
+        from avapdefs import remote  # obstore: the optional cloud extra
+    except ImportError:
+        raise _SourceError("--source needs obstore: pip install 'avap-definition-server[cloud]'") from None
+    try:
+        store = remote.Remote(program.source, allow_http=remote.allow_http_from(os.environ))
+    except remote.RemoteError as exc:
+        raise _SourceError(str(exc)) from None
+    folder.mkdir(parents=True, exist_ok=True)
+    follower = remote.Follower(store, folder, poll_s=program.source_poll_s)
+    logger.info("following %s into %s, every %.0f s", store.url, folder, program.source_poll_s)
+    follower.poll()  # installs the announced version before the processes start; a failure is logged
+    return follower
 
 
 def _usage_error(message: str) -> int:

@@ -252,6 +252,22 @@ OPTIONS: tuple[Option, ...] = (
         "health turns NOT_SERVING while the live snapshot is older than this (90s, 15m, 2h, 1d) and not pinned",
     ),
     Option(
+        "--source",
+        "AVAP_SOURCE",
+        "source",
+        str,
+        "follow an object store the exporter publishes to (s3://bucket/prefix, gs://, az://, file:///path; "
+        "credentials and endpoint from AWS_* and the like): the announced version is pulled into --snapshots, "
+        "which then serves it; needs the cloud extra",
+    ),
+    Option(
+        "--source-poll",
+        "AVAP_SOURCE_POLL",
+        "source_poll_s",
+        duration_s,
+        "time between polls of the store's announcement, jittered by 20%% (default 5s)",
+    ),
+    Option(
         "--poll",
         "AVAP_POLL",
         "poll",

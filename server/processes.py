@@ -27,10 +27,14 @@ import threading
 import time
 from dataclasses import dataclass, field
 from types import FrameType
+from typing import TYPE_CHECKING
 
 from server.config import Settings
 from server.launch import EXIT_CANNOT_LISTEN, EXIT_OK, Loaded, ServerProcess, StartError
 from server.metrics import MetricsEndpoint
+
+if TYPE_CHECKING:
+    from avapdefs.remote import Follower
 
 logger = logging.getLogger(__name__)
 
@@ -145,7 +149,14 @@ def _install_signal_handlers(stop: threading.Event) -> dict[int, object]:
     return {sig: signal.signal(sig, request_stop) for sig in (signal.SIGTERM, signal.SIGINT)}
 
 
-def run(settings: Settings, *, processes: int = 1, log_level: str = "INFO", log_format: str = "plain") -> int:
+def run(
+    settings: Settings,
+    *,
+    processes: int = 1,
+    log_level: str = "INFO",
+    log_format: str = "plain",
+    follower: Follower | None = None,
+) -> int:
     """Serve with ``processes`` processes until SIGTERM or SIGINT, then shut down gracefully (main thread only).
 
     Args:
@@ -154,6 +165,8 @@ def run(settings: Settings, *, processes: int = 1, log_level: str = "INFO", log_
         processes: how many serving processes share the port.
         log_level: the processes' logging level.
         log_format: the processes' log format (``logs.LOG_FORMATS``).
+        follower: keeps the snapshot folder at an object store's version (``--source``), on a
+            thread of the supervisor, so N processes share one download.
 
     Returns:
         An exit code: 0 after a graceful shutdown, 2 for a bad ``--legacy-proto``, 3 when no
@@ -184,9 +197,13 @@ def run(settings: Settings, *, processes: int = 1, log_level: str = "INFO", log_
     stop = threading.Event()
     # Installed first, so a signal during a long load still ends in a clean stop.
     previous = _install_signal_handlers(stop)
+    source = _follow_source(follower, stop)
     try:
         return _serve(children, stop, settings.grace_s)
     finally:
+        stop.set()
+        if source is not None:
+            source.join(timeout=settings.grace_s + 5)
         for child in children:
             if child.server is not None:
                 child.server.kill()
@@ -194,6 +211,15 @@ def run(settings: Settings, *, processes: int = 1, log_level: str = "INFO", log_
             signal.signal(sig, handler)  # type: ignore[arg-type]
         if metrics is not None:
             metrics.close()
+
+
+def _follow_source(follower: Follower | None, stop: threading.Event) -> threading.Thread | None:
+    """Start the thread that polls the object store (``--source``) until ``stop``; None without one."""
+    if follower is None:
+        return None
+    thread = threading.Thread(target=follower.run, args=(stop,), name="source", daemon=True)
+    thread.start()
+    return thread
 
 
 def _metrics_endpoint(settings: Settings) -> MetricsEndpoint | None:

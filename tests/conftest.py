@@ -7,6 +7,7 @@ started once per test session in a temporary folder and removed afterwards.
 
 from __future__ import annotations
 
+import itertools
 import os
 import secrets
 from collections.abc import Iterator
@@ -20,6 +21,7 @@ from avapdefs.folder import atomic_file, snapshot_name
 from avapdefs.format import snapshot
 from avapdefs.v1.definitions_pb2 import Command
 from tests.helpers import MakeSnapshot, sample_command
+from tests.objectstore import SeaweedS3, seaweed_s3
 
 
 @pytest.fixture(scope="session")
@@ -75,3 +77,23 @@ def make_snapshot(tmp_path: Path) -> MakeSnapshot:
         return path
 
     return make
+
+
+_BUCKET = "avap"
+_prefixes = itertools.count(1)
+
+
+@pytest.fixture(scope="session")
+def seaweed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SeaweedS3]:
+    """A real S3-compatible store (SeaweedFS) on loopback for the session, with one bucket; each test a prefix."""
+    with seaweed_s3(tmp_path_factory.mktemp("seaweed")) as store:
+        store.create_bucket(_BUCKET)
+        yield store
+
+
+@pytest.fixture
+def s3_url(seaweed: SeaweedS3, monkeypatch: pytest.MonkeyPatch) -> str:
+    """The URL of an empty prefix in the store, with the standard AWS_* variables pointing at it (children too)."""
+    for name, value in seaweed.env().items():
+        monkeypatch.setenv(name, value)
+    return f"s3://{_BUCKET}/catalog-{next(_prefixes)}"

@@ -654,7 +654,6 @@ class Follower:
         return self.poll_s * self._random.uniform(1 - self.jitter, 1 + self.jitter)
 
     def run(self, stop: threading.Event) -> None:
-        """Poll until ``stop`` is set (the first poll at once)."""
-        while not stop.is_set():
+        """Poll until ``stop`` is set, waiting ``next_wait_s`` before each poll (the caller polls first)."""
+        while not stop.wait(self.next_wait_s()):
             self.poll()
-            stop.wait(self.next_wait_s())
