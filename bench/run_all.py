@@ -20,7 +20,7 @@ rounds with the min-max in brackets, and ours/peer. The record goes to
 when matplotlib (the ``bench`` extra) is installed.
 
     .venv/bin/python bench/run_all.py                  # everything, about 10 minutes
-    .venv/bin/python bench/run_all.py --quick          # short phases, two sizes: about 3 minutes
+    .venv/bin/python bench/run_all.py --quick          # short phases, two sizes: about 2 minutes
     .venv/bin/python bench/run_all.py --targets ours   # our server alone: no node, no ../shared/peer
 
 Exit status: 0, or 1 when a phase failed (it says why; the other phases' figures are still reported), or 2 for
@@ -92,7 +92,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--targets", default="ours,peer", help="servers to measure, of: ours,peer (default both)")
     p.add_argument("--peer-source", type=Path, default=peer.SOURCE, help="the reference server's folder")
-    p.add_argument("--quick", action="store_true", help="1 round of short phases, sizes 1000,10000 (about 3 min)")
+    p.add_argument("--quick", action="store_true", help="1 round of short phases, sizes 1000,10000 (about 2 min)")
     p.add_argument("--commands", type=int, default=5000, help="catalog size of serve and replica (default 5000)")
     p.add_argument("--large", type=int, default=50_000, help="catalog of startup, processes, image (default 50000)")
     p.add_argument("--processes", default="1,2,3", help="--processes values to sweep (default 1,2,3)")
@@ -237,8 +237,8 @@ def _merged(notes: Sequence[str]) -> list[str]:
     checked = [note.split(":")[0] for note in notes if "h2load request body was checked" in note]
     kept = [note for note in dict.fromkeys(notes) if "h2load request body was checked" not in note]
     for label in dict.fromkeys(checked):
-        kept.append(f"{label}: the h2load request body of each of its {checked.count(label)} B runs was checked "
-                    "first (a grpcio call, and the grpc-status trailer through nghttp when it is there).")  # fmt: skip
+        kept.append(f"{label}: the h2load request body was checked before B at each of its {checked.count(label)} "
+                    "settings (a grpcio call, and the grpc-status trailer through nghttp if it is there).")  # fmt: skip
     return [*kept, *scenarios.CAVEATS]
 
 
