@@ -281,7 +281,10 @@ class DefinitionServer:
             await reply.end(Code.INTERNAL, "internal error")
             return Code.INTERNAL
         finally:
-            disconnected.cancel()
+            # Not cancelled: pyvoy answers the pending receive() with http.disconnect once the
+            # stream ends, and a receive() cancelled before that makes it log an InvalidStateError.
+            _pending_disconnects.add(disconnected)
+            disconnected.add_done_callback(_pending_disconnects.discard)
             await messages.aclose()  # type: ignore[attr-defined]
         await reply.end()
         return Code.OK
@@ -315,6 +318,10 @@ class DefinitionServer:
         body = b"this is a gRPC server: send gRPC calls (POST, content-type application/grpc)\n"
         await send({"type": "http.response.start", "status": 415, "headers": [(b"content-type", b"text/plain")]})
         await send({"type": "http.response.body", "body": body})
+
+
+# Disconnect watchers of ended streams, held until pyvoy resolves them (the loop keeps only weak references).
+_pending_disconnects: set[asyncio.Future[None]] = set()
 
 
 async def _disconnect(receive: Receive) -> None:

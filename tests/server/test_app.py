@@ -127,3 +127,16 @@ def test_stalled_syncs_neither_block_calls_nor_outlive_the_idle_timeout(make_sna
                         pass
         full = list(stub.SyncCatalog(SyncCatalogRequest(), timeout=30))  # the slots are free again
         assert full[0].header.data_size == sum(len(message.chunk) for message in full[1:])
+
+
+def test_streams_that_end_log_no_errors(make_snapshot: MakeSnapshot) -> None:
+    path = make_snapshot(version=1)
+    with running_server(path.parent) as server, stub_for(server) as stub:
+        for _ in range(3):  # whole syncs, each read to its end
+            assert len(list(stub.SyncCatalog(SyncCatalogRequest(), timeout=10))) > 1
+        cancelled = stub.SyncCatalog(SyncCatalogRequest(), timeout=10)
+        next(cancelled)
+        cancelled.cancel()  # and one the client stops
+        assert stub.GetCommand(GetCommandRequest(name="addVar"), timeout=5).command.name == "addVar"
+    # Stopped: every line it logged has been read.
+    assert [line for line in server.lines if " ERROR " in line] == []
