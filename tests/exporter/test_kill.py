@@ -70,6 +70,21 @@ def test_sigkill_while_writing_leaves_no_visible_partial_file(
     assert read_file(folder / snapshot_name(1)).info.command_count == ROWS
 
 
+def test_ctrl_c_mid_read_ends_the_run_at_once_and_publishes_nothing(
+    db: psycopg.Connection, pg_dsn: str, folder: Path
+) -> None:
+    # An interrupt while the COPY streams used to hang the run: the open COPY held the connection's
+    # lock, which the rollback then waited for.
+    insert_generated(db, ROWS, code_bytes=256)
+    with ExporterProcess(pg_dsn, folder) as exporter:
+        assert exporter.wait_for("10000 commands written", 30), exporter.lines
+        exporter.process.send_signal(signal.SIGINT)
+        assert exporter.wait(20) == 130, exporter.lines
+    assert exporter.last_line == "avap-export: interrupted; nothing published"
+    assert list_snapshots(folder) == []
+    assert [p.name for p in folder.iterdir() if p.name.startswith(TEMP_PREFIX)] == []
+
+
 # The campaign: many kills at seeded random moments of the write, the rename and the deltas.
 CAMPAIGN_ROWS = 5_000
 CAMPAIGN_KILLS = 30
