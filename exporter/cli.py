@@ -8,7 +8,8 @@ Exit codes (docs/exporter.md): 0 success (published, unchanged, or loaded),
 1 unexpected error, 2 invalid usage or setting, 3 database unreachable or
 failed, 4 table or column missing, 5 bad rows, 6 refused by a guard,
 7 another exporter holds the lock, 8 snapshot folder not writable,
-9 invalid snapshot file, 130 interrupted.
+9 invalid snapshot file, 10 published locally but not to the object store
+(``--publish``; the next run completes it), 130 interrupted.
 """
 
 from __future__ import annotations
@@ -20,8 +21,10 @@ import os
 import sys
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from avapdefs.errors import LockedError, OptionError, SnapshotError
+from avapdefs.folder import folder_lock
 from avapdefs.options import Option, add_options, parse_bool, parse_log_level, resolve
 from exporter import inspection
 from exporter.config import DEFAULT_FILE_MODE, ExportConfig
@@ -37,6 +40,9 @@ from exporter.export import run_export
 from exporter.sample import load_sample
 from exporter.source import connect
 
+if TYPE_CHECKING:
+    from avapdefs.remote import Remote
+
 logger = logging.getLogger(__name__)
 
 PROG = "avap-export"
@@ -50,6 +56,7 @@ EXIT_REFUSED = 6
 EXIT_LOCKED = 7
 EXIT_FOLDER = 8
 EXIT_BAD_SNAPSHOT = 9
+EXIT_STORE = 10
 EXIT_INTERRUPTED = 130
 
 # Checked in order: a subclass before its base.
@@ -147,6 +154,15 @@ _NO_PROGRESS = Option(
     "no progress bar even on a terminal; never drawn when stderr is not one",
     switch=True,
 )
+# Not an ExportConfig field either: publishing to object storage follows the export, under the folder's lock.
+_PUBLISH = Option(
+    "--publish",
+    "AVAP_EXPORT_PUBLISH",
+    "publish",
+    str,
+    "then upload the newest version and its deltas to object storage and announce it: s3://bucket/prefix, "
+    "gs://, az://, file:///path (credentials and endpoint from AWS_* and the like; needs the cloud extra)",
+)
 _DEFAULTS = {field.name: field.default for field in dataclasses.fields(ExportConfig)}
 _SHOWN_DEFAULTS = {**_DEFAULTS, "file_mode": f"{DEFAULT_FILE_MODE:04o}"}
 
@@ -166,9 +182,10 @@ def _export_parser() -> argparse.ArgumentParser:
         description="Export the AVAP definitions tables into a new versioned snapshot, published atomically. "
         "Other commands: 'avap-export inspect FILE [--diff OTHER]', 'avap-export load-sample'.",
         epilog="Exit codes: 0 ok or unchanged, 2 usage, 3 database, 4 missing table/column, 5 bad rows, "
-        "6 refused by a guard, 7 locked by another exporter, 8 snapshot folder, 1 unexpected.",
+        "6 refused by a guard, 7 locked by another exporter, 8 snapshot folder, 10 published locally but not to "
+        "the object store (--publish; the next run completes it), 1 unexpected.",
     )
-    add_options(parser, (*_EXPORT_OPTIONS, _NO_PROGRESS), _SHOWN_DEFAULTS)
+    add_options(parser, (*_EXPORT_OPTIONS, _NO_PROGRESS, _PUBLISH), _SHOWN_DEFAULTS)
     _add_logging(parser)
     return parser
 
@@ -180,8 +197,40 @@ def _run_export(args: argparse.Namespace, env: Mapping[str, str]) -> int:
         values["signing_key"] = env["AVAP_SIGNING_KEY"].encode("utf-8")
     quiet = resolve(args, env, (_NO_PROGRESS,)).get(_NO_PROGRESS.field, False)
     config = ExportConfig(**values, progress=not quiet and sys.stderr.isatty())
+    url = resolve(args, env, (_PUBLISH,)).get(_PUBLISH.field)
+    store = _store(url, env) if url is not None else None  # a bad URL is refused before any work
     result = run_export(config, progress=sys.stderr if config.progress else None)
     print(result.summary(), flush=True)
+    return _publish(store, config.snapshots) if store is not None else EXIT_OK
+
+
+def _store(url: str, env: Mapping[str, str]) -> Remote:
+    try:
+        from avapdefs import remote  # obstore: the optional cloud extra
+    except ImportError:
+        raise ConfigError("--publish needs obstore: pip install 'avap-definition-server[cloud]'") from None
+    try:
+        return remote.Remote(url, allow_http=remote.allow_http_from(env))
+    except remote.RemoteError as exc:
+        raise ConfigError(str(exc)) from None
+
+
+def _publish(store: Remote, folder: Path) -> int:
+    """Publish the folder's newest version to the store, under the folder's lock (so retention agrees)."""
+    from avapdefs.remote import RemoteError
+
+    try:
+        with folder_lock(folder):
+            published = store.publish(folder)
+    except RemoteError as exc:
+        print(f"{PROG}: {exc}; published locally only (the next run completes it)", file=sys.stderr, flush=True)
+        return EXIT_STORE
+    announcement = published.announcement
+    if published.announced:
+        uploaded = f"{len(published.uploaded)} object{'' if len(published.uploaded) == 1 else 's'} uploaded"
+        print(f"announced version {announcement.version} in {store.url} ({uploaded})", flush=True)
+    else:
+        print(f"{store.url} already announces version {announcement.version}", flush=True)
     return EXIT_OK
 
 

@@ -56,6 +56,7 @@ from avapdefs.folder import (
     list_snapshots,
     prune,
     read_newest,
+    read_newest_header,
     remove_temp_files,
     snapshot_name,
 )
@@ -388,8 +389,19 @@ class Remote:
                 newer version than ``folder`` holds, or another publisher announced meanwhile.
             StoreUnavailableError: the store could not be reached; nothing was announced.
         """
+        current, etag = self._current()
+        if current is not None and _announces(current, folder):
+            # The cron case: nothing new. One GET and one LIST, no upload, not even a read of the file.
+            kept = {version for version, _ in list_snapshots(folder)} | {current.version}
+            return PublishResult(current, (), False, tuple(self._retain(kept, current)))
         newest = read_newest(folder)
         info = newest.snapshot.info
+        if current is not None and current.version > info.version:
+            raise RemoteError(
+                self.url,
+                f"the store announces version {current.version}, newer than this folder's newest "
+                f"({info.version}); refusing to announce an older one",
+            )
         uploaded: list[str] = []
         snapshot_ref, sent = self._put_immutable(snapshot_name(info.version), newest.data)
         if sent:
@@ -412,13 +424,6 @@ class Remote:
             deltas=deltas,
             published_at=datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         )
-        current, etag = self._current()
-        if current is not None and current.version > info.version:
-            raise RemoteError(
-                self.url,
-                f"the store announces version {current.version}, newer than this folder's newest "
-                f"({info.version}); refusing to announce an older one",
-            )
         if current is not None and _same(current, announcement):
             announcement, announced = current, False  # the same objects: keep it, and its ETag, as it is
         else:
@@ -545,6 +550,18 @@ def _read_delta(path: Path, info: SnapshotInfo) -> bytes | None:
         logger.warning("not publishing %s: it does not lead to version %s's content", path.name, info.version)
         return None
     return data
+
+
+def _announces(announcement: Announcement, folder: Path) -> bool:
+    """Whether ``announcement`` already names ``folder``'s newest version, by its header, and every delta to it."""
+    newest = read_newest_header(folder)
+    info = newest.info
+    if info is None or info.version != newest.version or info.version != announcement.version:
+        return False
+    if info.content_hash.hex() != announcement.content_hash or info.file_size != announcement.snapshot.size:
+        return False
+    bases = {base for base, target, _ in list_deltas(folder) if target == info.version}
+    return bases <= set(announcement.deltas)
 
 
 def _newest_local(folder: Path) -> VerifiedFile | None:
