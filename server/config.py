@@ -81,7 +81,8 @@ class Settings:
         max_receive_bytes: the largest request message accepted.
         max_send_bytes: the largest response message sent.
         legacy: also serve the legacy ``avap.DefinitionEngine`` service.
-        legacy_proto: a deployment's own legacy .proto whose field numbers to answer with.
+        legacy_proto: a deployment's own legacy .proto: the methods it declares are served, its fields filled
+            by name and type.
         api_key: when set, calls to the definition services must carry it in ``x-avap-auth``.
         cpu: pin the process to this CPU; None leaves it to the kernel.
         pin: serve this catalog version (a pin file in the folder wins over it).
@@ -216,7 +217,8 @@ OPTIONS: tuple[Option, ...] = (
         "AVAP_LEGACY_PROTO",
         "legacy_proto",
         Path,
-        "a deployment's own avap.DefinitionEngine .proto: legacy answers use its field numbers "
+        "a deployment's own avap.DefinitionEngine .proto: the methods it declares are served, its fields "
+        "filled by name and type "
         "(default: the bundled proto/avap/definition_engine.proto)",
     ),
     Option(
