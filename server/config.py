@@ -6,7 +6,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 from avapdefs.folder import MAX_VERSION
-from avapdefs.options import Option, parse_bool, parse_log_level
+from avapdefs.options import Option, duration_s, parse_bool, parse_log_level
 from server.logs import parse_log_format
 
 # SyncCatalog chunk size, measured on loopback with a 41 MB snapshot (best of
@@ -46,26 +46,6 @@ def number(text: str) -> float:
         return float(text.strip())
     except ValueError:
         raise ValueError(f"not a number: {text!r}") from None
-
-
-_DURATION_UNITS_S = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
-
-
-def duration_s(text: str) -> float:
-    """A duration in seconds: a number with an optional unit, ``90``, ``90s``, ``15m``, ``2h``, ``1d``.
-
-    Raises:
-        ValueError: ``text`` is not one, or is not above 0.
-    """
-    word = text.strip().lower()
-    scale = _DURATION_UNITS_S.get(word[-1:])
-    try:
-        seconds = float(word[:-1] if scale is not None else word) * (scale or 1.0)
-    except ValueError:
-        raise ValueError(f"not a duration: {text!r} (a number of seconds, or with a unit: 90s, 15m, 2h, 1d)") from None
-    if not seconds > 0 or seconds == float("inf"):
-        raise ValueError(f"not a duration above 0: {text!r}")
-    return seconds
 
 
 @dataclass(frozen=True)

@@ -5,7 +5,8 @@ variable and the field of its settings dataclass. Precedence is the same
 everywhere: the flag, then the variable, then the dataclass default. A bad
 variable is an ``OptionError`` naming it, as a bad flag is argparse's usage
 error, so both end in exit 2. True/false values have one spelling set
-(``parse_bool``), and log levels one parser (``parse_log_level``).
+(``parse_bool``), log levels one parser (``parse_log_level``), and durations one
+notation (``duration_s``: 90s, 15m, 2h, 1d), the server's and the exporter's alike.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from avapdefs.errors import OptionError
 _TRUE = ("1", "true", "yes", "on")
 _FALSE = ("0", "false", "no", "off", "")
 LOG_LEVELS = ("debug", "info", "warning", "error")
+_DURATION_UNITS_S = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 
 
 def parse_bool(text: str) -> bool:
@@ -46,6 +48,23 @@ def parse_log_level(text: str) -> str:
     if word not in LOG_LEVELS:
         raise ValueError(f"not a log level: {text!r} (use one of {', '.join(LOG_LEVELS)})")
     return word.upper()
+
+
+def duration_s(text: str) -> float:
+    """A duration in seconds: a number with an optional unit, ``90``, ``90s``, ``15m``, ``2h``, ``1d``.
+
+    Raises:
+        ValueError: ``text`` is not one, or is not above 0.
+    """
+    word = text.strip().lower()
+    scale = _DURATION_UNITS_S.get(word[-1:])
+    try:
+        seconds = float(word[:-1] if scale is not None else word) * (scale or 1.0)
+    except ValueError:
+        raise ValueError(f"not a duration: {text!r} (a number of seconds, or with a unit: 90s, 15m, 2h, 1d)") from None
+    if not seconds > 0 or seconds == float("inf"):
+        raise ValueError(f"not a duration above 0: {text!r}")
+    return seconds
 
 
 @dataclass(frozen=True)
@@ -89,7 +108,24 @@ def add_options(parser: argparse.ArgumentParser, options: Sequence[Option], defa
             parser.add_argument(option.flag, dest=option.field, action="store_const", const=option.const, help=text)
         else:
             metavar = option.flag.lstrip("-").upper().replace("-", "_")
-            parser.add_argument(option.flag, dest=option.field, type=option.parse, metavar=metavar, help=text)
+            parser.add_argument(
+                option.flag, dest=option.field, type=_flag_type(option.parse), metavar=metavar, help=text
+            )
+
+
+def _flag_type(parse: Callable[[str], Any]) -> Callable[[str], Any]:
+    """``parse`` for argparse, which shows a ValueError as "invalid <function name> value": our parsers' own
+    message says more (the same the variable's error gives). A type (int, float, Path) keeps argparse's wording."""
+    if isinstance(parse, type):
+        return parse
+
+    def convert(text: str) -> Any:
+        try:
+            return parse(text)
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+
+    return convert
 
 
 def resolve(args: argparse.Namespace, env: Mapping[str, str], options: Sequence[Option]) -> dict[str, Any]:

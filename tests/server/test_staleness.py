@@ -9,9 +9,9 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from avapdefs.options import duration_s
 from avapdefs.v1.definitions_pb2 import GetCatalogInfoRequest, GetCommandRequest, WatchCatalogRequest
 from server import cli, pin
-from server.config import duration_s
 from tests.server.helpers import (
     LogWaiter,
     health_status,
