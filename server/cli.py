@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 
 from avapdefs.about import add_version_option
 from avapdefs.errors import NoSnapshotError, OptionError
-from avapdefs.folder import list_snapshots, no_snapshot_error
+from avapdefs.folder import list_snapshots, no_snapshot_error, remove_source_state
 from avapdefs.options import add_options, resolve
 from server import logs, processes, sample
 from server.config import DEFAULTS, OPTIONS, SettingError, Settings
@@ -213,6 +213,7 @@ def _follower(program: _Program, folder: Path) -> Follower | None:
         _SourceError: the URL names no store, or obstore is not installed.
     """
     if program.source is None:
+        remove_source_state(folder)  # an earlier run's record of a store this run does not follow
         return None
     try:
         from avapdefs import remote  # obstore: the optional cloud extra
@@ -223,7 +224,7 @@ def _follower(program: _Program, folder: Path) -> Follower | None:
     except remote.RemoteError as exc:
         raise _SourceError(str(exc)) from None
     folder.mkdir(parents=True, exist_ok=True)
-    follower = remote.Follower(store, folder, poll_s=program.source_poll_s)
+    follower = remote.Follower(store, folder, poll_s=program.source_poll_s, record=True)
     logger.info("following %s into %s, every %.0f s", store.url, folder, program.source_poll_s)
     follower.poll()  # installs the announced version before the processes start; a failure is logged
     return follower

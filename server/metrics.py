@@ -41,6 +41,11 @@ from typing import TYPE_CHECKING
 from server.rpc import Code
 
 if TYPE_CHECKING:
+    from collections.abc import Iterator
+
+    from prometheus_client.metrics_core import Metric
+
+    from avapdefs.remote import Follower
     from server.store import LoadedSnapshot
 
 logger = logging.getLogger(__name__)
@@ -186,7 +191,7 @@ class MetricsEndpoint:
         disable_created_metrics()  # type: ignore[no-untyped-call]  # the serving processes' metrics have no _created series either
 
         self.folder = Path(tempfile.mkdtemp(prefix="avap-metrics-"))
-        registry = CollectorRegistry()
+        registry = self._registry = CollectorRegistry()
         MultiProcessCollector(registry, path=str(self.folder))  # type: ignore[no-untyped-call]
         self._restarts = Counter("avap_server_process_restarts", "Serving processes restarted by the supervisor",
                                  registry=registry)  # fmt: skip
@@ -200,6 +205,10 @@ class MetricsEndpoint:
     def environment(self) -> dict[str, str]:
         """What a serving process's environment needs to write its metrics here."""
         return {MULTIPROC_VARIABLE: str(self.folder)}
+
+    def follow_source(self, follower: Follower) -> None:
+        """Serve the object-store follower's state (``--source``), read at each scrape."""
+        self._registry.register(_SourceCollector(follower))
 
     def process_ended(self, pid: int, *, restarted: bool) -> None:
         """Forget the live gauges of a process that has ended (its counters stay in the sums)."""
@@ -215,3 +224,21 @@ class MetricsEndpoint:
         self._http.server_close()
         self._thread.join(5)
         shutil.rmtree(self.folder, ignore_errors=True)
+
+
+class _SourceCollector:
+    """``avap_source_*``: how the supervisor's follower of an object store is doing, as of the scrape."""
+
+    def __init__(self, follower: Follower) -> None:
+        self._follower = follower
+
+    def collect(self) -> Iterator[Metric]:
+        from prometheus_client.core import GaugeMetricFamily
+
+        state = self._follower.state
+        yield GaugeMetricFamily("avap_source_up", "1 when the last poll of the object store (--source) reached it",
+                                value=1.0 if state.reachable else 0.0)  # fmt: skip
+        yield GaugeMetricFamily("avap_source_last_success_timestamp_seconds", "Unix time of the last poll that "
+                                "reached the object store (0: never)", value=state.last_success_unix)  # fmt: skip
+        yield GaugeMetricFamily("avap_source_announced_version", "The version the object store announced when "
+                                "last reached (0: none yet)", value=float(state.version))  # fmt: skip

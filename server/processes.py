@@ -181,7 +181,7 @@ def run(
             logger.error("cannot listen on %s: %s", settings.address, busy.strerror or busy)
             return EXIT_CANNOT_LISTEN
     try:
-        metrics = _metrics_endpoint(settings)
+        metrics = _metrics_endpoint(settings, follower)
     except OSError as exc:
         logger.error("cannot serve metrics on %s:%s: %s", settings.host, settings.metrics_port, exc.strerror or exc)
         return EXIT_CANNOT_LISTEN
@@ -222,11 +222,13 @@ def _follow_source(follower: Follower | None, stop: threading.Event) -> threadin
     return thread
 
 
-def _metrics_endpoint(settings: Settings) -> MetricsEndpoint | None:
+def _metrics_endpoint(settings: Settings, follower: Follower | None) -> MetricsEndpoint | None:
     """The supervisor's /metrics, when asked for (raises OSError when its port cannot be listened on)."""
     if settings.metrics_port is None:
         return None
     endpoint = MetricsEndpoint(settings.host, settings.metrics_port)
+    if follower is not None:
+        endpoint.follow_source(follower)
     logger.info("serving metrics on http://%s:%s/metrics", settings.host, endpoint.port)
     return endpoint
 

@@ -14,13 +14,16 @@ import asyncio
 import base64
 import binascii
 import logging
+import os
 import time
 from bisect import bisect_left
 from collections.abc import AsyncIterator, Callable
+from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
 
 from google.protobuf.message import DecodeError
 
+from avapdefs.folder import SOURCE_STATE_NAME, read_source_state
 from avapdefs.format import wire
 from avapdefs.v1.definitions_pb2 import (
     BatchGetCommandsRequest,
@@ -30,6 +33,7 @@ from avapdefs.v1.definitions_pb2 import (
     GetCommandRequest,
     ListCommandsRequest,
     ListCommandsResponse,
+    StoreStatus,
     SyncCatalogRequest,
     WatchCatalogRequest,
     WatchCatalogResponse,
@@ -121,6 +125,49 @@ class Signal:
         return bool(done)
 
 
+class StoreStatusFile:
+    """The folder's ``.source-state`` (written by the supervisor's follower of an object store, ``--source``),
+    as the serialized ``CatalogInfo.store`` field GetCatalogInfo appends; re-read only when the file changes."""
+
+    def __init__(self, folder: Path) -> None:
+        self._path = folder / SOURCE_STATE_NAME
+        self._seen: tuple[int, int] | None = None
+        self._field = b""
+
+    def current(self) -> bytes:
+        """``CatalogInfo(store=...)`` serialized, or nothing when the server follows no store."""
+        try:
+            stat = os.stat(self._path)
+        except OSError:
+            self._seen, self._field = None, b""
+            return b""
+        seen = (stat.st_mtime_ns, stat.st_size)
+        if seen != self._seen:
+            self._seen, self._field = seen, _store_field(read_source_state(self._path.parent))
+        return self._field
+
+
+def _store_field(state: dict[str, object] | None) -> bytes:
+    url = state.get("url") if state is not None else None
+    if state is None or not isinstance(url, str) or not url:
+        return b""  # not a record the follower wrote
+    try:
+        status = StoreStatus(
+            url=url,
+            reachable=state.get("reachable") is True,
+            last_success_unix_ms=_whole(state.get("last_success_unix_ms")),
+            last_error=str(state.get("last_error", "")),
+            announced_version=_whole(state.get("announced_version")),
+        )
+    except ValueError:
+        return b""  # out of range: not a record this server wrote; report no store rather than fail the call
+    return CatalogInfo(store=status).SerializeToString()
+
+
+def _whole(value: object) -> int:
+    return value if isinstance(value, int) and not isinstance(value, bool) else 0
+
+
 class DefinitionService:
     """Answers DefinitionService calls from ``store.current``.
 
@@ -152,6 +199,7 @@ class DefinitionService:
         self.watch_streams = 0
         self.sync_streams = 0
         self._closing = False
+        self._store_status = StoreStatusFile(store.folder)
 
     def get_command(self, request: bytes) -> bytes:
         """GetCommand: the stored GetCommandResponse bytes; ``request`` is the raw request."""
@@ -216,9 +264,9 @@ class DefinitionService:
         return self._catalog_info_now(require_snapshot(self._store))
 
     def _catalog_info_now(self, snap: LoadedSnapshot) -> bytes:
-        # Serialized messages concatenate: the appended fields set pinned_version and snapshot_age_s.
+        # Serialized messages concatenate: the appended fields set pinned_version, snapshot_age_s and store.
         now = CatalogInfo(pinned_version=self._store.pinned_version, snapshot_age_s=snapshot_age_s(snap.info))
-        return snap.catalog_info + now.SerializeToString()
+        return snap.catalog_info + now.SerializeToString() + self._store_status.current()
 
     async def sync_catalog(self, data: bytes, disconnected: asyncio.Future[None]) -> AsyncIterator[bytes]:
         """SyncCatalog: a header, then the file in pre-framed chunks (or only an up-to-date header).

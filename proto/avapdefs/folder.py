@@ -9,6 +9,7 @@ cache) all call it. A folder holds:
     PIN                                        a version number: serve that one, not the newest
     .lock                                      the exporter's lock (flock; never deleted)
     .export-state                              the exporter's record of the table it last read (exporter/unchanged.py)
+    .source-state                              how a server following an object store is doing (remote.Follower)
     .serving/                                  the server's mapped serving images, one per version (server/image.py)
     .tmp-*                                     files being written; never match a name above
 
@@ -21,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import json
 import logging
 import os
 import re
@@ -50,6 +52,8 @@ DELTA_SUFFIX = ".avdelta"
 TEMP_PREFIX = ".tmp-"
 PIN_NAME = "PIN"
 LOCK_NAME = ".lock"
+SOURCE_STATE_NAME = ".source-state"
+_MAX_SOURCE_STATE_BYTES = 64 << 10
 _NAME = re.compile(r"^catalog-(\d{10,})\.avsnap$")
 _DELTA_NAME = re.compile(r"^catalog-(\d{10,})\.from-(\d{10,})\.avdelta$")
 _TEMP_WRITER = re.compile(r"\.(\d{1,10})\.[0-9a-f]{8}$")  # atomic_file's ".<pid>.<random>" ending
@@ -390,3 +394,25 @@ def _prune_deltas(folder: Path) -> list[Path]:
             path.unlink()
         logger.info("deleted %s (its base or target snapshot is gone)", path.name)
     return doomed
+
+
+def write_source_state(folder: Path, state: dict[str, object]) -> None:
+    """Record, atomically, how the folder's follower of an object store is doing (a small JSON object)."""
+    with atomic_file(folder / SOURCE_STATE_NAME) as file:
+        file.write(json.dumps(state, sort_keys=True).encode("utf-8"))
+
+
+def read_source_state(folder: Path) -> dict[str, object] | None:
+    """The follower's record in ``folder``, or None when there is none or it cannot be read."""
+    try:
+        data = fileio.read_bytes(folder / SOURCE_STATE_NAME, "source state", prefix_bytes=_MAX_SOURCE_STATE_BYTES)
+        state = json.loads(data)
+    except (SnapshotError, ValueError):
+        return None
+    return state if isinstance(state, dict) else None
+
+
+def remove_source_state(folder: Path) -> None:
+    """Forget a follower's record (a server that no longer follows a store); a read-only folder keeps it."""
+    with contextlib.suppress(OSError):
+        (folder / SOURCE_STATE_NAME).unlink()

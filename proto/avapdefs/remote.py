@@ -59,6 +59,7 @@ from avapdefs.folder import (
     read_newest_header,
     remove_temp_files,
     snapshot_name,
+    write_source_state,
 )
 from avapdefs.format.delta import apply_delta, decode_delta, target_info
 from avapdefs.format.snapshot import SnapshotInfo, verify
@@ -623,20 +624,64 @@ class Follower:
         poll_s: the time between polls, on average.
         jitter: each wait is ``poll_s`` times a random factor in 1 ± ``jitter``, so a fleet spreads out.
         keep: how many versions the folder keeps.
+        record: keep ``state`` in the folder's ``.source-state`` too (on each change, and at
+            least every ``RECORD_EVERY_S`` while it reaches the store), for the serving processes
+            to report in GetCatalogInfo.
     """
 
-    def __init__(self, remote: Remote, folder: Path, *, poll_s: float = 5.0, jitter: float = 0.2, keep: int = 2):
+    RECORD_EVERY_S = 30.0
+
+    def __init__(
+        self,
+        remote: Remote,
+        folder: Path,
+        *,
+        poll_s: float = 5.0,
+        jitter: float = 0.2,
+        keep: int = 2,
+        record: bool = False,
+    ):
         self.remote = remote
         self.folder = folder
         self.poll_s = poll_s
         self.jitter = jitter
         self.keep = keep
         self.state = FollowState()
+        self.record = record
+        self._recorded: tuple[object, ...] | None = None
+        self._recorded_at = 0.0
         self._etag: str | None = None
         self._random = random.Random()
 
     def poll(self) -> PullResult | None:
         """Pull once; None when the poll failed (the reason is in ``state.last_error`` and the log)."""
+        try:
+            result = self._pull()
+        finally:
+            if self.record:
+                self._write_record()
+        return result
+
+    def _write_record(self) -> None:
+        state = self.state
+        key = (state.reachable, state.version, state.last_error)
+        if key == self._recorded and time.monotonic() - self._recorded_at < self.RECORD_EVERY_S:
+            return
+        record = {
+            "url": self.remote.url,
+            "reachable": bool(state.reachable),
+            "last_success_unix_ms": int(state.last_success_unix * 1000),
+            "last_error": state.last_error,
+            "announced_version": state.version,
+        }
+        try:
+            write_source_state(self.folder, record)
+        except OSError as exc:
+            logger.warning("cannot record the store's state in %s: %s", self.folder, exc.strerror or exc)
+            return
+        self._recorded, self._recorded_at = key, time.monotonic()
+
+    def _pull(self) -> PullResult | None:
         try:
             result = self.remote.pull(self.folder, etag=self._etag, keep=self.keep)
         except (RemoteError, SnapshotError, OSError) as exc:

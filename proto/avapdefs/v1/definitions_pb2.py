@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1d\x61vapdefs/v1/definitions.proto\x12\x0b\x61vapdefs.v1\"\xb4\x02\n\x07\x43ommand\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04type\x18\x02 \x01(\t\x12\x16\n\x0einterface_json\x18\x03 \x01(\t\x12\x0c\n\x04\x63ode\x18\x04 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x05 \x01(\t\x12\r\n\x05logic\x18\x06 \x01(\x08\x12\x16\n\x0e\x63omponent_type\x18\x07 \x01(\t\x12\x0f\n\x07service\x18\x08 \x01(\t\x12\x0f\n\x07\x63ommand\x18\t \x01(\t\x12\x11\n\tsource_id\x18\n \x01(\x03\x12\x10\n\x08\x62ytecode\x18\x0b \x01(\x0c\x12\x18\n\x10\x62ytecode_version\x18\x0c \x01(\x05\x12\x1c\n\x14\x62ytecode_source_hash\x18\r \x01(\t\x12\x16\n\x0esigned_package\x18\x0e \x01(\x0c\x12\x14\n\x0c\x63ontent_hash\x18\x0f \x01(\x0c\"1\n\x07\x43\x61talog\x12&\n\x08\x63ommands\x18\x01 \x03(\x0b\x32\x14.avapdefs.v1.Command\"\xb6\x02\n\x0eSnapshotHeader\x12\x1c\n\x0f\x63\x61talog_version\x18\x01 \x01(\x06H\x00\x88\x01\x01\x12\x14\n\x0c\x63ontent_hash\x18\x02 \x01(\x0c\x12\x1c\n\x0f\x63ompressed_size\x18\x03 \x01(\x06H\x01\x88\x01\x01\x12\x1e\n\x11uncompressed_size\x18\x04 \x01(\x06H\x02\x88\x01\x01\x12\x1a\n\rcommand_count\x18\x05 \x01(\x07H\x03\x88\x01\x01\x12\x1f\n\x12\x63reated_at_unix_ms\x18\x06 \x01(\x06H\x04\x88\x01\x01\x12\x0e\n\x06source\x18\x07 \x01(\tB\x12\n\x10_catalog_versionB\x12\n\x10_compressed_sizeB\x14\n\x12_uncompressed_sizeB\x10\n\x0e_command_countB\x15\n\x13_created_at_unix_ms\"\x94\x01\n\x0c\x43\x61talogDelta\x12\x14\n\x0c\x62\x61se_version\x18\x01 \x01(\x06\x12\x19\n\x11\x62\x61se_content_hash\x18\x02 \x01(\x0c\x12+\n\x06target\x18\x03 \x01(\x0b\x32\x1b.avapdefs.v1.SnapshotHeader\x12\x15\n\rremoved_names\x18\x04 \x03(\t\x12\x0f\n\x07upserts\x18\x05 \x03(\x0c\"\xa1\x02\n\x0b\x43\x61talogInfo\x12\x0f\n\x07version\x18\x01 \x01(\x04\x12\x14\n\x0c\x63ontent_hash\x18\x02 \x01(\x0c\x12\x15\n\rcommand_count\x18\x03 \x01(\r\x12\x17\n\x0f\x63ompressed_size\x18\x04 \x01(\x04\x12\x19\n\x11uncompressed_size\x18\x05 \x01(\x04\x12\x11\n\tfile_size\x18\x06 \x01(\x04\x12\x1a\n\x12\x63reated_at_unix_ms\x18\x07 \x01(\x03\x12\x19\n\x11loaded_at_unix_ms\x18\x08 \x01(\x03\x12\x0e\n\x06source\x18\t \x01(\t\x12\x16\n\x0e\x66ormat_version\x18\n \x01(\r\x12\x16\n\x0epinned_version\x18\x0b \x01(\x04\x12\x16\n\x0esnapshot_age_s\x18\x0c \x01(\x01\"!\n\x11GetCommandRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\";\n\x12GetCommandResponse\x12%\n\x07\x63ommand\x18\x01 \x01(\x0b\x32\x14.avapdefs.v1.Command\"(\n\x17\x42\x61tchGetCommandsRequest\x12\r\n\x05names\x18\x01 \x03(\t\"r\n\x18\x42\x61tchGetCommandsResponse\x12&\n\x08\x63ommands\x18\x01 \x03(\x0b\x32\x14.avapdefs.v1.Command\x12\x15\n\rmissing_names\x18\x02 \x03(\t\x12\x17\n\x0f\x63\x61talog_version\x18\x03 \x01(\x04\"i\n\x13ListCommandsRequest\x12\x0e\n\x06prefix\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\r\x12\x12\n\npage_token\x18\x03 \x01(\t\x12\x1b\n\x13include_definitions\x18\x04 \x01(\x08\"\x7f\n\x14ListCommandsResponse\x12\r\n\x05names\x18\x01 \x03(\t\x12&\n\x08\x63ommands\x18\x02 \x03(\x0b\x32\x14.avapdefs.v1.Command\x12\x17\n\x0fnext_page_token\x18\x03 \x01(\t\x12\x17\n\x0f\x63\x61talog_version\x18\x04 \x01(\x04\"\x17\n\x15GetCatalogInfoRequest\"[\n\x12SyncCatalogRequest\x12\x14\n\x0chave_version\x18\x01 \x01(\x04\x12\x19\n\x11have_content_hash\x18\x02 \x01(\x0c\x12\x14\n\x0c\x61\x63\x63\x65pt_delta\x18\x03 \x01(\x08\"\xf3\x01\n\nSyncHeader\x12*\n\x04kind\x18\x01 \x01(\x0e\x32\x1c.avapdefs.v1.SyncHeader.Kind\x12)\n\x07\x63\x61talog\x18\x02 \x01(\x0b\x32\x18.avapdefs.v1.CatalogInfo\x12\x11\n\tdata_size\x18\x03 \x01(\x04\x12\x14\n\x0c\x62\x61se_version\x18\x04 \x01(\x04\x12\x13\n\x0b\x64\x61ta_sha256\x18\x05 \x01(\x0c\"P\n\x04Kind\x12\x14\n\x10KIND_UNSPECIFIED\x10\x00\x12\x13\n\x0fKIND_UP_TO_DATE\x10\x01\x12\r\n\tKIND_FULL\x10\x02\x12\x0e\n\nKIND_DELTA\x10\x03\"\\\n\x13SyncCatalogResponse\x12)\n\x06header\x18\x01 \x01(\x0b\x32\x17.avapdefs.v1.SyncHeaderH\x00\x12\x0f\n\x05\x63hunk\x18\x02 \x01(\x0cH\x00\x42\t\n\x07message\"+\n\x13WatchCatalogRequest\x12\x14\n\x0chave_version\x18\x01 \x01(\x04\"i\n\x14WatchCatalogResponse\x12+\n\x07\x63\x61talog\x18\x01 \x01(\x0b\x32\x18.avapdefs.v1.CatalogInfoH\x00\x12\x1b\n\x11heartbeat_unix_ms\x18\x02 \x01(\x03H\x00\x42\x07\n\x05\x65vent2\x93\x04\n\x11\x44\x65\x66initionService\x12M\n\nGetCommand\x12\x1e.avapdefs.v1.GetCommandRequest\x1a\x1f.avapdefs.v1.GetCommandResponse\x12_\n\x10\x42\x61tchGetCommands\x12$.avapdefs.v1.BatchGetCommandsRequest\x1a%.avapdefs.v1.BatchGetCommandsResponse\x12S\n\x0cListCommands\x12 .avapdefs.v1.ListCommandsRequest\x1a!.avapdefs.v1.ListCommandsResponse\x12N\n\x0eGetCatalogInfo\x12\".avapdefs.v1.GetCatalogInfoRequest\x1a\x18.avapdefs.v1.CatalogInfo\x12R\n\x0bSyncCatalog\x12\x1f.avapdefs.v1.SyncCatalogRequest\x1a .avapdefs.v1.SyncCatalogResponse0\x01\x12U\n\x0cWatchCatalog\x12 .avapdefs.v1.WatchCatalogRequest\x1a!.avapdefs.v1.WatchCatalogResponse0\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1d\x61vapdefs/v1/definitions.proto\x12\x0b\x61vapdefs.v1\"\xb4\x02\n\x07\x43ommand\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04type\x18\x02 \x01(\t\x12\x16\n\x0einterface_json\x18\x03 \x01(\t\x12\x0c\n\x04\x63ode\x18\x04 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x05 \x01(\t\x12\r\n\x05logic\x18\x06 \x01(\x08\x12\x16\n\x0e\x63omponent_type\x18\x07 \x01(\t\x12\x0f\n\x07service\x18\x08 \x01(\t\x12\x0f\n\x07\x63ommand\x18\t \x01(\t\x12\x11\n\tsource_id\x18\n \x01(\x03\x12\x10\n\x08\x62ytecode\x18\x0b \x01(\x0c\x12\x18\n\x10\x62ytecode_version\x18\x0c \x01(\x05\x12\x1c\n\x14\x62ytecode_source_hash\x18\r \x01(\t\x12\x16\n\x0esigned_package\x18\x0e \x01(\x0c\x12\x14\n\x0c\x63ontent_hash\x18\x0f \x01(\x0c\"1\n\x07\x43\x61talog\x12&\n\x08\x63ommands\x18\x01 \x03(\x0b\x32\x14.avapdefs.v1.Command\"\xb6\x02\n\x0eSnapshotHeader\x12\x1c\n\x0f\x63\x61talog_version\x18\x01 \x01(\x06H\x00\x88\x01\x01\x12\x14\n\x0c\x63ontent_hash\x18\x02 \x01(\x0c\x12\x1c\n\x0f\x63ompressed_size\x18\x03 \x01(\x06H\x01\x88\x01\x01\x12\x1e\n\x11uncompressed_size\x18\x04 \x01(\x06H\x02\x88\x01\x01\x12\x1a\n\rcommand_count\x18\x05 \x01(\x07H\x03\x88\x01\x01\x12\x1f\n\x12\x63reated_at_unix_ms\x18\x06 \x01(\x06H\x04\x88\x01\x01\x12\x0e\n\x06source\x18\x07 \x01(\tB\x12\n\x10_catalog_versionB\x12\n\x10_compressed_sizeB\x14\n\x12_uncompressed_sizeB\x10\n\x0e_command_countB\x15\n\x13_created_at_unix_ms\"\x94\x01\n\x0c\x43\x61talogDelta\x12\x14\n\x0c\x62\x61se_version\x18\x01 \x01(\x06\x12\x19\n\x11\x62\x61se_content_hash\x18\x02 \x01(\x0c\x12+\n\x06target\x18\x03 \x01(\x0b\x32\x1b.avapdefs.v1.SnapshotHeader\x12\x15\n\rremoved_names\x18\x04 \x03(\t\x12\x0f\n\x07upserts\x18\x05 \x03(\x0c\"\xca\x02\n\x0b\x43\x61talogInfo\x12\x0f\n\x07version\x18\x01 \x01(\x04\x12\x14\n\x0c\x63ontent_hash\x18\x02 \x01(\x0c\x12\x15\n\rcommand_count\x18\x03 \x01(\r\x12\x17\n\x0f\x63ompressed_size\x18\x04 \x01(\x04\x12\x19\n\x11uncompressed_size\x18\x05 \x01(\x04\x12\x11\n\tfile_size\x18\x06 \x01(\x04\x12\x1a\n\x12\x63reated_at_unix_ms\x18\x07 \x01(\x03\x12\x19\n\x11loaded_at_unix_ms\x18\x08 \x01(\x03\x12\x0e\n\x06source\x18\t \x01(\t\x12\x16\n\x0e\x66ormat_version\x18\n \x01(\r\x12\x16\n\x0epinned_version\x18\x0b \x01(\x04\x12\x16\n\x0esnapshot_age_s\x18\x0c \x01(\x01\x12\'\n\x05store\x18\r \x01(\x0b\x32\x18.avapdefs.v1.StoreStatus\"z\n\x0bStoreStatus\x12\x0b\n\x03url\x18\x01 \x01(\t\x12\x11\n\treachable\x18\x02 \x01(\x08\x12\x1c\n\x14last_success_unix_ms\x18\x03 \x01(\x03\x12\x12\n\nlast_error\x18\x04 \x01(\t\x12\x19\n\x11\x61nnounced_version\x18\x05 \x01(\x04\"!\n\x11GetCommandRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\";\n\x12GetCommandResponse\x12%\n\x07\x63ommand\x18\x01 \x01(\x0b\x32\x14.avapdefs.v1.Command\"(\n\x17\x42\x61tchGetCommandsRequest\x12\r\n\x05names\x18\x01 \x03(\t\"r\n\x18\x42\x61tchGetCommandsResponse\x12&\n\x08\x63ommands\x18\x01 \x03(\x0b\x32\x14.avapdefs.v1.Command\x12\x15\n\rmissing_names\x18\x02 \x03(\t\x12\x17\n\x0f\x63\x61talog_version\x18\x03 \x01(\x04\"i\n\x13ListCommandsRequest\x12\x0e\n\x06prefix\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\r\x12\x12\n\npage_token\x18\x03 \x01(\t\x12\x1b\n\x13include_definitions\x18\x04 \x01(\x08\"\x7f\n\x14ListCommandsResponse\x12\r\n\x05names\x18\x01 \x03(\t\x12&\n\x08\x63ommands\x18\x02 \x03(\x0b\x32\x14.avapdefs.v1.Command\x12\x17\n\x0fnext_page_token\x18\x03 \x01(\t\x12\x17\n\x0f\x63\x61talog_version\x18\x04 \x01(\x04\"\x17\n\x15GetCatalogInfoRequest\"[\n\x12SyncCatalogRequest\x12\x14\n\x0chave_version\x18\x01 \x01(\x04\x12\x19\n\x11have_content_hash\x18\x02 \x01(\x0c\x12\x14\n\x0c\x61\x63\x63\x65pt_delta\x18\x03 \x01(\x08\"\xf3\x01\n\nSyncHeader\x12*\n\x04kind\x18\x01 \x01(\x0e\x32\x1c.avapdefs.v1.SyncHeader.Kind\x12)\n\x07\x63\x61talog\x18\x02 \x01(\x0b\x32\x18.avapdefs.v1.CatalogInfo\x12\x11\n\tdata_size\x18\x03 \x01(\x04\x12\x14\n\x0c\x62\x61se_version\x18\x04 \x01(\x04\x12\x13\n\x0b\x64\x61ta_sha256\x18\x05 \x01(\x0c\"P\n\x04Kind\x12\x14\n\x10KIND_UNSPECIFIED\x10\x00\x12\x13\n\x0fKIND_UP_TO_DATE\x10\x01\x12\r\n\tKIND_FULL\x10\x02\x12\x0e\n\nKIND_DELTA\x10\x03\"\\\n\x13SyncCatalogResponse\x12)\n\x06header\x18\x01 \x01(\x0b\x32\x17.avapdefs.v1.SyncHeaderH\x00\x12\x0f\n\x05\x63hunk\x18\x02 \x01(\x0cH\x00\x42\t\n\x07message\"+\n\x13WatchCatalogRequest\x12\x14\n\x0chave_version\x18\x01 \x01(\x04\"i\n\x14WatchCatalogResponse\x12+\n\x07\x63\x61talog\x18\x01 \x01(\x0b\x32\x18.avapdefs.v1.CatalogInfoH\x00\x12\x1b\n\x11heartbeat_unix_ms\x18\x02 \x01(\x03H\x00\x42\x07\n\x05\x65vent2\x93\x04\n\x11\x44\x65\x66initionService\x12M\n\nGetCommand\x12\x1e.avapdefs.v1.GetCommandRequest\x1a\x1f.avapdefs.v1.GetCommandResponse\x12_\n\x10\x42\x61tchGetCommands\x12$.avapdefs.v1.BatchGetCommandsRequest\x1a%.avapdefs.v1.BatchGetCommandsResponse\x12S\n\x0cListCommands\x12 .avapdefs.v1.ListCommandsRequest\x1a!.avapdefs.v1.ListCommandsResponse\x12N\n\x0eGetCatalogInfo\x12\".avapdefs.v1.GetCatalogInfoRequest\x1a\x18.avapdefs.v1.CatalogInfo\x12R\n\x0bSyncCatalog\x12\x1f.avapdefs.v1.SyncCatalogRequest\x1a .avapdefs.v1.SyncCatalogResponse0\x01\x12U\n\x0cWatchCatalog\x12 .avapdefs.v1.WatchCatalogRequest\x1a!.avapdefs.v1.WatchCatalogResponse0\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -40,33 +40,35 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_CATALOGDELTA']._serialized_start=722
   _globals['_CATALOGDELTA']._serialized_end=870
   _globals['_CATALOGINFO']._serialized_start=873
-  _globals['_CATALOGINFO']._serialized_end=1162
-  _globals['_GETCOMMANDREQUEST']._serialized_start=1164
-  _globals['_GETCOMMANDREQUEST']._serialized_end=1197
-  _globals['_GETCOMMANDRESPONSE']._serialized_start=1199
-  _globals['_GETCOMMANDRESPONSE']._serialized_end=1258
-  _globals['_BATCHGETCOMMANDSREQUEST']._serialized_start=1260
-  _globals['_BATCHGETCOMMANDSREQUEST']._serialized_end=1300
-  _globals['_BATCHGETCOMMANDSRESPONSE']._serialized_start=1302
-  _globals['_BATCHGETCOMMANDSRESPONSE']._serialized_end=1416
-  _globals['_LISTCOMMANDSREQUEST']._serialized_start=1418
-  _globals['_LISTCOMMANDSREQUEST']._serialized_end=1523
-  _globals['_LISTCOMMANDSRESPONSE']._serialized_start=1525
-  _globals['_LISTCOMMANDSRESPONSE']._serialized_end=1652
-  _globals['_GETCATALOGINFOREQUEST']._serialized_start=1654
-  _globals['_GETCATALOGINFOREQUEST']._serialized_end=1677
-  _globals['_SYNCCATALOGREQUEST']._serialized_start=1679
-  _globals['_SYNCCATALOGREQUEST']._serialized_end=1770
-  _globals['_SYNCHEADER']._serialized_start=1773
-  _globals['_SYNCHEADER']._serialized_end=2016
-  _globals['_SYNCHEADER_KIND']._serialized_start=1936
-  _globals['_SYNCHEADER_KIND']._serialized_end=2016
-  _globals['_SYNCCATALOGRESPONSE']._serialized_start=2018
-  _globals['_SYNCCATALOGRESPONSE']._serialized_end=2110
-  _globals['_WATCHCATALOGREQUEST']._serialized_start=2112
-  _globals['_WATCHCATALOGREQUEST']._serialized_end=2155
-  _globals['_WATCHCATALOGRESPONSE']._serialized_start=2157
-  _globals['_WATCHCATALOGRESPONSE']._serialized_end=2262
-  _globals['_DEFINITIONSERVICE']._serialized_start=2265
-  _globals['_DEFINITIONSERVICE']._serialized_end=2796
+  _globals['_CATALOGINFO']._serialized_end=1203
+  _globals['_STORESTATUS']._serialized_start=1205
+  _globals['_STORESTATUS']._serialized_end=1327
+  _globals['_GETCOMMANDREQUEST']._serialized_start=1329
+  _globals['_GETCOMMANDREQUEST']._serialized_end=1362
+  _globals['_GETCOMMANDRESPONSE']._serialized_start=1364
+  _globals['_GETCOMMANDRESPONSE']._serialized_end=1423
+  _globals['_BATCHGETCOMMANDSREQUEST']._serialized_start=1425
+  _globals['_BATCHGETCOMMANDSREQUEST']._serialized_end=1465
+  _globals['_BATCHGETCOMMANDSRESPONSE']._serialized_start=1467
+  _globals['_BATCHGETCOMMANDSRESPONSE']._serialized_end=1581
+  _globals['_LISTCOMMANDSREQUEST']._serialized_start=1583
+  _globals['_LISTCOMMANDSREQUEST']._serialized_end=1688
+  _globals['_LISTCOMMANDSRESPONSE']._serialized_start=1690
+  _globals['_LISTCOMMANDSRESPONSE']._serialized_end=1817
+  _globals['_GETCATALOGINFOREQUEST']._serialized_start=1819
+  _globals['_GETCATALOGINFOREQUEST']._serialized_end=1842
+  _globals['_SYNCCATALOGREQUEST']._serialized_start=1844
+  _globals['_SYNCCATALOGREQUEST']._serialized_end=1935
+  _globals['_SYNCHEADER']._serialized_start=1938
+  _globals['_SYNCHEADER']._serialized_end=2181
+  _globals['_SYNCHEADER_KIND']._serialized_start=2101
+  _globals['_SYNCHEADER_KIND']._serialized_end=2181
+  _globals['_SYNCCATALOGRESPONSE']._serialized_start=2183
+  _globals['_SYNCCATALOGRESPONSE']._serialized_end=2275
+  _globals['_WATCHCATALOGREQUEST']._serialized_start=2277
+  _globals['_WATCHCATALOGREQUEST']._serialized_end=2320
+  _globals['_WATCHCATALOGRESPONSE']._serialized_start=2322
+  _globals['_WATCHCATALOGRESPONSE']._serialized_end=2427
+  _globals['_DEFINITIONSERVICE']._serialized_start=2430
+  _globals['_DEFINITIONSERVICE']._serialized_end=2961
 # @@protoc_insertion_point(module_scope)

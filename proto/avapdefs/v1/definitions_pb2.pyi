@@ -259,6 +259,7 @@ class CatalogInfo(_message.Message):
     FORMAT_VERSION_FIELD_NUMBER: _builtins.int
     PINNED_VERSION_FIELD_NUMBER: _builtins.int
     SNAPSHOT_AGE_S_FIELD_NUMBER: _builtins.int
+    STORE_FIELD_NUMBER: _builtins.int
     version: _builtins.int
     content_hash: _builtins.bytes
     command_count: _builtins.int
@@ -276,6 +277,10 @@ class CatalogInfo(_message.Message):
     """Seconds since this version was created (created_at_unix_ms), when the server answered.
     Set in GetCatalogInfo and WatchCatalog answers; 0 in a SyncCatalog header and in a file.
     """
+    @_builtins.property
+    def store(self) -> Global___StoreStatus:
+        """Set when the server follows an object store (avap-server --source); absent otherwise."""
+
     def __init__(
         self,
         *,
@@ -291,14 +296,53 @@ class CatalogInfo(_message.Message):
         format_version: _builtins.int = ...,
         pinned_version: _builtins.int = ...,
         snapshot_age_s: _builtins.float = ...,
+        store: Global___StoreStatus | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["store", b"store"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["command_count", b"command_count", "compressed_size", b"compressed_size", "content_hash", b"content_hash", "created_at_unix_ms", b"created_at_unix_ms", "file_size", b"file_size", "format_version", b"format_version", "loaded_at_unix_ms", b"loaded_at_unix_ms", "pinned_version", b"pinned_version", "snapshot_age_s", b"snapshot_age_s", "source", b"source", "uncompressed_size", b"uncompressed_size", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["command_count", b"command_count", "compressed_size", b"compressed_size", "content_hash", b"content_hash", "created_at_unix_ms", b"created_at_unix_ms", "file_size", b"file_size", "format_version", b"format_version", "loaded_at_unix_ms", b"loaded_at_unix_ms", "pinned_version", b"pinned_version", "snapshot_age_s", b"snapshot_age_s", "source", b"source", "store", b"store", "uncompressed_size", b"uncompressed_size", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___CatalogInfo: _TypeAlias = CatalogInfo  # noqa: Y015
+
+@_typing.final
+class StoreStatus(_message.Message):
+    """How a server that follows an object store (--source) is doing with it."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    URL_FIELD_NUMBER: _builtins.int
+    REACHABLE_FIELD_NUMBER: _builtins.int
+    LAST_SUCCESS_UNIX_MS_FIELD_NUMBER: _builtins.int
+    LAST_ERROR_FIELD_NUMBER: _builtins.int
+    ANNOUNCED_VERSION_FIELD_NUMBER: _builtins.int
+    url: _builtins.str
+    """the store, without credentials"""
+    reachable: _builtins.bool
+    """the last poll reached the store"""
+    last_success_unix_ms: _builtins.int
+    """when a poll last reached it; 0 never"""
+    last_error: _builtins.str
+    """what the last failed poll said; empty after a success"""
+    announced_version: _builtins.int
+    """the version the store announced when last reached; 0 none yet"""
+    def __init__(
+        self,
+        *,
+        url: _builtins.str = ...,
+        reachable: _builtins.bool = ...,
+        last_success_unix_ms: _builtins.int = ...,
+        last_error: _builtins.str = ...,
+        announced_version: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["announced_version", b"announced_version", "last_error", b"last_error", "last_success_unix_ms", b"last_success_unix_ms", "reachable", b"reachable", "url", b"url"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___StoreStatus: _TypeAlias = StoreStatus  # noqa: Y015
 
 @_typing.final
 class GetCommandRequest(_message.Message):
