@@ -1,6 +1,7 @@
 """``avap-export``: the command line. The only module that reads the environment or configures logging.
 
     avap-export [options]                       export the tables into a new snapshot (the cron job)
+    avap-export --every 60s [options]           the same on a schedule, in one process, until SIGTERM
     avap-export inspect FILE [--diff OTHER]     verify and describe a snapshot or delta; list changes to OTHER
     avap-export load-sample [options]           create the legacy tables and load the sample catalog
 
@@ -9,24 +10,28 @@ Exit codes (docs/exporter.md): 0 success (published, unchanged, or loaded),
 failed, 4 table or column missing, 5 bad rows, 6 refused by a guard,
 7 another exporter holds the lock, 8 snapshot folder not writable,
 9 invalid snapshot file, 10 published locally but not to the object store
-(``--publish``; the next run completes it), 130 interrupted.
+(``--publish``; the next run completes it), 130 interrupted. With ``--every``
+each run's code is printed with its failure line, and the process ends with 0
+on SIGTERM or 130 on SIGINT (``exporter/schedule.py``).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import logging
 import os
 import sys
+import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from avapdefs.errors import LockedError, OptionError, SnapshotError
 from avapdefs.folder import folder_lock
-from avapdefs.options import Option, add_options, parse_bool, parse_log_level, resolve
-from exporter import inspection
+from avapdefs.options import Option, add_options, duration_s, parse_bool, parse_log_level, resolve
+from exporter import inspection, metrics, schedule
 from exporter.config import DEFAULT_FILE_MODE, ExportConfig
 from exporter.errors import (
     BadDataError,
@@ -36,7 +41,7 @@ from exporter.errors import (
     SchemaError,
     SourceError,
 )
-from exporter.export import run_export
+from exporter.export import ExportResult, run_export
 from exporter.sample import load_sample
 from exporter.source import connect
 
@@ -163,6 +168,32 @@ _PUBLISH = Option(
     "then upload the newest version and its deltas to object storage and announce it: s3://bucket/prefix, "
     "gs://, az://, file:///path (credentials and endpoint from AWS_* and the like; needs the cloud extra)",
 )
+
+
+def _textfile(text: str) -> Path:
+    path = Path(text)
+    if path.suffix != metrics.SUFFIX:
+        raise ValueError(f"{text!r} does not end in {metrics.SUFFIX}, the only files node-exporter's collector reads")
+    return path
+
+
+# Neither is an ExportConfig field: they decide when runs happen and what is written after each.
+_EVERY = Option(
+    "--every",
+    "AVAP_EXPORT_EVERY",
+    "every_s",
+    duration_s,
+    "export on this schedule (90s, 15m, 2h, 1d) in one long-lived process, runs never overlapping, until "
+    "SIGTERM (exit 0) or SIGINT (130); a failed run prints its exit code and the next one runs on time",
+)
+_METRICS_TEXTFILE = Option(
+    "--metrics-textfile",
+    "AVAP_EXPORT_METRICS_TEXTFILE",
+    "metrics_textfile",
+    _textfile,
+    "after each run, write its metrics (avap_export_*) to this .prom file for node-exporter's textfile "
+    "collector, replaced atomically",
+)
 _DEFAULTS = {field.name: field.default for field in dataclasses.fields(ExportConfig)}
 _SHOWN_DEFAULTS = {**_DEFAULTS, "file_mode": f"{DEFAULT_FILE_MODE:04o}"}
 
@@ -183,11 +214,21 @@ def _export_parser() -> argparse.ArgumentParser:
         "Other commands: 'avap-export inspect FILE [--diff OTHER]', 'avap-export load-sample'.",
         epilog="Exit codes: 0 ok or unchanged, 2 usage, 3 database, 4 missing table/column, 5 bad rows, "
         "6 refused by a guard, 7 locked by another exporter, 8 snapshot folder, 10 published locally but not to "
-        "the object store (--publish; the next run completes it), 1 unexpected.",
+        "the object store (--publish; the next run completes it), 1 unexpected. With --every: each run's code "
+        "on its failure line; 0 after SIGTERM, 130 after SIGINT.",
     )
-    add_options(parser, (*_EXPORT_OPTIONS, _NO_PROGRESS, _PUBLISH), _SHOWN_DEFAULTS)
+    add_options(parser, (*_EXPORT_OPTIONS, _NO_PROGRESS, _PUBLISH, _EVERY, _METRICS_TEXTFILE), _SHOWN_DEFAULTS)
     _add_logging(parser)
     return parser
+
+
+@dataclasses.dataclass(frozen=True)
+class _Job:
+    """What every run of one ``avap-export`` does: the export, then the store, then the metrics file."""
+
+    config: ExportConfig
+    store: Remote | None = None
+    textfile: metrics.Textfile | None = None
 
 
 def _run_export(args: argparse.Namespace, env: Mapping[str, str]) -> int:
@@ -197,11 +238,59 @@ def _run_export(args: argparse.Namespace, env: Mapping[str, str]) -> int:
         values["signing_key"] = env["AVAP_SIGNING_KEY"].encode("utf-8")
     quiet = resolve(args, env, (_NO_PROGRESS,)).get(_NO_PROGRESS.field, False)
     config = ExportConfig(**values, progress=not quiet and sys.stderr.isatty())
-    url = resolve(args, env, (_PUBLISH,)).get(_PUBLISH.field)
-    store = _store(url, env) if url is not None else None  # a bad URL is refused before any work
-    result = run_export(config, progress=sys.stderr if config.progress else None)
-    print(result.summary(), flush=True)
-    return _publish(store, config.snapshots) if store is not None else EXIT_OK
+    extra = resolve(args, env, (_PUBLISH, _EVERY, _METRICS_TEXTFILE))
+    store = _store(extra["publish"], env) if "publish" in extra else None  # a bad URL is refused before any work
+    textfile = _metrics_textfile(extra["metrics_textfile"], config) if "metrics_textfile" in extra else None
+    job = _Job(config, store, textfile)
+    if "every_s" in extra:
+        return schedule.run_every(extra["every_s"], lambda signals: _run_once(job, signals.interruptible), prog=PROG)
+    end = _run_once(job, contextlib.nullcontext)
+    if end.failure is not None:
+        print(f"{PROG}: {end.failure}", file=sys.stderr, flush=True)
+    return end.code
+
+
+def _metrics_textfile(path: Path, config: ExportConfig) -> metrics.Textfile:
+    if not path.parent.is_dir():  # refused before any work, not after the first run
+        raise ConfigError(f"--metrics-textfile {path}: the folder {path.parent} does not exist")
+    return metrics.Textfile(path, mode=config.file_mode)
+
+
+def _run_once(job: _Job, interruptible: Callable[[], contextlib.AbstractContextManager[None]]) -> schedule.RunEnd:
+    """One run: export, print its summary, publish to the store, then write its metrics. Errors become exit codes;
+    an interrupt (KeyboardInterrupt, or ``schedule.Stopped`` within ``interruptible``) goes through, unrecorded."""
+    config, started, result = job.config, time.monotonic(), None
+    stored = None if job.store is None else False  # False until the store announces the newest version
+    try:
+        with interruptible():
+            result = run_export(config, progress=sys.stderr if config.progress else None)
+            print(result.summary(), flush=True)
+            failure = _publish(job.store, config.snapshots) if job.store is not None else None
+        stored = None if job.store is None else failure is None
+        end = schedule.RunEnd(EXIT_OK if failure is None else EXIT_STORE, failure)
+    except Exception as exc:
+        end = _failure(exc)
+    if job.textfile is not None:
+        _record(job.textfile, end.code, time.monotonic() - started, result, stored)
+    return end
+
+
+def _failure(exc: Exception) -> schedule.RunEnd:
+    code = _exit_code(exc)
+    if code is None:
+        logger.exception("unexpected error")
+        return schedule.RunEnd(EXIT_UNEXPECTED, f"unexpected error: {exc}")
+    return schedule.RunEnd(code, str(exc))
+
+
+def _record(
+    textfile: metrics.Textfile, code: int, seconds: float, result: ExportResult | None, stored: bool | None
+) -> None:
+    record = metrics.RunRecord(code, seconds, time.time(), result, stored)
+    try:
+        textfile.record(record)
+    except OSError as exc:  # the run's own code stands; the metrics' last success goes stale, which alerts
+        print(f"{PROG}: cannot write the metrics textfile {textfile.path}: {exc.strerror or exc}", file=sys.stderr)
 
 
 def _store(url: str, env: Mapping[str, str]) -> Remote:
@@ -215,23 +304,26 @@ def _store(url: str, env: Mapping[str, str]) -> Remote:
         raise ConfigError(str(exc)) from None
 
 
-def _publish(store: Remote, folder: Path) -> int:
-    """Publish the folder's newest version to the store, under the folder's lock (so retention agrees)."""
+def _publish(store: Remote, folder: Path) -> str | None:
+    """Publish the folder's newest version to the store, under the folder's lock (so retention agrees).
+
+    Returns:
+        None, or the line saying why the store was not reached (exit 10; the next run completes it).
+    """
     from avapdefs.remote import RemoteError
 
     try:
         with folder_lock(folder):
             published = store.publish(folder)
     except RemoteError as exc:
-        print(f"{PROG}: {exc}; published locally only (the next run completes it)", file=sys.stderr, flush=True)
-        return EXIT_STORE
+        return f"{exc}; published locally only (the next run completes it)"
     announcement = published.announcement
     if published.announced:
         uploaded = f"{len(published.uploaded)} object{'' if len(published.uploaded) == 1 else 's'} uploaded"
         print(f"announced version {announcement.version} in {store.url} ({uploaded})", flush=True)
     else:
         print(f"{store.url} already announces version {announcement.version}", flush=True)
-    return EXIT_OK
+    return None
 
 
 def _inspect_parser() -> argparse.ArgumentParser:

@@ -49,10 +49,11 @@ SCRIPTS: dict[str, str] = tomllib.loads((ROOT / "pyproject.toml").read_text())["
 # The oldest Kubernetes the manifests are for (preStop's sleep action is on by default from 1.30),
 # and the newest kubernetes-validate knows.
 K8S_VERSIONS = ("1.30", kubernetes_validate.latest_version())
-# Shell words the compose file's two short scripts use besides entry points: keywords, the
-# builtin `true`, and `sleep` (coreutils, in every image). Nothing else may appear.
+# Shell words the compose file's short script (the exporter's health check) may use besides entry
+# points: keywords only, and no utility at all (the exporter's schedule is `avap-export --every`, no
+# shell loop). Nothing else may appear.
 SHELL_KEYWORDS = frozenset({"for", "while", "do", "done", "if", "then", "else", "fi", "!"})
-SHELL_UTILITIES = frozenset({"true", "sleep"})
+SHELL_UTILITIES: frozenset[str] = frozenset()
 SEPARATORS = frozenset({";", "&&", "||", "|", "&", "(", ")"})
 
 

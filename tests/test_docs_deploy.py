@@ -6,7 +6,8 @@ started on that folder, whose address stands for 127.0.0.1:50051. A block
 that calls docker or kubectl cannot run on this machine, so every line of
 such a block must call one of them: nothing else escapes the test. The cron
 line's program and options are checked against its ``--help``, and the alert
-rules are read as YAML.
+rules are read as YAML, their metrics asked of a real server and of a real
+exporter's ``--metrics-textfile``.
 """
 
 from __future__ import annotations
@@ -147,17 +148,35 @@ def test_the_cluster_blocks_call_only_the_package_inside_containers() -> None:
             assert not inside or inside[0] in SCRIPTS, f"{line}: runs {inside[0]}, not one of the package's programs"
 
 
-def test_the_alert_rules_ask_for_metrics_the_server_exposes(server: tuple[Path, str, str]) -> None:
+def test_the_alert_rules_ask_for_metrics_the_server_and_the_exporter_expose(
+    server: tuple[Path, str, str], tmp_path: Path
+) -> None:
     (rules,) = blocks("yaml")
-    (group,) = yaml.safe_load(rules)["groups"]
-    alerts = {rule["alert"]: rule for rule in group["rules"]}
-    assert set(alerts) == {"AvapCatalogStale", "AvapSnapshotRefused"}
+    groups = yaml.safe_load(rules)["groups"]
+    alerts = {rule["alert"]: rule for group in groups for rule in group["rules"]}
+    assert set(alerts) == {"AvapCatalogStale", "AvapSnapshotRefused", "AvapExportFailing"}
     for rule in alerts.values():
         assert rule["expr"] and rule["labels"]["severity"] and rule["annotations"]["summary"]
     wanted = {name for rule in alerts.values() for name in re.findall(r"\bavap_\w+", rule["expr"])}
-    assert wanted == {"avap_snapshot_age_seconds", "avap_refused_files_total"}
-    exposed = _metric_names(server[2], wanted)
+    assert wanted == {
+        "avap_snapshot_age_seconds",
+        "avap_refused_files_total",
+        "avap_export_last_success_timestamp_seconds",
+    }
+    from_server = {name for name in wanted if not name.startswith("avap_export_")}
+    exposed = _metric_names(server[2], from_server) | _exporter_metric_names(tmp_path / "exporter")
     assert wanted <= exposed, f"not exposed: {wanted - exposed}"
+
+
+def _exporter_metric_names(folder: Path) -> set[str]:
+    # What a run writes to --metrics-textfile; a failed run (no database here) writes the same names.
+    folder.mkdir()
+    textfile = folder / "avap_export.prom"
+    argv = ["avap-export", "--dsn", "host=/nonexistent port=1", "--snapshots", str(folder / "snapshots")]
+    argv += ["--metrics-textfile", str(textfile)]
+    done = subprocess.run([BIN / argv[0], *argv[1:]], capture_output=True, timeout=60, check=False)
+    assert done.returncode == 3, done.stderr
+    return set(re.findall(r"^(\w+)(?:\{| )", textfile.read_text(), flags=re.MULTILINE))
 
 
 def _metric_names(url: str, wanted: set[str], timeout_s: float = 10.0) -> set[str]:

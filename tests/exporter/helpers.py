@@ -112,22 +112,34 @@ class ExporterProcess:
 
     Attributes:
         process: the process handle.
-        lines: every stderr line so far.
+        lines: every stderr line so far (with ``merge_stdout``, stdout's lines too, in the order written).
     """
 
-    def __init__(self, dsn: str, folder: Path, *extra: str, preexec_fn: Callable[[], None] | None = None) -> None:
+    def __init__(
+        self,
+        dsn: str,
+        folder: Path,
+        *extra: str,
+        preexec_fn: Callable[[], None] | None = None,
+        merge_stdout: bool = False,
+    ) -> None:
         command = [sys.executable, "-m", "exporter", "--dsn", dsn, "--snapshots", str(folder), "--log-level", "debug"]
         self.process = subprocess.Popen(
-            [*command, *extra], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=preexec_fn
+            [*command, *extra],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT if merge_stdout else subprocess.PIPE,
+            text=True,
+            preexec_fn=preexec_fn,
         )
+        self._stream = self.process.stdout if merge_stdout else self.process.stderr
         self.lines: list[str] = []
         self._new = threading.Condition()
         self._reader = threading.Thread(target=self._read, daemon=True)
         self._reader.start()
 
     def _read(self) -> None:
-        assert self.process.stderr is not None
-        for line in self.process.stderr:
+        assert self._stream is not None
+        for line in self._stream:
             with self._new:
                 self.lines.append(line)
                 self._new.notify_all()
@@ -144,6 +156,24 @@ class ExporterProcess:
                     return False
                 self._new.wait(min(remaining, 0.5))
         return True
+
+    def line_after(self, start: int, text: str, timeout_s: float) -> int:
+        """The index of the first line from ``lines[start]`` on that contains ``text``, once it has come.
+
+        Raises:
+            AssertionError: the process ended or ``timeout_s`` ran out first (the lines so far are in it).
+        """
+        deadline = time.monotonic() + timeout_s
+        with self._new:
+            while True:
+                reading = self._reader.is_alive()  # before the search: a reader that has ended has added every line
+                found = next((i for i in range(start, len(self.lines)) if text in self.lines[i]), None)
+                if found is not None:
+                    return found
+                remaining = deadline - time.monotonic()
+                if remaining <= 0 or not reading:
+                    raise AssertionError(f"no line with {text!r} after line {start}:\n{''.join(self.lines)}")
+                self._new.wait(min(remaining, 0.5))
 
     def wait(self, timeout_s: float) -> int:
         """The exit code (negative: the signal that ended it); raises subprocess.TimeoutExpired past ``timeout_s``."""
@@ -296,3 +326,11 @@ class LoopbackProxy:
         self._thread.join(5)
         for sock in self._sockets:
             sock.close()
+
+
+def read_textfile(path: Path) -> dict[str, float]:
+    """The samples of a node-exporter textfile, by name, as Prometheus' text parser reads them."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    families = text_string_to_metric_families(path.read_text(encoding="utf-8"))
+    return {sample.name: sample.value for family in families for sample in family.samples}
