@@ -2,24 +2,27 @@
 
 The tables are regenerated from the tools' parsers (``tests/configtable.py``)
 and compared with README.md. Every command in a ``bash`` block, every ``$``
-line and every cron line of README.md, docs/server.md, docs/exporter.md and
-docs/object-storage.md is a program this test knows; a program of the package
-is parsed with that program's own parser, so a renamed flag or a variable the
-program does not read fails here. (docs/deploy.md has its own test,
-``test_docs_deploy.py``.)
+line and every cron line of README.md and docs/*.md is a program this test
+knows; a program of the package is parsed with that program's own parser
+(abbreviations refused), so a renamed flag, or a variable set before a
+program that does not read it, fails here. docs/deploy.md's commands run in
+``test_docs_deploy.py``; the ones it runs in containers are parsed here.
 
-Beyond parsing, README.md's commands run as shown, in order, on a temporary
-folder standing for /var/lib/avap, /var/cache/avap and /tmp/avap-cache: the
-quick start against ``avap-server`` started as the README starts it, the cron
-export against the test PostgreSQL, the watched server, and every ``avapctl``
-line against it. What changes on the way, and nothing else: the
+Beyond parsing, the commands run as shown, in order, where they need nothing
+but this machine, the test's PostgreSQL and its SeaweedFS: README.md's quick
+start against ``avap-server`` started as the README starts it, its cron
+export, both servers and every ``avapctl`` and ``avap-sync`` line;
+docs/server.md's calls (grpcurl's through grpcio, which is here) and
+``python -m server``; both Python snippets; docs/exporter.md's regeneration
+of the sample and its ``inspect`` output; docs/object-storage.md's publish,
+server and worker. Temporary folders stand for /var/lib/avap, /var/cache/avap
+and /tmp/avap-cache. What else changes on the way, and nothing more: the
 ``...`` placeholders become the test's DSN and keys, ``--host 0.0.0.0``
 becomes 127.0.0.1 (loopback only), ``--metrics-port 9102`` becomes 0 (any
-free port), and ``AVAP_PORT=0`` in the environment stands for a free port,
-whose address stands for 127.0.0.1:50051. What cannot run here is named where
-it is skipped: installing the package (the network), the whole test suite
-(this is part of it), object storage (``tests/avapdefs/test_cli_from.py`` and
-the exporter's ``--publish`` tests run those paths).
+free port), ``AVAP_PORT=0`` in the environment stands for a free port, whose
+address stands for 127.0.0.1:50051, and the store's address and a fresh
+prefix stand for the guide's. Installing the package (the network) and the
+whole suite (this test is part of it) are checked, not run.
 """
 
 from __future__ import annotations
@@ -49,6 +52,7 @@ from grpc_reflection.v1alpha.proto_reflection_descriptor_database import ProtoRe
 import avap.definition_engine_pb2  # noqa: F401  (registers the legacy service for the grpcurl lines)
 from avapdefs.v1 import definitions_pb2  # noqa: F401  (registers avapdefs.v1.DefinitionService)
 from tests import configtable
+from tests.objectstore import SeaweedS3
 from tests.server.helpers import log_lines, wait_for_line
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -531,3 +535,34 @@ def test_inspect_prints_what_the_exporter_guide_shows(tmp_path: Path) -> None:
             assert not prefix or any(printed.startswith(prefix) for printed in output), f"{line!r} in {output}"
         else:
             assert line in output, f"docs/exporter.md shows {line!r}; inspect prints:\n" + "\n".join(output)
+
+
+def test_the_object_storage_guides_commands_run(tmp_path: Path, pg_dsn: str, seaweed: SeaweedS3, s3_url: str) -> None:
+    """Publish, a server following the store, a worker pulling from it: docs/object-storage.md's lines, in order.
+
+    The store is the test's SeaweedFS (its address stands for http://127.0.0.1:8333, a fresh prefix of its
+    bucket for s3://avap/prod); the other AWS_* variables (keys, region) are the environment's, as the guide
+    says, with no AWS_ALLOW_HTTP: a plain-HTTP AWS_ENDPOINT_URL is enough.
+    """
+    (publish,), (serve,), (once, follow) = blocks("docs/object-storage.md")
+    store_env = {name: value for name, value in seaweed.env().items() if name != "AWS_ALLOW_HTTP"}
+    env = _env(tmp_path, AVAP_PORT="0", **store_env)
+    here = {
+        "postgresql://...": shlex.quote(pg_dsn),
+        "s3://avap/prod": s3_url,
+        "http://127.0.0.1:8333": seaweed.endpoint,
+        "/var/lib/avap": str(tmp_path / "exporter"),
+    }
+    _run(f"avap-export load-sample --dsn {shlex.quote(pg_dsn)}", env, tmp_path)
+    assert f"announced version 1 in {s3_url}" in _run(_here(publish.text, here), env, tmp_path).stdout
+    serving = {**here, "/var/cache/avap": str(tmp_path / "server")}
+    with _server(_here(serve.text, serving), env, tmp_path) as (address, version, _):
+        assert version == 1 and address
+    assert (tmp_path / "server" / "catalog-0000000001.avsnap").exists()
+    worker = {**here, "/var/cache/avap": str(tmp_path / "worker")}
+    assert "synced catalog version 1" in _run(_here(once.text, worker), env, tmp_path).stdout
+    following = {**here, "/var/cache/avap": str(tmp_path / "follower")}
+    with _started(_here(follow.text, following), env, tmp_path) as process:  # until SIGTERM
+        assert _first_line(process).startswith("synced catalog version 1")
+        process.terminate()
+        assert process.wait(30) == 0
