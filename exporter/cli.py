@@ -264,8 +264,11 @@ def _run_once(job: _Job, interruptible: Callable[[], contextlib.AbstractContextM
     try:
         with interruptible():
             result = run_export(config, progress=sys.stderr if config.progress else None)
-            print(result.summary(), flush=True)
-            failure = _publish(job.store, config.snapshots) if job.store is not None else None
+        print(result.summary(), flush=True)  # not interrupted: a stop after it finds the run done
+        failure = None
+        if job.store is not None:
+            with interruptible():
+                failure = _publish(job.store, config.snapshots)
         stored = None if job.store is None else failure is None
         end = schedule.RunEnd(EXIT_OK if failure is None else EXIT_STORE, failure)
     except Exception as exc:

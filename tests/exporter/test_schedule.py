@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import random
 import re
 import signal
 import time
@@ -12,6 +13,7 @@ import psycopg
 import pytest
 
 from avapdefs.folder import TEMP_PREFIX, list_snapshots
+from avapdefs.format.reader import verify_file
 from exporter import schedule
 from exporter.cli import EXIT_DATABASE, EXIT_OK
 from exporter.sample import create_schema
@@ -159,3 +161,34 @@ def test_a_run_longer_than_the_interval_is_followed_by_the_next_at_once(capsys: 
     assert re.fullmatch(rf"avap-export: the database is down \(exit {EXIT_DATABASE}; next run in [\d.]+s\)", err[1])
     assert err[-1] == "avap-export: stopped by SIGTERM"
     assert signal.getsignal(signal.SIGTERM) == handler, "the handlers are put back"
+
+
+CAMPAIGN_STOPS = 8
+CAMPAIGN_SEED = 20_261_201
+
+
+def test_stops_at_random_moments_leave_every_file_whole(
+    db: psycopg.Connection, pg_dsn: str, folder: Path, tmp_path: Path
+) -> None:
+    # Runs back to back (0.05 s apart) with a change before each process: a stop strikes a wait, a read,
+    # a write, a delta, the state file or the metrics file, wherever the random moment falls.
+    rng = random.Random(CAMPAIGN_SEED)
+    insert_generated(db, 3_000, code_bytes=256)
+    textfile = tmp_path / "avap_export.prom"
+    for _ in range(CAMPAIGN_STOPS):
+        db.execute(
+            "UPDATE obex_dapl_functions SET code = code || '#' WHERE name = %s", [f"cmd.{rng.randint(1, 3000):07d}"]
+        )
+        db.commit()
+        signum = rng.choice([signal.SIGTERM, signal.SIGINT])
+        with ExporterProcess(pg_dsn, folder, "--every", "0.05s", "--metrics-textfile", str(textfile)) as exporter:
+            exporter.line_after(0, "exporting every", DEADLINE_S)
+            time.sleep(rng.uniform(0.0, 0.6))  # the moment to strike, not a wait for anything
+            exporter.process.send_signal(signum)
+            expected = schedule.EXIT_STOPPED if signum == signal.SIGTERM else schedule.EXIT_INTERRUPTED
+            assert exporter.wait(DEADLINE_S) == expected, exporter.lines
+        assert _temp_files(folder, tmp_path) == []
+        for _, path in list_snapshots(folder):
+            verify_file(path)  # raises on a partial file
+        if textfile.exists():
+            assert read_textfile(textfile)["avap_export_last_run_exit_code"] == EXIT_OK
