@@ -25,9 +25,14 @@ from pathlib import Path
 from avapdefs.about import add_version_option
 from avapdefs.errors import OptionError, SnapshotError
 from avapdefs.folder import read_verified, remove_pin, snapshot_name, write_pin
-from avapdefs.options import add_options, resolve
+from avapdefs.options import Option, add_options, resolve
 from server import logs
-from server.config import DEFAULTS, LOG_LEVEL, SNAPSHOTS
+from server.config import DEFAULTS, LOG_LEVEL
+
+# The server's folder option, with avap-pin's own default and words.
+SNAPSHOTS = Option(
+    "--snapshots", "AVAP_SNAPSHOTS", "snapshots_dir", Path, "snapshot folder to pin (default: snapshots)"
+)
 
 PROG = "avap-pin"
 EXIT_OK = 0
