@@ -28,6 +28,7 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from avapdefs.about import add_version_option
 from avapdefs.errors import LockedError, OptionError, SnapshotError
 from avapdefs.folder import folder_lock
 from avapdefs.options import Option, add_options, duration_s, parse_bool, parse_log_level, resolve
@@ -219,6 +220,7 @@ def _export_parser() -> argparse.ArgumentParser:
     )
     add_options(parser, (*_EXPORT_OPTIONS, _NO_PROGRESS, _PUBLISH, _EVERY, _METRICS_TEXTFILE), _SHOWN_DEFAULTS)
     _add_logging(parser)
+    add_version_option(parser)
     return parser
 
 

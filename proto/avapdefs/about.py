@@ -36,6 +36,18 @@ def version_text(tool: str) -> str:
     )
 
 
+class _PrintVersion(argparse.Action):
+    """``--version``: print ``version_text`` as it is (argparse's own action reflows its lines) and exit 0."""
+
+    def __init__(self, option_strings: list[str], dest: str = argparse.SUPPRESS, **kwargs: object) -> None:
+        what = "show the version, the snapshot and delta formats and the contracts, and exit"
+        super().__init__(option_strings, dest=dest, default=argparse.SUPPRESS, nargs=0, help=what)
+
+    def __call__(self, parser: argparse.ArgumentParser, *args: object) -> None:
+        print(version_text(parser.prog), flush=True)
+        parser.exit()
+
+
 def add_version_option(parser: argparse.ArgumentParser) -> None:
     """Give ``parser`` a ``--version`` option that prints ``version_text`` and exits 0."""
-    parser.add_argument("--version", action="version", version=version_text(parser.prog))
+    parser.add_argument("--version", action=_PrintVersion)

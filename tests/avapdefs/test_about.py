@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import subprocess
+import sys
 from importlib import metadata
+from pathlib import Path
 
 import pytest
 
@@ -25,3 +28,10 @@ def test_version_option_prints_and_exits_zero(capsys: pytest.CaptureFixture[str]
         parser.parse_args(["--version"])
     assert exit_info.value.code == 0
     assert capsys.readouterr().out.startswith("avap-tool ")
+
+
+@pytest.mark.parametrize("tool", ["avap-export", "avap-server", "avap-pin", "avap-sync", "avap-get", "avapctl"])
+def test_every_tool_prints_its_version_one_fact_a_line(tool: str) -> None:
+    done = subprocess.run([str(Path(sys.executable).parent / tool), "--version"], capture_output=True, text=True)
+    assert done.returncode == 0
+    assert done.stdout.splitlines() == about.version_text(tool).splitlines()
