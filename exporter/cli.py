@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from avapdefs.about import add_version_option
+from avapdefs.cloud import StoreURLError, open_remote
 from avapdefs.errors import LockedError, OptionError, SnapshotError
 from avapdefs.folder import folder_lock
 from avapdefs.options import Option, add_options, duration_s, parse_bool, parse_log_level, resolve
@@ -76,6 +77,7 @@ _EXIT_CODES: tuple[tuple[type[Exception], int], ...] = (
     (LockedError, EXIT_LOCKED),
     (PublishError, EXIT_FOLDER),
     (SnapshotError, EXIT_BAD_SNAPSHOT),
+    (StoreURLError, EXIT_USAGE),
 )
 
 
@@ -241,7 +243,8 @@ def _run_export(args: argparse.Namespace, env: Mapping[str, str]) -> int:
     quiet = resolve(args, env, (_NO_PROGRESS,)).get(_NO_PROGRESS.field, False)
     config = ExportConfig(**values, progress=not quiet and sys.stderr.isatty())
     extra = resolve(args, env, (_PUBLISH, _EVERY, _METRICS_TEXTFILE))
-    store = _store(extra["publish"], env) if "publish" in extra else None  # a bad URL is refused before any work
+    # A bad URL is refused before any work.
+    store = open_remote(extra["publish"], "--publish", env) if "publish" in extra else None
     textfile = _metrics_textfile(extra["metrics_textfile"], config) if "metrics_textfile" in extra else None
     job = _Job(config, store, textfile)
     if "every_s" in extra:
@@ -296,17 +299,6 @@ def _record(
         textfile.record(record)
     except OSError as exc:  # the run's own code stands; the metrics' last success goes stale, which alerts
         print(f"{PROG}: cannot write the metrics textfile {textfile.path}: {exc.strerror or exc}", file=sys.stderr)
-
-
-def _store(url: str, env: Mapping[str, str]) -> Remote:
-    try:
-        from avapdefs import remote  # obstore: the optional cloud extra
-    except ImportError:
-        raise ConfigError("--publish needs obstore: pip install 'avap-definition-server[cloud]'") from None
-    try:
-        return remote.Remote(url, allow_http=remote.allow_http_from(env))
-    except remote.RemoteError as exc:
-        raise ConfigError(str(exc)) from None
 
 
 def _publish(store: Remote, folder: Path) -> str | None:

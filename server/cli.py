@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from avapdefs.about import add_version_option
+from avapdefs.cloud import StoreURLError, open_remote
 from avapdefs.errors import NoSnapshotError, OptionError
 from avapdefs.folder import list_snapshots, no_snapshot_error, remove_source_state
 from avapdefs.options import add_options, resolve
@@ -173,6 +174,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _serve(args: argparse.Namespace, values: dict[str, Any], program: _Program) -> int:
     with _folder(values) as folder:
+        follower: Follower | None = None
         try:
             settings = Settings(**{**values, "snapshots_dir": folder})
             follower = _follower(program, settings.snapshots_dir)
@@ -181,11 +183,11 @@ def _serve(args: argparse.Namespace, values: dict[str, Any], program: _Program) 
                 raise no_snapshot_error(settings.snapshots_dir)
         except SettingError as exc:
             return _usage_error(_named(exc, args, os.environ))
-        except _SourceError as exc:
+        except StoreURLError as exc:
             return _usage_error(str(exc))
         except NoSnapshotError as exc:
-            unreachable = follower is not None and follower.state.last_error
-            also = f" (and {program.source}: {follower.state.last_error})" if unreachable and follower else ""
+            store_error = follower.state.last_error if follower is not None else ""
+            also = f" (and {program.source}: {store_error})" if store_error else ""
             print(f"{PROG}: {exc}; nothing to serve{also}", file=sys.stderr, flush=True)
             return EXIT_NO_SNAPSHOT
         wanted = processes.default_processes(settings.port) if program.processes is None else program.processes
@@ -200,31 +202,24 @@ def _serve(args: argparse.Namespace, values: dict[str, Any], program: _Program) 
         )
 
 
-class _SourceError(ValueError):
-    """``--source`` cannot be followed: not a store URL, or the cloud extra is not installed."""
-
-
 def _follower(program: _Program, folder: Path) -> Follower | None:
     """With ``--source``, a follower of the store, after a first pull into ``folder`` (which it creates).
 
     A first pull that fails is logged and the server boots from what ``folder`` holds.
 
     Raises:
-        _SourceError: the URL names no store, or obstore is not installed.
+        StoreURLError: the URL names no store, or obstore is not installed.
     """
     if program.source is None:
         remove_source_state(folder)  # an earlier run's record of a store this run does not follow
         return None
-    try:
-        from avapdefs import remote  # obstore: the optional cloud extra
-    except ImportError:
-        raise _SourceError("--source needs obstore: pip install 'avap-definition-server[cloud]'") from None
-    try:
-        store = remote.Remote(program.source, allow_http=remote.allow_http_from(os.environ))
-    except remote.RemoteError as exc:
-        raise _SourceError(str(exc)) from None
+    store = open_remote(program.source, "--source", os.environ)
+    from avapdefs.remote import Follower  # importable: open_remote has imported it
+
+    if folder.exists():
+        check_folder(folder)  # a regular file named as the folder is refused, not made a folder of
     folder.mkdir(parents=True, exist_ok=True)
-    follower = remote.Follower(store, folder, poll_s=program.source_poll_s, record=True)
+    follower = Follower(store, folder, poll_s=program.source_poll_s, record=True)
     logger.info("following %s into %s, every %.0f s", store.url, folder, program.source_poll_s)
     follower.poll()  # installs the announced version before the processes start; a failure is logged
     return follower

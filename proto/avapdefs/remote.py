@@ -36,7 +36,7 @@ import re
 import threading
 import time
 import urllib.parse
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -316,20 +316,19 @@ class Remote:
         except (store_errors.BaseError, OSError) as exc:
             raise StoreUnavailableError(self.url, f"{what}: {_first_line(exc)}") from exc
 
-    def _get(self, key: str, *, if_none_match: str | None = None) -> tuple[bytes, str | None]:
+    def _get(self, key: str, max_bytes: int, *, if_none_match: str | None = None) -> tuple[bytes | None, str | None]:
+        """The object's bytes (None, unread, when it is over ``max_bytes``) and its ETag, in one request."""
         options = {"if_none_match": if_none_match} if if_none_match else None
         result = self._call(f"reading {key}", obstore.get, key, options=options)
-        return bytes(result.bytes()), result.meta.get("e_tag")
+        data = bytes(result.bytes()) if result.meta["size"] <= max_bytes else None
+        return data, result.meta.get("e_tag")
 
     def _get_object(self, ref: ObjectRef) -> bytes:
         try:
-            meta = self._call(f"reading {ref.key}", obstore.head, ref.key)
+            data, _ = self._get(ref.key, ref.size)
         except (FileNotFoundError, store_errors.NotFoundError) as exc:
             raise RemoteError(self.url, f"{ref.key} is announced but not in the store") from exc
-        if meta["size"] != ref.size:
-            raise RemoteError(self.url, f"{ref.key} holds {meta['size']} bytes, the announcement says {ref.size}")
-        data, _ = self._get(ref.key)
-        if len(data) != ref.size or hashlib.sha256(data).hexdigest() != ref.sha256:
+        if data is None or len(data) != ref.size or hashlib.sha256(data).hexdigest() != ref.sha256:
             raise RemoteError(self.url, f"{ref.key} differs from the announced size and sha256")
         return data
 
@@ -340,8 +339,8 @@ class Remote:
             self._call(f"uploading {key}", obstore.put, key, data, mode="create", use_multipart=False)
             return ref, True
         except store_errors.AlreadyExistsError:
-            existing, _ = self._get(key)
-            if hashlib.sha256(existing).hexdigest() != ref.sha256:
+            existing, _ = self._get(key, len(data))
+            if existing is None or hashlib.sha256(existing).hexdigest() != ref.sha256:
                 raise RemoteError(
                     self.url, f"{key} is already in the store with other content; a version is never overwritten"
                 ) from None
@@ -358,13 +357,15 @@ class Remote:
             StoreUnavailableError: the store could not be reached.
         """
         try:
-            data, new_etag = self._get(ANNOUNCEMENT_KEY, if_none_match=etag)
+            data, new_etag = self._get(ANNOUNCEMENT_KEY, MAX_ANNOUNCEMENT_BYTES, if_none_match=etag)
         except store_errors.NotModifiedError:
             return None, etag
         except (FileNotFoundError, store_errors.NotFoundError) as exc:
             raise NoAnnouncementError(self.url, f"no {ANNOUNCEMENT_KEY}: nothing has been published here yet") from exc
-        if len(data) > MAX_ANNOUNCEMENT_BYTES:
-            raise RemoteError(self.url, f"{ANNOUNCEMENT_KEY} is {len(data)} bytes: not an announcement")
+        if data is None:
+            raise RemoteError(
+                self.url, f"{ANNOUNCEMENT_KEY} is over {MAX_ANNOUNCEMENT_BYTES} bytes: not an announcement"
+            )
         return Announcement.from_bytes(data, self.url), new_etag
 
     def _current(self) -> tuple[Announcement | None, str | None]:
@@ -715,7 +716,24 @@ class Follower:
         """The time until the next poll."""
         return self.poll_s * self._random.uniform(1 - self.jitter, 1 + self.jitter)
 
-    def run(self, stop: threading.Event) -> None:
-        """Poll until ``stop`` is set, waiting ``next_wait_s`` before each poll (the caller polls first)."""
-        while not stop.wait(self.next_wait_s()):
-            self.poll()
+    def run(
+        self,
+        stop: threading.Event,
+        *,
+        first_now: bool = False,
+        installed: Callable[[PullResult], None] | None = None,
+    ) -> None:
+        """Poll until ``stop`` is set, waiting ``next_wait_s`` before each poll.
+
+        Args:
+            stop: ends the loop (at once, also mid-wait).
+            first_now: poll once before the first wait (otherwise the caller has just polled).
+            installed: called with each poll's result that installed a new version.
+        """
+        if not first_now and stop.wait(self.next_wait_s()):
+            return
+        while not stop.is_set():
+            result = self.poll()
+            if installed is not None and result is not None and result.installed is not None:
+                installed(result)
+            stop.wait(self.next_wait_s())

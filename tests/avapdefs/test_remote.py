@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 
@@ -15,6 +16,7 @@ from avapdefs.remote import (
     Announcement,
     Follower,
     NoAnnouncementError,
+    ObjectRef,
     Remote,
     RemoteError,
     StoreUnavailableError,
@@ -180,11 +182,9 @@ def test_announcement_fields_are_bounded(field: str, value: object) -> None:
         version=2,
         content_hash="ab" * 32,
         command_count=3,
-        snapshot=__import__("avapdefs.remote", fromlist=["ObjectRef"]).ObjectRef(snapshot_name(2), 10, "cd" * 32),
+        snapshot=ObjectRef(snapshot_name(2), 10, "cd" * 32),
     )
     assert Announcement.from_bytes(good.to_bytes()) == good
-    import json
-
     document = json.loads(good.to_bytes())
     document[field] = value
     with pytest.raises(RemoteError, match="not a valid announcement"):

@@ -21,6 +21,7 @@ from avapdefs.format.package import build_package, is_package
 from avapdefs.format.snapshot import seal_command
 from avapdefs.v1.definitions_pb2 import Command
 from exporter.cli import main
+from exporter.sample import create_schema
 
 
 def row(name: str | None, **fields: object) -> dict[str, object]:
@@ -217,6 +218,18 @@ class PrivatePostgres:
     def dsn(self, dbname: str = "postgres") -> str:
         """A DSN of database ``dbname`` over the server's Unix socket."""
         return psycopg.conninfo.make_conninfo(self._server.get_uri(), dbname=dbname)
+
+    def create_database(self, dbname: str, fill: Callable[[psycopg.Connection], None]) -> str:
+        """Create database ``dbname`` with the legacy schema, ``fill`` it (then commit); return its DSN."""
+        with psycopg.connect(self.dsn(), autocommit=True) as admin:
+            admin.execute(psycopg.sql.SQL("CREATE DATABASE {}").format(psycopg.sql.Identifier(dbname)))
+        dsn = self.dsn(dbname)
+        with psycopg.connect(dsn) as conn:
+            create_schema(conn)
+            conn.commit()
+            fill(conn)
+            conn.commit()
+        return dsn
 
     @property
     def socket_path(self) -> Path:

@@ -19,7 +19,6 @@ import pytest
 
 from avapdefs.folder import TEMP_PREFIX, list_snapshots
 from exporter.cli import EXIT_DATABASE, EXIT_OK
-from exporter.sample import create_schema
 from exporter.source import connect
 from exporter.watchdog import GRACE_S
 from tests.exporter.helpers import ExporterProcess, LoopbackProxy, PrivatePostgres, insert_generated, run_export
@@ -33,14 +32,7 @@ WATCHDOG_TEXT = "did not answer within the statement timeout (--statement-timeou
 @pytest.fixture(scope="module")
 def faults_dsn(private_pg: PrivatePostgres) -> str:
     """The private server's database holding ROWS generated commands."""
-    with psycopg.connect(private_pg.dsn(), autocommit=True) as admin:
-        admin.execute("CREATE DATABASE faults")
-    dsn = private_pg.dsn("faults")
-    with psycopg.connect(dsn) as conn:
-        create_schema(conn)
-        conn.commit()
-        insert_generated(conn, ROWS, code_bytes=256)
-    return dsn
+    return private_pg.create_database("faults", lambda conn: insert_generated(conn, ROWS, code_bytes=256))
 
 
 @pytest.fixture

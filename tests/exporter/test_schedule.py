@@ -16,7 +16,6 @@ from avapdefs.folder import TEMP_PREFIX, list_snapshots
 from avapdefs.format.reader import verify_file
 from exporter import schedule
 from exporter.cli import EXIT_DATABASE, EXIT_OK
-from exporter.sample import create_schema
 from tests.exporter.helpers import (
     ExporterProcess,
     PrivatePostgres,
@@ -44,14 +43,7 @@ def _versions(folder: Path) -> list[int]:
 @pytest.fixture(scope="module")
 def schedule_dsn(private_pg: PrivatePostgres) -> str:
     """A database on this module's own server (which a test stops) holding two commands."""
-    with psycopg.connect(private_pg.dsn(), autocommit=True) as admin:
-        admin.execute("CREATE DATABASE schedule")
-    dsn = private_pg.dsn("schedule")
-    with psycopg.connect(dsn) as conn:
-        create_schema(conn)
-        conn.commit()
-        insert_rows(conn, [row("addVar"), row("if")])
-    return dsn
+    return private_pg.create_database("schedule", lambda conn: insert_rows(conn, [row("addVar"), row("if")]))
 
 
 def test_every_publishes_each_change_and_goes_on_after_the_database_failed(

@@ -36,6 +36,7 @@ from avapdefs.client.follow import describe, follow
 from avapdefs.client.render import command_text, message_dict, plural
 from avapdefs.client.rpc import DefinitionClient
 from avapdefs.client.runner import Job, run
+from avapdefs.cloud import StoreURLError, open_remote
 from avapdefs.errors import AvapDefsError, CommandNotFoundError, ServerError, SyncError
 from avapdefs.options import Option
 from avapdefs.progress import ProgressBar
@@ -185,24 +186,17 @@ def _sync_once(client: DefinitionClient, dest: Path, timeout_s: float) -> int:
 
 def _pull(args: argparse.Namespace, job: Job, url: str, dest: Path) -> int:
     try:
-        from avapdefs import remote  # obstore: the optional cloud extra
-    except ImportError:
-        tool.say("avap-sync", "--from needs obstore: pip install 'avap-definition-server[cloud]'")
-        return tool.EXIT_USAGE
-    try:
-        store = remote.Remote(
-            url, allow_http=remote.allow_http_from(os.environ), timeout_s=job.values.get("timeout_s", 600.0)
-        )
-    except remote.RemoteError as exc:
+        store = open_remote(url, "--from", os.environ, timeout_s=job.values.get("timeout_s", 600.0))
+    except StoreURLError as exc:
         tool.say("avap-sync", str(exc))
         return tool.EXIT_USAGE
+    from avapdefs import remote  # importable: open_remote has imported it
+
     if args.watch:  # until SIGTERM or Ctrl-C sets job.stop
         follower = remote.Follower(store, dest, poll_s=job.values.get("poll_s", 5.0))
-        while not job.stop.is_set():
-            result = follower.poll()
-            if result is not None and result.installed is not None:
-                tool.emit(pull_summary(result, dest, store.url))
-            job.stop.wait(follower.next_wait_s())
+        follower.run(
+            job.stop, first_now=True, installed=lambda result: tool.emit(pull_summary(result, dest, store.url))
+        )
         return tool.EXIT_OK
     try:
         result = store.pull(dest)
