@@ -25,19 +25,24 @@ are content-addressed (version and content hash), so a name never comes to
 mean other bytes. The snapshot files themselves are never mapped: an operator
 may truncate those (``store.py``).
 
-Verification before first use, by every process that maps an image it did not
-write: the header's magic, format, byte order, sizes and content hash; the
-sha256 of the payload section must be the snapshot's content hash (the same
-check a snapshot file gets, so the answers are tied to the snapshot, not to
-the image's own say-so); the sha256 of the rest (file, index, table) must be
-the one the header records; and the embedded file's header must equal the
-snapshot file's. This catches truncation, bit flips, an image of another
-version or content renamed, and an older image format. It does not defend
-against an attacker who can write the server's own folder (who could as well
-replace the snapshots). The hashes are read with ``pread``, not through the
-map, so pages a process never serves stay out of its RSS: at 50,000 commands
-(122 MB image) mapping and checking takes 93-107 ms, against 560-690 ms to
-verify the snapshot and write the image. An image that fails is removed and
+Verification. The writer checks the payload it decompresses against the
+snapshot's content hash (sha256, the check a snapshot file gets) and records
+in the header that content hash, the snapshot file's sha256 (what a sync
+announces) and an XXH3-128 checksum of the payload and one of the rest
+(file, index, table). Every process that maps an image it did not write
+checks, before first use: the header's magic, format, byte order and sizes;
+that its content hash is the snapshot's (an image of another version or
+content, renamed, is refused); both XXH3 checksums over the bytes on disk
+(truncation, bit flips, a torn write); and that the embedded file's header
+equals the snapshot file's. XXH3 rather than sha256 on this path because it
+runs on every start of every process: at 50,000 commands (122 MB image)
+mapping and checking took 93-107 ms with sha256 over the payload and the
+rest, and takes about 15 ms with XXH3. A checksum is as good as a
+cryptographic hash against accidents; neither defends against an attacker
+who can write the server's own folder (who could as well replace the
+snapshots), and the payload's sha256 was checked when the image was written.
+The checksums are read with ``pread``, not through the map, so pages a
+process never serves stay out of its RSS. An image that fails is removed and
 rebuilt from the snapshot, never served.
 
 Lookups: GetCommand finds a name through the hash table in the map, so no
@@ -69,20 +74,24 @@ from pathlib import Path
 from typing import BinaryIO, overload
 from zlib import crc32
 
+import xxhash
+
 from avapdefs.errors import CorruptSnapshotError, SnapshotError
 from avapdefs.folder import atomic_file
 from avapdefs.format import wire
 from avapdefs.format.snapshot import MAX_HEADER_BYTES, PREAMBLE, SnapshotInfo, inflate_frame, read_info
 from avapdefs.v1.definitions_pb2 import SyncCatalogResponse
 
-IMAGE_FORMAT = 1
+IMAGE_FORMAT = 2  # 2: XXH3-128 checksums and the file's sha256 in the header (1: sha256 of the sections)
 SUFFIX = ".avimg"
 CACHE_NAME = ".serving"
 MAGIC = b"AVAPIMG\x00"
 HEADER_BYTES = 4096
 _BYTE_ORDER = 0x01020304  # written natively: an image from a machine of the other byte order does not match
-# magic, format, byte order, total size, content hash, sha256 of everything after the payload, 6 x (offset, size)
-_HEADER = struct.Struct("=8sIIQ32s32s12Q")
+# magic, format, byte order, total size, content hash, sha256 of the snapshot file,
+# XXH3-128 of the payload, XXH3-128 of everything after it, 6 x (offset, size); then XXH3-128 of those fields
+_HEADER = struct.Struct("=8sIIQ32s32s16s16s12Q")
+_CHECKSUM_BYTES = 16
 _SECTIONS = ("payload", "file", "names", "name_starts", "spans", "slots")
 _CHUNK_TAG = wire.tag(SyncCatalogResponse.CHUNK_FIELD_NUMBER)
 _HASH_READ_BYTES = 1 << 20
@@ -255,16 +264,16 @@ def write_image(target: Path | None, file_data: bytes, info: SnapshotInfo, sourc
         sections, file_sha256 = _write(memory, file_data, info, source)
         return Image(info=info, file_sha256=file_sha256, **_views(memory.getvalue(), None, sections))  # type: ignore[arg-type]
     with atomic_file(target) as out:
-        sections, file_sha256 = _write(out, file_data, info, source)
+        _write(out, file_data, info, source)
         os.fchmod(out.fileno(), 0o444)  # never written again (see the module docstring)
-    return _map(target, info, file_sha256=file_sha256)
+    return _map(target, info, written=True)
 
 
 def _write(out: BinaryIO, data: bytes, info: SnapshotInfo, source: Path) -> tuple[list[tuple[int, int]], bytes]:
     out.write(bytes(HEADER_BYTES))
-    entries = _write_payload(out, data, info, source)
+    entries, payload_xxh3 = _write_payload(out, data, info, source)
     sections = [(HEADER_BYTES, info.uncompressed_size)]
-    rest = hashlib.sha256()
+    rest = xxhash.xxh3_128()
     file_sha256 = hashlib.sha256(data).digest()
     names, starts, spans, slots = _index(entries)
     for part in (data, names, starts.tobytes(), spans.tobytes(), slots.tobytes()):
@@ -276,21 +285,29 @@ def _write(out: BinaryIO, data: bytes, info: SnapshotInfo, source: Path) -> tupl
         rest.update(part)
     flat = [number for section in sections for number in section]
     out.seek(0)
-    out.write(_HEADER.pack(MAGIC, IMAGE_FORMAT, _BYTE_ORDER, sections[-1][0] + sections[-1][1],
-                           info.content_hash, rest.digest(), *flat))  # fmt: skip
+    header = _HEADER.pack(MAGIC, IMAGE_FORMAT, _BYTE_ORDER, sections[-1][0] + sections[-1][1],
+                          info.content_hash, file_sha256, payload_xxh3, rest.digest(), *flat)  # fmt: skip
+    out.write(header + xxhash.xxh3_128_digest(header))
     out.seek(0, os.SEEK_END)
     return sections, file_sha256
 
 
-def _write_payload(out: BinaryIO, data: bytes, info: SnapshotInfo, path: Path) -> list[tuple[bytes, int, int]]:
-    """Decompress the frame into ``out``, checking what ``snapshot.verify`` checks; (name, start, end) per entry."""
+def _write_payload(
+    out: BinaryIO, data: bytes, info: SnapshotInfo, path: Path
+) -> tuple[list[tuple[bytes, int, int]], bytes]:
+    """Decompress the frame into ``out``, checking what ``snapshot.verify`` checks.
+
+    Returns (name, start, end) per entry and the payload's XXH3-128.
+    """
     frame = io.BytesIO(memoryview(data)[info.payload_offset : info.file_size])
     hasher = hashlib.sha256()
+    checksum = xxhash.xxh3_128()
     entries: list[tuple[bytes, int, int]] = []
     pending = bytearray()
     position = HEADER_BYTES
     for piece in inflate_frame(frame.read, info, path):
         hasher.update(piece)
+        checksum.update(piece)
         out.write(piece)
         pending += piece
         bodies, used = wire.split_entries(pending, path=path)
@@ -307,7 +324,7 @@ def _write_payload(out: BinaryIO, data: bytes, info: SnapshotInfo, path: Path) -
         raise CorruptSnapshotError(
             f"payload holds {len(entries)} commands, header says {info.command_count}", path=path
         )
-    return entries
+    return entries, checksum.digest()
 
 
 def _index(entries: list[tuple[bytes, int, int]]) -> tuple[bytes, array[int], array[int], array[int]]:
@@ -337,8 +354,8 @@ def open_image(path: Path, info: SnapshotInfo) -> Image:
     return _map(path, info)
 
 
-def _map(path: Path, info: SnapshotInfo, *, file_sha256: bytes | None = None) -> Image:
-    # file_sha256 is given by the writer, which needs no check of what it just wrote.
+def _map(path: Path, info: SnapshotInfo, *, written: bool = False) -> Image:
+    # The writer (written=True) needs no check of the checksums of what it just wrote.
     fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
     try:
         seen = os.fstat(fd)
@@ -347,9 +364,14 @@ def _map(path: Path, info: SnapshotInfo, *, file_sha256: bytes | None = None) ->
         buffer = mmap.mmap(fd, seen.st_size, access=mmap.ACCESS_READ)
         try:
             sections = _check_header(buffer, info, path)
-            if file_sha256 is None:
-                _check_hashes(fd, sections, info, path, buffer)
-                file_sha256 = _sha256(fd, *sections[1])
+            _, _, _, _, _, file_sha256, payload_xxh3, rest_xxh3, *_ = _HEADER.unpack_from(buffer)
+            if not written:
+                payload_start, payload_size = sections[0]
+                if _xxh3(fd, payload_start, payload_size) != payload_xxh3:
+                    raise ImageError("payload does not match the header's checksum", path)
+                rest_start = payload_start + payload_size
+                if _xxh3(fd, rest_start, len(buffer) - rest_start) != rest_xxh3:
+                    raise ImageError("index or file does not match the header's checksum", path)
             image = Image(info=info, file_sha256=file_sha256, **_views(buffer, path, sections))  # type: ignore[arg-type]
             _check_file(image, info, path)
             return image
@@ -361,9 +383,12 @@ def _map(path: Path, info: SnapshotInfo, *, file_sha256: bytes | None = None) ->
 
 
 def _check_header(buffer: mmap.mmap, info: SnapshotInfo, path: Path) -> list[tuple[int, int]]:
-    magic, form, order, total, content_hash, _, *flat = _HEADER.unpack_from(buffer)
+    magic, form, order, total, content_hash, _, _, _, *flat = _HEADER.unpack_from(buffer)
     if magic != MAGIC or form != IMAGE_FORMAT or order != _BYTE_ORDER:
         raise ImageError("not a serving image of this format", path)
+    checksum = buffer[_HEADER.size : _HEADER.size + _CHECKSUM_BYTES]
+    if xxhash.xxh3_128_digest(buffer[: _HEADER.size]) != checksum:
+        raise ImageError("header does not match its checksum", path)
     if total != len(buffer):
         raise ImageError(f"image is {len(buffer)} bytes, its header says {total}", path)
     if content_hash != info.content_hash:
@@ -384,18 +409,9 @@ def _check_header(buffer: mmap.mmap, info: SnapshotInfo, path: Path) -> list[tup
     return sections
 
 
-def _check_hashes(fd: int, sections: list[tuple[int, int]], info: SnapshotInfo, path: Path, buffer: mmap.mmap) -> None:
-    payload_start, payload_size = sections[0]
-    if _sha256(fd, payload_start, payload_size) != info.content_hash:
-        raise ImageError("payload does not hash to the snapshot's content hash", path)
-    rest_start = payload_start + payload_size
-    if _sha256(fd, rest_start, len(buffer) - rest_start) != _HEADER.unpack_from(buffer)[5]:
-        raise ImageError("index or file does not hash to the header's record", path)
-
-
-def _sha256(fd: int, start: int, size: int) -> bytes:
+def _xxh3(fd: int, start: int, size: int) -> bytes:
     # Read, not hashed through the map: pages a process never serves from stay out of its RSS.
-    hasher = hashlib.sha256()
+    hasher = xxhash.xxh3_128()
     buffer = bytearray(_HASH_READ_BYTES)
     view = memoryview(buffer)
     end = start + size

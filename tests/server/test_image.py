@@ -73,8 +73,10 @@ def test_the_image_is_written_once_and_mapped_by_the_next_store(
     _assert_answers_are_the_snapshots(second, path)
 
 
-def _damage(image: Path, how: str, other: Path) -> None:
+def _damage(image: Path, how: str, other: Path, snapshot_path: Path) -> None:
     data = bytearray(image.read_bytes())
+    info = read_header(snapshot_path)
+    file_start = HEADER_BYTES + info.uncompressed_size + (-info.uncompressed_size % 8)
     if how == "truncate":
         data = data[: len(data) // 2]
     elif how == "flip payload":
@@ -83,13 +85,19 @@ def _damage(image: Path, how: str, other: Path) -> None:
         data[-3] ^= 0x40
     elif how == "flip header":
         data[20] ^= 0x01
+    elif how == "flip recorded file hash":
+        data[60] ^= 0x01  # the snapshot file's sha256 that a sync announces, recorded in the header
+    elif how == "flip file":
+        data[file_start + info.file_size // 2] ^= 0x08  # the snapshot file a sync streams
     elif how == "foreign":
         data = bytearray(other.read_bytes())  # a valid image, of another snapshot, under this name
     image.unlink()
     image.write_bytes(bytes(data))
 
 
-@pytest.mark.parametrize("how", ["truncate", "flip payload", "flip index", "flip header", "foreign"])
+@pytest.mark.parametrize(
+    "how", ["truncate", "flip payload", "flip index", "flip header", "flip recorded file hash", "flip file", "foreign"]
+)
 def test_a_damaged_or_foreign_image_is_rebuilt_never_served(
     make_snapshot: MakeSnapshot, tmp_path: Path, how: str, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -100,7 +108,7 @@ def test_a_damaged_or_foreign_image_is_rebuilt_never_served(
     other = make_snapshot(folder=other_folder, commands=[sample_command(name, code="other") for name in NAMES])
     _load(other_folder)
     image = _image_of(path)
-    _damage(image, how, _image_of(other))
+    _damage(image, how, _image_of(other), path)
     damaged = _identity(image)
     with caplog.at_level(logging.WARNING, logger="server.store"):
         loaded = _load(path.parent)
