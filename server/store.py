@@ -47,6 +47,7 @@ from avapdefs.errors import NoSnapshotError, SnapshotError
 from avapdefs.folder import (
     choose,
     first_valid,
+    folder_lock,
     list_snapshots,
     no_snapshot_error,
     parse_version,
@@ -309,20 +310,36 @@ class SnapshotStore:
         # verified and written as the image (in memory when the cache cannot be written).
         info = _read_checked_header(path)
         target = self.serving_cache / image_name(info)
+        image = self._open_image(target, info)
+        if image is not None:
+            return image
+        # One process of a group writes the image; the others wait for it and map it.
+        with contextlib.ExitStack() as locked:
+            with contextlib.suppress(OSError):
+                self.serving_cache.mkdir(mode=0o755, exist_ok=True)
+                locked.enter_context(folder_lock(self.serving_cache, wait=True))
+                image = self._open_image(target, info)
+                if image is not None:
+                    return image
+            return self._write_image(path)
+
+    def _open_image(self, target: Path, info: SnapshotInfo) -> Image | None:
         try:
             image = open_image(target, info)
             logger.info("mapped serving image %s", target)
             return image
         except (FileNotFoundError, NotADirectoryError):
-            pass
+            return None
         except (ImageError, OSError) as exc:
             logger.warning("serving image %s cannot be used (%s); rebuilding it", target, exc)
             with contextlib.suppress(OSError):
                 target.unlink()
+            return None
+
+    def _write_image(self, path: Path) -> Image:
         data = read_file_bytes(path, named_version=parse_version(path.name))
         info = read_info(data, path=path)  # the file may have changed since its header was read
         try:
-            self.serving_cache.mkdir(mode=0o755, exist_ok=True)
             image = write_image(self.serving_cache / image_name(info), data, info, path)
         except OSError as exc:
             if not self._cache_failure_noted:

@@ -341,22 +341,25 @@ def _writer_alive(name: str) -> bool:
 
 
 @contextlib.contextmanager
-def folder_lock(folder: Path) -> Iterator[Path]:
+def folder_lock(folder: Path, *, wait: bool = False) -> Iterator[Path]:
     """Hold the exclusive writer's lock on ``folder`` for the block (two exporters never run at once).
 
     The lock is ``flock`` on a file that is never deleted (deleting it would
     let two writers lock two different files); the kernel releases it when
     the holder exits, however it exits.
 
+    Args:
+        wait: wait for the holder to finish instead of raising ``LockedError``.
+
     Raises:
-        LockedError: another process holds it; this one does not wait.
+        LockedError: another process holds it and ``wait`` is false.
         OSError: the lock file cannot be created.
     """
     path = folder / LOCK_NAME
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
     try:
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
         except BlockingIOError:
             raise LockedError(path) from None
         yield path

@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+import socket
 import subprocess
 import sys
 import threading
@@ -37,6 +38,13 @@ SERVED_NAMES = ["addVar", "addParam", "addResult", "end", "if", "RequestGet", "Ã
 
 # The catalog of versioned_commands.
 VERSIONED_NAMES = [f"cmd.{index:03d}" for index in range(40)]
+
+
+def free_port() -> int:
+    """A loopback port free now, for a server that needs a fixed one (``--processes`` above 1)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
 
 
 class RunningServer:

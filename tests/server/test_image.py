@@ -11,7 +11,7 @@ from pathlib import Path
 import grpc
 import pytest
 
-from avapdefs.folder import read_header, snapshot_name
+from avapdefs.folder import LOCK_NAME, read_header, snapshot_name
 from avapdefs.format import snapshot
 from avapdefs.format.wire import command_name, encode_entry, iter_entries
 from avapdefs.v1.definitions_pb2 import GetCommandRequest, GetCommandResponse
@@ -19,7 +19,7 @@ from avapdefs.v1.definitions_pb2_grpc import DefinitionServiceStub
 from server.image import CACHE_NAME, HEADER_BYTES, image_name
 from server.store import LoadedSnapshot, SnapshotStore
 from tests.helpers import MakeSnapshot, sample_command
-from tests.server.helpers import big_commands, log_lines, server_process, wait_for_line
+from tests.server.helpers import big_commands, free_port, log_lines, server_process, wait_for_line
 
 NAMES = ["if", "addVar", "ñandú.cálculo", "日本語コマンド", "end", "RequestGet", "x" * 300]
 
@@ -130,7 +130,7 @@ def test_images_of_versions_gone_from_the_folder_are_removed(make_snapshot: Make
     first.unlink()
     (first.parent / CACHE_NAME / ".tmp-dead.avimg.999999999.0badf00d").write_bytes(b"left by a killed writer")
     store.refresh()
-    assert sorted(p.name for p in (first.parent / CACHE_NAME).iterdir()) == [second_image.name]
+    assert sorted(p.name for p in (first.parent / CACHE_NAME).iterdir() if p.name != LOCK_NAME) == [second_image.name]
     second.unlink()  # the live version's file is gone: it keeps serving, from its image
     store.refresh()
     assert second_image.exists()
@@ -169,6 +169,22 @@ def test_a_restarted_server_process_maps_the_image_the_first_one_wrote(make_snap
             assert process.stderr is not None
             process.stderr.close()
     assert _identity(image) == written
+
+
+def test_one_process_of_a_group_writes_the_image_and_the_others_map_it(make_snapshot: MakeSnapshot) -> None:
+    path = make_snapshot(commands=big_commands(count=160))  # 20 MiB to inflate and index: the starts overlap
+    port = str(free_port())
+    process = server_process("--snapshots", str(path.parent), "--port", port, "--no-legacy", "--processes", "3")
+    try:
+        seen: list[str] = []
+        wait_for_line(log_lines(process), r"serving catalog version 1 .* with 3 process", seen)
+    finally:
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=30) == 0
+        assert process.stderr is not None
+        process.stderr.close()
+    verbs = sorted(match[1] for line in seen if (match := re.search(r"(wrote|mapped) serving image", line)))
+    assert verbs == ["mapped", "mapped", "wrote"]
 
 
 def test_snapshot_file_names_and_images_do_not_mix(make_snapshot: MakeSnapshot) -> None:

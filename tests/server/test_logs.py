@@ -6,7 +6,6 @@ import json
 import logging
 import os
 import re
-import socket
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -16,7 +15,7 @@ import pytest
 
 from server import cli, logs
 from tests.helpers import MakeSnapshot
-from tests.server.helpers import ROOT, log_lines, wait_for_line
+from tests.server.helpers import ROOT, free_port, log_lines, wait_for_line
 
 KEY = 'k3y-"with\\-quotes'
 DSN = "postgresql://avap:s3cret-pw@db.example:5432/avap"
@@ -77,16 +76,10 @@ def test_a_single_process_names_none_and_a_bad_format_is_exit_2(
     )
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
 def _serve(folder: Path, *argv: str, env: dict[str, str]) -> list[str]:
     """The log of a 2-process server from its start to its stop."""
     process = subprocess.Popen(
-        [sys.executable, "-m", "server", "--snapshots", str(folder), "--port", str(_free_port()),
+        [sys.executable, "-m", "server", "--snapshots", str(folder), "--port", str(free_port()),
          "--processes", "2", *argv],
         stderr=subprocess.PIPE, text=True, cwd=ROOT, env=env,
     )  # fmt: skip

@@ -18,18 +18,12 @@ from avapdefs.folder import snapshot_name
 from avapdefs.v1.definitions_pb2 import GetCommandRequest, SyncCatalogRequest, WatchCatalogRequest
 from avapdefs.v1.definitions_pb2_grpc import DefinitionServiceStub
 from server import cli
-from tests.server.helpers import log_lines, server_process, wait_for_line, write_dated_snapshot
+from tests.server.helpers import free_port, log_lines, server_process, wait_for_line, write_dated_snapshot
 
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 GET = frozenset({("grpc_type", "unary"), ("grpc_service", "avapdefs.v1.DefinitionService"),
                  ("grpc_method", "GetCommand")})  # fmt: skip
 CALLS = 40
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 def _scrape(port: int) -> Samples:
@@ -64,7 +58,7 @@ def _until(port: int, condition: Callable[[Samples], bool], timeout_s: float = 1
 def served(tmp_path: Path) -> Iterator[tuple[Path, int, int, list[str], Iterator[str]]]:
     folder = tmp_path / "snapshots"
     write_dated_snapshot(folder, 1, age_s=100)
-    port, metrics_port = _free_port(), _free_port()
+    port, metrics_port = free_port(), free_port()
     process = server_process("--snapshots", str(folder), "--port", str(port), "--processes", "2",
                              "--metrics-port", str(metrics_port))  # fmt: skip
     seen: list[str] = []

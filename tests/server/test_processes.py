@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import re
 import signal
-import socket
 
 import grpc
 import pytest
@@ -14,15 +13,9 @@ from avapdefs.v1.definitions_pb2 import GetCommandRequest
 from avapdefs.v1.definitions_pb2_grpc import DefinitionServiceStub
 from server import cli
 from tests.helpers import MakeSnapshot
-from tests.server.helpers import log_lines, server_process, wait_for_line
+from tests.server.helpers import free_port, log_lines, server_process, wait_for_line
 
 STARTED = r"server process (\d) started: pid (\d+), pinned to CPU (\d+)"
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 def _get(port: int, name: str) -> str:
@@ -36,7 +29,7 @@ def _get(port: int, name: str) -> str:
 
 def test_processes_share_the_port_and_one_dying_is_restarted(make_snapshot: MakeSnapshot) -> None:
     path = make_snapshot(version=4)
-    port = _free_port()
+    port = free_port()
     process = server_process("--snapshots", str(path.parent), "--port", str(port), "--processes", "2")
     seen: list[str] = []
     try:

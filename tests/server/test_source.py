@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import signal
-import socket
 import urllib.request
 from pathlib import Path
 
@@ -17,7 +16,7 @@ from avapdefs.v1.definitions_pb2_grpc import DefinitionServiceStub
 from server.service import StoreStatusFile
 from tests.helpers import export_snapshot, numbered_commands
 from tests.objectstore import SeaweedS3
-from tests.server.helpers import log_lines, server_process, wait_for_line
+from tests.server.helpers import free_port, log_lines, server_process, wait_for_line
 
 _STOP_S = 30
 
@@ -26,17 +25,11 @@ def _publish(url: str, origin: Path) -> None:
     Remote(url, allow_http=True, timeout_s=10).publish(origin)
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
 def test_servers_pull_from_the_store_once_for_all_processes_and_follow_it(s3_url: str, tmp_path: Path) -> None:
     origin, cache = tmp_path / "origin", tmp_path / "cache"
     export_snapshot(origin, 1, numbered_commands(100))
     _publish(s3_url, origin)
-    port, metrics_port = _free_port(), _free_port()
+    port, metrics_port = free_port(), free_port()
     args = ["--source", s3_url, "--source-poll", "0.2", "--snapshots", str(cache), "--port", str(port),
             "--metrics-port", str(metrics_port)]  # fmt: skip
     process = server_process(*args, "--processes", "2", "--log-level", "info")
