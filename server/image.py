@@ -376,7 +376,10 @@ def _map(path: Path, info: SnapshotInfo, *, written: bool = False) -> Image:
             _check_file(image, info, path)
             return image
         except BaseException:
-            buffer.close()
+            # Views of the map may still exist (the refused image's, held by the traceback): closing
+            # would then raise BufferError over the real error; the map goes with its last view.
+            with contextlib.suppress(BufferError):
+                buffer.close()
             raise
     finally:
         os.close(fd)

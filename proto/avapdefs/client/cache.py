@@ -50,6 +50,8 @@ from avapdefs.v1.definitions_pb2 import SyncCatalogRequest, SyncHeader
 
 logger = logging.getLogger(__name__)
 
+_DELTA_SLACK_BYTES = 1 << 20  # a delta's own header and framing, beyond the commands and names it carries
+
 Progress = Callable[[int, int], None]
 """Called as ``progress(bytes_received, bytes_total)`` after each chunk of a sync."""
 
@@ -215,7 +217,9 @@ def install_delta(
     """
     received = io.BytesIO()  # a delta is small: the changed commands only
     _receive(chunks, received, header, progress)
-    delta = decode_delta(received.getvalue())
+    # A delta holds at most the target's commands and the base's names: more is a damaged (or hostile) frame.
+    bound = header.catalog.uncompressed_size + cached.snapshot.info.uncompressed_size + _DELTA_SLACK_BYTES
+    delta = decode_delta(received.getvalue(), max_bytes=bound)
     path = dest_dir / snapshot_name(header.catalog.version)
     with atomic_file(path) as file:
         apply_delta(cached.snapshot, delta, file)  # checks the result's content hash

@@ -38,6 +38,7 @@ from avapdefs.format.snapshot import (
     SnapshotInfo,
     SnapshotWriter,
     header_message,
+    inflate_steps,
     info_from_header,
 )
 from avapdefs.format.wire import command_name, iter_entries
@@ -150,8 +151,17 @@ def encode_delta(delta: CatalogDelta, *, level: int = DEFAULT_LEVEL) -> bytes:
     return PREAMBLE.pack(MAGIC, FORMAT_VERSION) + compressor.compress(delta.SerializeToString())
 
 
-def decode_delta(data: bytes) -> CatalogDelta:
+def decode_delta(data: bytes, *, max_bytes: int = _MAX_DELTA_BYTES) -> CatalogDelta:
     """Parse a delta file's bytes.
+
+    The frame is inflated in bounded steps, never into a buffer of the size it
+    claims, so memory follows what it really holds, up to ``max_bytes``.
+
+    Args:
+        data: the delta file's bytes.
+        max_bytes: refuse a delta that inflates to more (one that claims more is
+            refused before inflating): a caller that knows the catalogs' sizes
+            gives a bound from them.
 
     Raises:
         NotASnapshotError: not a delta file.
@@ -163,12 +173,24 @@ def decode_delta(data: bytes) -> CatalogDelta:
     _, format_version = PREAMBLE.unpack_from(data)
     if format_version != FORMAT_VERSION:
         raise UnsupportedFormatError(f"delta format version {format_version}", format_version=format_version)
+    frame = data[PREAMBLE.size :]
     try:
-        raw = zstandard.ZstdDecompressor().decompress(
-            data[PREAMBLE.size :], max_output_size=_MAX_DELTA_BYTES, allow_extra_data=False
-        )
+        claimed = zstandard.frame_content_size(frame)
+    except zstandard.ZstdError as exc:
+        raise CorruptSnapshotError(f"delta does not decode: {exc}") from exc
+    if claimed > max_bytes:  # -1 when the frame does not say
+        raise CorruptSnapshotError(f"delta claims {claimed} bytes, over the {max_bytes} it may hold")
+    decompressor = zstandard.ZstdDecompressor().decompressobj()
+    raw = bytearray()
+    for piece in inflate_steps(decompressor, frame, None):
+        raw += piece
+        if len(raw) > max_bytes:
+            raise CorruptSnapshotError(f"delta inflates past the {max_bytes} bytes it may hold")
+    if not decompressor.eof or decompressor.unused_data:
+        raise CorruptSnapshotError("delta does not decode: its zstd frame is incomplete or followed by other data")
+    try:
         return CatalogDelta.FromString(raw)
-    except (zstandard.ZstdError, DecodeError) as exc:
+    except DecodeError as exc:
         raise CorruptSnapshotError(f"delta does not decode: {exc}") from exc
 
 

@@ -59,7 +59,10 @@ HASH_BYTES = 32
 _CONTENT_HASH_FIELD = 15  # Command.content_hash, the highest field number
 _CONTENT_HASH_KEY = wire.tag(_CONTENT_HASH_FIELD) + wire.varint(HASH_BYTES)
 _WRITE_BUFFER_BYTES = 1 << 20
-_STREAM_SLICE_BYTES = 1 << 15  # compressed bytes per step: a catalog compressing 17:1 gives 0.5 MB pieces
+_STREAM_SLICE_BYTES = 1 << 15  # compressed bytes per read: a catalog compressing 17:1 gives 0.5 MB of payload
+_ZSTD_MAX_BLOCK_BYTES = 128 << 10  # what one zstd block can decompress to; its smallest encoding is 4 bytes
+MAX_STEP_OUTPUT_BYTES = 32 << 20  # the most one decompression step may produce, whatever the frame
+_STEP_INPUT_BYTES = MAX_STEP_OUTPUT_BYTES // _ZSTD_MAX_BLOCK_BYTES * 4  # 1 KiB
 
 
 @dataclass(frozen=True)
@@ -405,20 +408,30 @@ def verify(data: bytes | memoryview, *, path: Path | str | None = None) -> Snaps
     info = read_info(data, path=path)
     check_size(len(data), info, path)
     frame = io.BytesIO(memoryview(data)[info.payload_offset : info.file_size])
-    payload = b"".join(inflate_frame(frame.read, info, path))
-    if hashlib.sha256(payload).digest() != info.content_hash:
+    # The framing is checked as the payload arrives, so a frame that inflates to
+    # something other than commands is refused at its first piece, not once whole.
+    hasher = hashlib.sha256()
+    counter = wire.EntryCounter(path)
+    pieces: list[bytes] = []
+    for piece in inflate_frame(frame.read, info, path):
+        hasher.update(piece)
+        counter.feed(piece)
+        pieces.append(piece)
+    if hasher.digest() != info.content_hash:
         raise CorruptSnapshotError("content hash mismatch", path=path)
-    count = sum(1 for _ in wire.iter_entries(payload, path=path))
+    count = counter.finish()
     if count != info.command_count:
         raise CorruptSnapshotError(f"payload holds {count} commands, header says {info.command_count}", path=path)
-    return Snapshot(info, payload)
+    return Snapshot(info, b"".join(pieces))
 
 
 def inflate_frame(read: Callable[[int], bytes], info: SnapshotInfo, path: Path | str | None = None) -> Iterator[bytes]:
     """Decompress a snapshot's zstd frame, pulled through ``read(n)`` a slice at a time.
 
-    Memory follows the real content, never a size a damaged header claims;
-    zstd checks the frame's own checksum, and this the sizes the header states.
+    Memory follows the real content, never a size a damaged header claims, and
+    no step makes more than ``MAX_STEP_OUTPUT_BYTES`` (``inflate_steps``), so a
+    small frame that inflates to gigabytes is refused within one step. zstd
+    checks the frame's own checksum, and this the sizes the header states.
 
     Args:
         read: returns the next ``n`` bytes of the frame (fewer only at its end).
@@ -436,19 +449,40 @@ def inflate_frame(read: Callable[[int], bytes], info: SnapshotInfo, path: Path |
         data = read(size)
         if len(data) < size:
             raise TruncatedSnapshotError("file ends inside the zstd frame", path=path)
-        try:
-            piece = decompressor.decompress(data)
-        except zstandard.ZstdError as exc:
-            raise CorruptSnapshotError(f"zstd frame does not decompress: {exc}", path=path) from exc
-        produced += len(piece)
-        if produced > info.uncompressed_size:
-            raise CorruptSnapshotError(f"payload exceeds the {info.uncompressed_size} bytes the header says", path=path)
-        if piece:
+        for piece in inflate_steps(decompressor, data, path):
+            produced += len(piece)
+            if produced > info.uncompressed_size:
+                raise CorruptSnapshotError(
+                    f"payload exceeds the {info.uncompressed_size} bytes the header says", path=path
+                )
             yield piece
     if not decompressor.eof or decompressor.unused_data:
         raise CorruptSnapshotError("zstd frame is incomplete or followed by other data", path=path)
     if produced != info.uncompressed_size:
         raise CorruptSnapshotError(f"payload is {produced} bytes, header says {info.uncompressed_size}", path=path)
+
+
+def inflate_steps(
+    decompressor: zstandard.ZstdDecompressionObj, data: bytes, path: Path | str | None
+) -> Iterator[bytes]:
+    """What ``decompressor`` makes of ``data``, fed in steps that each produce at most ``MAX_STEP_OUTPUT_BYTES``.
+
+    A zstd block of 4 bytes (an RLE block) can stand for 128 KiB, so one call on a
+    32 KiB slice could return 1 GiB before anyone compared it with a size; fed
+    ``_STEP_INPUT_BYTES`` at a time, a frame that makes more than it should is
+    caught within one step.
+
+    Raises:
+        CorruptSnapshotError: the frame does not decompress.
+    """
+    view = memoryview(data)
+    for start in range(0, len(view), _STEP_INPUT_BYTES):
+        try:
+            piece = decompressor.decompress(view[start : start + _STEP_INPUT_BYTES])
+        except zstandard.ZstdError as exc:
+            raise CorruptSnapshotError(f"zstd frame does not decompress: {exc}", path=path) from exc
+        if piece:
+            yield piece
 
 
 def check_size(size: int, info: SnapshotInfo, path: Path | str | None = None) -> None:
