@@ -116,7 +116,7 @@ def _huge_headers(draw: st.DrawFn) -> bytes:
     value = draw(st.sampled_from([*HUGE, 0, 1]))
     if field == "command_count":
         value &= (1 << 32) - 1  # a fixed32
-    return _with_header(dataclasses.replace(SNAP_INFO, **{field: value}))
+    return _with_header(dataclasses.replace(SNAP_INFO, **{field: value}))  # type: ignore[arg-type]
 
 
 def _read_snapshot(data: bytes, folder: Path, limit_bytes: int = PEAK_LIMIT_BYTES) -> None:

@@ -127,7 +127,7 @@ def _code(method: str, call: Callable[[], object]) -> grpc.StatusCode:
         call()
         code = grpc.StatusCode.OK
     except grpc.RpcError as exc:
-        code = exc.code()  # type: ignore[attr-defined]
+        code = exc.code()
     SEEN.setdefault(method, set()).add(code)
     return code
 

@@ -189,7 +189,7 @@ def decode_delta(data: bytes, *, max_bytes: int = _MAX_DELTA_BYTES) -> CatalogDe
     if not decompressor.eof or decompressor.unused_data:
         raise CorruptSnapshotError("delta does not decode: its zstd frame is incomplete or followed by other data")
     try:
-        return CatalogDelta.FromString(raw)
+        return CatalogDelta.FromString(raw)  # type: ignore[arg-type]  # any buffer parses; bytes() would copy it
     except DecodeError as exc:
         raise CorruptSnapshotError(f"delta does not decode: {exc}") from exc
 
