@@ -76,6 +76,34 @@ class Loaded:
     load_ms: float
 
 
+# The downstream connections one serving process holds at most. Envoy sets no limit of its own (only the
+# open-file limit bounds them), and each idle HTTP/2 connection costs the process 20-30 KiB
+# (bench/bench_idle.py): 20,000 bound idle connections at about 600 MB. Beyond it, Envoy closes
+# each new connection at once and its client retries (UNAVAILABLE); connections already open are kept.
+MAX_CONNECTIONS = 20_000
+
+
+def limit_connections(config: dict[str, Any], max_connections: int) -> None:
+    """Cap the process's downstream connections at ``max_connections`` (Envoy's overload manager).
+
+    The admin interface (the supervisor's way in) is exempt, so a full server can still be stopped.
+    """
+    monitor = "envoy.resource_monitors.global_downstream_max_connections"
+    config_type = "type.googleapis.com/envoy.extensions.resource_monitors.downstream_connections.v3"
+    config["overload_manager"] = {
+        "resource_monitors": [
+            {
+                "name": monitor,
+                "typed_config": {
+                    "@type": f"{config_type}.DownstreamConnectionsConfig",
+                    "max_active_downstream_connections": max_connections,
+                },
+            }
+        ]
+    }
+    config["admin"]["ignore_global_conn_limit"] = True
+
+
 def envoy_config(settings: Settings, admin_socket: Path) -> dict[str, Any]:
     """pyvoy's Envoy config for the application, with this server's settings patched in."""
     from pyvoy._server import PyvoyServer
@@ -84,6 +112,7 @@ def envoy_config(settings: Settings, admin_socket: Path) -> dict[str, Any]:
         APPLICATION, address=settings.host, port=settings.port, lifespan=True
     ).get_envoy_config()
     config["admin"] = {"address": {"pipe": {"path": str(admin_socket), "mode": 0o600}}}
+    limit_connections(config, MAX_CONNECTIONS)
     listener = config["static_resources"]["listeners"][0]
     listener["enable_reuse_port"] = settings.reuse_port
     manager = listener["filter_chains"][0]["filters"][0]["typed_config"]

@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+import resource
 import socket
 import subprocess
 import sys
@@ -247,3 +248,45 @@ def write_dated_snapshot(folder: Path, version: int, age_s: float) -> Path:
         snapshot.write_snapshot(file, versioned_commands(version), version=version, source="test",
                                 created_at_unix_ms=created)  # fmt: skip
     return path
+
+
+# What an HTTP/2 client sends first: the preface, an empty SETTINGS frame, and the ACK of the server's SETTINGS.
+_H2_CLIENT_START = (
+    b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + bytes(3) + b"\x04\x00" + bytes(4) + bytes(3) + b"\x04\x01" + bytes(4)
+)
+_H2_FRAME_HEADER_BYTES = 9
+
+
+def open_idle_http2(port: int, count: int, timeout_s: float = 30.0) -> list[socket.socket]:
+    """``count`` HTTP/2 connections to ``port`` on 127.0.0.1 that start properly and then send nothing.
+
+    Returns once the server has answered each with its SETTINGS (so it holds them all).
+    The soft limit on open files is raised to the hard limit when ``count`` needs it.
+    """
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < count + 256:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, count + 1024), hard))
+    opened: list[socket.socket] = []
+    try:
+        for _ in range(count):
+            connection = socket.create_connection(("127.0.0.1", port), timeout=timeout_s)
+            opened.append(connection)
+            connection.sendall(_H2_CLIENT_START)
+        for connection in opened:
+            header = _receive_exactly(connection, _H2_FRAME_HEADER_BYTES)
+            assert header[3] == 0x04, f"the server's first frame is type {header[3]}, not SETTINGS"
+    except BaseException:
+        for connection in opened:
+            connection.close()
+        raise
+    return opened
+
+
+def _receive_exactly(connection: socket.socket, size: int) -> bytes:
+    data = b""
+    while len(data) < size:
+        piece = connection.recv(size - len(data))
+        if not piece:
+            raise ConnectionError("the server closed an idle connection")
+        data += piece
+    return data
