@@ -9,18 +9,19 @@ brings its own decoders, which check everything they decode.
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from types import ModuleType
 
 from loads import Synced
 
-from avapdefs.format.snapshot import verify
+from avapdefs.format.stream import verify_stream
+from avapdefs.format.wire import only_field
 from avapdefs.v1.definitions_pb2 import GetCommandRequest, GetCommandResponse, SyncCatalogResponse, SyncHeader
 
 OURS_SERVICE = "avapdefs.v1.DefinitionService"
 PEER_SERVICE = "avap.v1.DefinitionService"
+_CHUNK_FIELD = SyncCatalogResponse.DESCRIPTOR.fields_by_name["chunk"].number
 
 
 class CheckError(Exception):
@@ -58,22 +59,31 @@ def ours(address: str, expected_commands: int) -> Target:
 
 
 def _decode_ours_sync(messages: list[bytes], expected_commands: int) -> Synced:
+    """What ``DefinitionClient.sync`` does with a stream, in memory: check the file as its chunks come, then parse.
+
+    The chunks' data is taken out of the messages without a copy; ``verify_stream`` checks the size and
+    sha256 the header announces, the preamble, header, zstd frame, content hash and command count.
+    """
     if not messages:
         raise CheckError("SyncCatalog sent no message")
     first = SyncCatalogResponse.FromString(messages[0])
     if first.WhichOneof("message") != "header" or first.header.kind != SyncHeader.KIND_FULL:
         raise CheckError(f"SyncCatalog did not start with a full-sync header: {first}")
     header = first.header
-    data = b"".join(SyncCatalogResponse.FromString(m).chunk for m in messages[1:])
-    if len(data) != header.data_size:
-        raise CheckError(f"SyncCatalog sent {len(data)} bytes, its header says {header.data_size}")
-    if header.data_sha256 and hashlib.sha256(data).digest() != header.data_sha256:
-        raise CheckError("SyncCatalog data does not match the header's sha256")
-    snapshot = verify(data)  # decompress, content hash, command count
+    snapshot = verify_stream(
+        (_chunk_data(message) for message in messages[1:]), file_size=header.data_size, file_sha256=header.data_sha256
+    )
     commands = len(snapshot.catalog().commands)
     if commands != expected_commands or snapshot.info.version != header.catalog.version:
         raise CheckError(f"SyncCatalog delivered {commands} commands of version {snapshot.info.version}")
     return Synced(len(snapshot.payload), commands)
+
+
+def _chunk_data(message: bytes) -> memoryview:
+    data = only_field(message, _CHUNK_FIELD)
+    if data is None:
+        raise CheckError("a SyncCatalog message after the header is not a chunk")
+    return data
 
 
 def peer(address: str, expected_commands: int, messages: ModuleType) -> Target:

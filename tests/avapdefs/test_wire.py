@@ -9,7 +9,14 @@ from hypothesis import strategies as st
 
 from avapdefs.errors import CorruptSnapshotError
 from avapdefs.format import wire
-from avapdefs.v1.definitions_pb2 import Catalog, Command, GetCommandResponse, ListCommandsResponse
+from avapdefs.v1.definitions_pb2 import (
+    Catalog,
+    Command,
+    GetCommandResponse,
+    ListCommandsResponse,
+    SyncCatalogResponse,
+    SyncHeader,
+)
 
 
 @given(st.integers(min_value=0, max_value=2**64 - 1))
@@ -84,3 +91,19 @@ def test_bad_framing_is_refused(payload: bytes, says: str) -> None:
 def test_split_entries_refuses_an_overlong_varint() -> None:
     with pytest.raises(CorruptSnapshotError, match="bad length prefix"):
         wire.split_entries(bytearray(b"\x0a" + b"\xff" * 11))
+
+
+@given(st.binary(max_size=70_000))
+def test_only_field_is_a_sync_chunks_data_without_a_copy(data: bytes) -> None:
+    message = SyncCatalogResponse(chunk=data).SerializeToString()
+    body = wire.only_field(message, 2)
+    assert body is not None and body == data and body.obj is message
+
+
+def test_only_field_is_none_for_another_field_or_more_than_one() -> None:
+    header = SyncCatalogResponse(header=SyncHeader(data_size=5)).SerializeToString()
+    assert wire.only_field(header, 2) is None
+    chunk = SyncCatalogResponse(chunk=b"abc").SerializeToString()
+    assert wire.only_field(chunk + chunk, 2) is None
+    assert wire.only_field(chunk[:-1], 2) is None
+    assert wire.only_field(b"", 2) is None

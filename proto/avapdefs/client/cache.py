@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
-from avapdefs.errors import AvapDefsError, NoSnapshotError, SnapshotError, SyncError
+from avapdefs.errors import AvapDefsError, NoSnapshotError, SnapshotError, SyncError, TruncatedSnapshotError
 from avapdefs.folder import (
     VerifiedFile,
     atomic_file,
@@ -46,6 +46,7 @@ from avapdefs.folder import (
 )
 from avapdefs.format.delta import apply_delta, decode_delta
 from avapdefs.format.snapshot import Snapshot, SnapshotInfo, verify
+from avapdefs.format.stream import verify_stream
 from avapdefs.v1.definitions_pb2 import SyncCatalogRequest, SyncHeader
 
 logger = logging.getLogger(__name__)
@@ -192,17 +193,48 @@ def install_file(
 ) -> tuple[Path, SnapshotInfo]:
     """Receive a whole snapshot file and install it in ``dest_dir`` once it verifies.
 
+    Each chunk is written to the temporary file and checked as it arrives, in
+    one pass (``verify_stream``): the file is never read back.
+
     Raises:
         SyncError: the data is short, or does not match the header; nothing is installed.
         OSError: ``dest_dir`` cannot be written.
     """
     path = dest_dir / snapshot_name(header.catalog.version)
     with atomic_file(path) as file:
-        _receive(chunks, file, header, progress)
-        file.seek(0)
-        info = _check(file.read(), header, path)
+        written = _Written(chunks, file, header, progress)
+        try:
+            info = verify_stream(written, file_size=header.data_size, file_sha256=header.data_sha256, path=path).info
+        except SnapshotError as exc:
+            if isinstance(exc, TruncatedSnapshotError) and written.received < header.data_size:
+                raise written.short() from exc
+            raise SyncError("DATA_LOSS", f"the received snapshot does not verify: {exc.reason}") from exc
+        _check_announced(info, header)
     logger.info("installed catalog version %s at %s", info.version, path)
     return path, info
+
+
+class _Written:
+    """The chunks of a stream, each written to ``file`` and counted as it passes."""
+
+    def __init__(self, chunks: Iterable[bytes], file: BinaryIO, header: SyncHeader, progress: Progress | None) -> None:
+        self._chunks = chunks
+        self._file = file
+        self._header = header
+        self._progress = progress
+        self.received = 0
+
+    def __iter__(self) -> Iterator[bytes]:
+        for chunk in self._chunks:
+            self._file.write(chunk)
+            self.received += len(chunk)
+            if self._progress is not None:
+                self._progress(self.received, self._header.data_size)
+            yield chunk
+
+    def short(self) -> SyncError:
+        """The error for a stream that did not bring the size announced."""
+        return SyncError("DATA_LOSS", f"received {self.received} bytes, the server announced {self._header.data_size}")
 
 
 def install_delta(
@@ -249,6 +281,10 @@ def _check(data: bytes, header: SyncHeader, path: Path) -> SnapshotInfo:
         info = verify(data, path=path).info
     except SnapshotError as exc:
         raise SyncError("DATA_LOSS", f"the received snapshot does not verify: {exc.reason}") from exc
+    _check_announced(info, header)
+    return info
+
+
+def _check_announced(info: SnapshotInfo, header: SyncHeader) -> None:
     if info.version != header.catalog.version or info.content_hash != header.catalog.content_hash:
         raise SyncError("DATA_LOSS", f"the received snapshot is version {info.version}, not the announced one")
-    return info

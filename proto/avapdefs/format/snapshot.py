@@ -92,15 +92,19 @@ class SnapshotInfo:
 
 @dataclass(frozen=True)
 class Snapshot:
-    """A verified snapshot: its header and its uncompressed payload."""
+    """A verified snapshot: its header and its uncompressed payload.
+
+    The payload is bytes, or a read-only memoryview when ``stream.verify_stream``
+    inflated it into a buffer of its own.
+    """
 
     info: SnapshotInfo
-    payload: bytes
+    payload: bytes | memoryview
 
     def catalog(self) -> Catalog:
         """Parse the payload into a Catalog message (costly for large catalogs)."""
         catalog = Catalog()
-        catalog.ParseFromString(self.payload)
+        catalog.ParseFromString(self.payload)  # type: ignore[arg-type]  # any buffer parses; bytes() would copy it
         return catalog
 
 

@@ -103,6 +103,25 @@ def iter_entries(payload: bytes | memoryview, *, path: Path | str | None = None)
         pos += length
 
 
+def only_field(message: bytes | memoryview, field_number: int) -> memoryview | None:
+    """The body of ``message`` when it is exactly one length-delimited field ``field_number``, else None.
+
+    A view, not a copy: how a sync client takes a ``SyncCatalogResponse.chunk``'s data
+    out of the message grpc hands it, without parsing the message.
+
+    Raises:
+        CorruptSnapshotError: the length prefix is over 10 bytes.
+    """
+    view = memoryview(message)
+    head = tag(field_number)
+    if view[: len(head)] != head:
+        return None
+    length, start = peek_varint(view, len(head))
+    if start < 0 or start + length != len(view):
+        return None
+    return view[start:]
+
+
 def split_entries(buffer: bytearray, *, path: Path | str | None = None) -> tuple[list[bytes], int]:
     """The bodies of the complete field-1 entries at the start of ``buffer``, and how many bytes they take.
 
