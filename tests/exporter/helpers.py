@@ -1,19 +1,15 @@
 """Exporter test helpers: legacy rows, inserting them, running the exporter (in this process or its own),
-a PostgreSQL of a test's own, and a loopback proxy that can go silent."""
+and a PostgreSQL of a test's own."""
 
 from __future__ import annotations
 
-import contextlib
-import selectors
-import socket
-import struct
 import subprocess
 import sys
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 import psycopg
 
@@ -267,78 +263,6 @@ class PrivatePostgres:
     def cleanup(self) -> None:
         """Stop it and remove its data."""
         self._server.cleanup()
-
-
-class LoopbackProxy:
-    """A TCP proxy on 127.0.0.1 to a Unix socket that goes silent (``go_silent``) or drops (``drop``) on demand.
-
-    Silent, it stops forwarding in both directions but keeps every connection open: to a client,
-    the host behind it has vanished, though this machine's kernel still acknowledges its packets.
-    """
-
-    def __init__(self, target: Path) -> None:
-        self._target = str(target)
-        self._listener = socket.create_server(("127.0.0.1", 0))
-        self.port: int = self._listener.getsockname()[1]
-        self._sockets: list[socket.socket] = [self._listener]
-        self._peers: dict[socket.socket, socket.socket] = {}
-        self._silent = threading.Event()
-        self._closing = threading.Event()
-        self._thread = threading.Thread(target=self._serve, daemon=True)
-        self._thread.start()
-
-    def _serve(self) -> None:
-        with selectors.DefaultSelector() as selector:
-            selector.register(self._listener, selectors.EVENT_READ)
-            while not self._closing.is_set():
-                if self._silent.is_set():
-                    self._closing.wait(0.05)  # nothing more is read: the bytes stay where they are
-                    continue
-                for key, _ in selector.select(0.05):
-                    sock = cast(socket.socket, key.fileobj)
-                    if sock is self._listener:
-                        self._accept(selector)
-                    elif not self._forward(sock):
-                        selector.unregister(sock)
-
-    def _accept(self, selector: selectors.BaseSelector) -> None:
-        client, _ = self._listener.accept()
-        server = socket.socket(socket.AF_UNIX)
-        server.connect(self._target)
-        self._peers.update({client: server, server: client})
-        self._sockets += [client, server]
-        for sock in (client, server):
-            selector.register(sock, selectors.EVENT_READ)
-
-    def _forward(self, sock: socket.socket) -> bool:
-        try:
-            data = sock.recv(65536)
-            if data:
-                self._peers[sock].sendall(data)
-                return True
-            self._peers[sock].shutdown(socket.SHUT_WR)
-        except OSError:
-            pass
-        return False
-
-    def go_silent(self) -> None:
-        """Stop forwarding; keep every connection open."""
-        self._silent.set()
-
-    def drop(self) -> None:
-        """Close every connection at once (the peer sees a reset or an end of stream)."""
-        self._silent.set()
-        for sock in self._sockets[1:]:
-            with contextlib.suppress(OSError):
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-            sock.close()
-
-    def close(self) -> None:
-        """Stop the proxy and close everything."""
-        self._closing.set()
-        self._thread.join(5)
-        for sock in self._sockets:
-            sock.close()
 
 
 def read_textfile(path: Path) -> dict[str, float]:

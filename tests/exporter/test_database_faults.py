@@ -21,7 +21,8 @@ from avapdefs.folder import TEMP_PREFIX, list_snapshots
 from exporter.cli import EXIT_DATABASE, EXIT_OK
 from exporter.source import connect
 from exporter.watchdog import GRACE_S
-from tests.exporter.helpers import ExporterProcess, LoopbackProxy, PrivatePostgres, insert_generated, run_export
+from tests.exporter.helpers import ExporterProcess, PrivatePostgres, insert_generated, run_export
+from tests.loopback import LoopbackProxy
 
 ROWS = 30_000  # about 1 s of export: long enough to strike mid-COPY, ten times shorter than the statement timeout
 MID_COPY = "10000 commands written"
