@@ -5,33 +5,37 @@ answers with the server down), then a daemon thread runs ``follow``: it syncs
 the cache (a delta when the server has one), watches WatchCatalog, syncs again
 each time a new version goes live, and reconnects with jittered backoff. After
 each sync that brings another version, the thread builds a ``CatalogView`` of
-it and swaps it in with one reference assignment. A view is never changed
-once built, so a lookup, or a series of lookups on one ``view``, sees exactly
-one version; readers take no lock.
+it and swaps it in with one reference assignment. What a view answers never
+changes once built, so a lookup, or a series of lookups on one ``view``, sees
+exactly one version; readers take no lock.
 
-Why a dict of parsed Commands: the three designs measured on the
-5,000-command bench catalog (10.2 MB uncompressed; Python 3.11, protobuf 7.36
-upb; 1,000,000 lookups of random names, median of 5 runs, one thread of a
-shared 2-core machine):
+Why commands are kept as bytes and parsed on their first lookup: the designs
+measured on the 5,000-command bench catalog (10.2 MB uncompressed; Python
+3.11, protobuf 7.36 upb; 1,000,000 lookups of random names, one thread of a
+shared 2-core machine, its load average 6-8 at the time, so the rates are a
+third of a quiet machine's):
 
-    design                                        get() per s   memory / payload          build
-    dict name -> Command, one Catalog parse (this)    8.7 M      1.27x                      11 ms
-    dict name -> bytes, parsed on each get            0.7 M      1.03x                      19 ms
-    dict name -> bytes, parsed once on first get      6.3 M      1.03x, 1.46x all touched   19 ms
+    design                                        get() per s   memory / payload
+    dict name -> Command, one Catalog parse           3.2 M      1.27x
+    dict name -> bytes, parsed once on first get      2.4 M      1.03x; 1.18x all looked up,
+      into one arena per version (this)                          1.46x with an arena per command
+    dict name -> bytes, parsed on each get            0.7 M      1.03x (quiet machine)
 
-Parsing on each get misses the 2 M/s goal. Parsing once on first get is slower
-even once warm, and ends near the 1.5x memory goal once completion lists have
-touched every command (each Command parsed alone has an arena of its own), and
-has reader threads write into the view. Parsing the whole Catalog once is the
-fastest, its memory is fixed, and a view is truly read-only. Through
-``Replica.get`` on a live replica, ``bench/bench_replica.py`` measured 11.5 M
-lookups/s (median of 5 rounds, 9.3-11.6 M; 3.5 M when the machine was busy)
-against 2,100 for ``DefinitionClient.get_command`` over gRPC, and 130 ms from
-the server announcing a version to the replica swapping it in; a view held
-1.29x the payload, a whole Replica 1.63x (the gRPC channel and thread add
-about 3.5 MB whatever the catalog's size). While a new version is built, the
-old view, the new file's payload and the new view coexist for a moment (about
-3.5x).
+The issue's goal is a whole Replica within 1.5x of the payload, and the gRPC
+channel alone costs about 4.5 MB whatever the catalog's size (grpc's core
+starting in the process, and the connection): 0.43x at this size. Only the
+bytes view leaves room for it. A command is parsed once, into its version's
+shared arena (a ``Catalog`` whose elements the parsed commands are), so even
+with every command looked up the view holds less than the parsed dict did; a
+reader thread does that write, under the GIL, and lookups still take no lock.
+The whole Catalog is parsed once when the view is built and dropped, so a
+version whose commands do not parse is refused at the swap, never at a
+lookup. ``bench/bench_replica.py`` (5 rounds, load average about 10): a view
+holds 1.08x the payload (1.29x before), 1.28x once every command was looked
+up, a whole Replica 1.50x (1.64x before); ``Replica.get`` 2.0 M lookups/s
+(1.5-4.0 M; 3.0 M before, in the same conditions) against about 900 for
+``DefinitionClient.get_command`` over gRPC. While a new version is built,
+the old view, the new file's payload and the new view coexist for a moment.
 
 A returned ``Command`` is shared by every caller of that version: read it,
 never modify it (``Command().CopyFrom(command)`` gives a private copy).
@@ -46,10 +50,9 @@ import bisect
 import itertools
 import logging
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from types import MappingProxyType
 
 from google.protobuf.message import DecodeError
 
@@ -59,7 +62,8 @@ from avapdefs.client.rpc import DefinitionClient
 from avapdefs.errors import CorruptSnapshotError, SnapshotError
 from avapdefs.folder import read_newest, read_verified
 from avapdefs.format.snapshot import Snapshot
-from avapdefs.v1.definitions_pb2 import Command
+from avapdefs.format.wire import iter_entries
+from avapdefs.v1.definitions_pb2 import Catalog, Command
 
 logger = logging.getLogger(__name__)
 
@@ -75,23 +79,41 @@ class ReplicaInfo:
     command_count: int
 
 
-@dataclass(frozen=True)
 class CatalogView:
-    """One catalog version, indexed by name; never changed once built.
+    """One catalog version, indexed by name; what a lookup sees never changes once built.
+
+    Each command is held as its serialized bytes until it is first looked up,
+    then parsed once, into one arena shared by the version's commands, and
+    kept parsed (a reader thread does that, under the GIL; two readers that
+    race on one name may each parse it, and get equal commands).
 
     Attributes:
         info: its version, content hash and command count.
-        commands: name -> Command (shared: do not modify the messages).
         names: every name, sorted.
     """
 
-    info: ReplicaInfo
-    commands: Mapping[str, Command]
-    names: tuple[str, ...]
+    __slots__ = ("_arena", "_entries", "info", "names")
+
+    def __init__(self, info: ReplicaInfo, entries: dict[str, bytes | Command], names: tuple[str, ...]) -> None:
+        self.info = info
+        self.names = names
+        # A plain dict: a MappingProxyType would cost every get() a second call.
+        self._entries = entries
+        self._arena = Catalog()  # the parsed commands are its elements, so they share its memory
 
     def get(self, name: str) -> Command | None:
-        """The command ``name`` of this version, or None."""
-        return self.commands.get(name)
+        """The command ``name`` of this version, or None (shared: do not modify it)."""
+        found = self._entries.get(name)
+        if isinstance(found, bytes):
+            return self.parse(name, found)
+        return found
+
+    def parse(self, name: str, serialized: bytes) -> Command:
+        """Parse the command ``name`` from its bytes, keep it, and return it."""
+        command = self._arena.commands.add()
+        command.MergeFromString(serialized)  # checked when the view was built: it parses
+        self._entries[name] = command
+        return command
 
     def names_with_prefix(self, prefix: str = "") -> list[str]:
         """The sorted names that start with ``prefix`` (all of them for "")."""
@@ -99,24 +121,25 @@ class CatalogView:
         return list(itertools.takewhile(lambda name: name.startswith(prefix), self.names[start:]))
 
 
-EMPTY_VIEW = CatalogView(ReplicaInfo(0, b"", 0), MappingProxyType({}), ())
+EMPTY_VIEW = CatalogView(ReplicaInfo(0, b"", 0), {}, ())
 
 
 def build_view(snapshot: Snapshot) -> CatalogView:
-    """Index a verified snapshot: parse its Catalog once, map each name to its Command.
+    """Index a verified snapshot: each name to its command's bytes, parsed when first looked up.
+
+    The whole Catalog is parsed once here and dropped, so a command that does
+    not parse refuses the version now, not on a lookup later.
 
     Raises:
         CorruptSnapshotError: a command does not parse (the payload's framing verified, its contents not).
     """
     try:
-        catalog = snapshot.catalog()
+        names = [command.name for command in snapshot.catalog().commands]
     except DecodeError as exc:
         raise CorruptSnapshotError(f"a command does not parse: {exc}") from exc
-    # A plain dict, not a MappingProxyType: the proxy would cost every get() a
-    # second call, and nothing hands this dict to code that could change it.
-    commands = {command.name: command for command in catalog.commands}
-    info = ReplicaInfo(snapshot.info.version, snapshot.info.content_hash, len(commands))
-    return CatalogView(info, commands, tuple(sorted(commands)))
+    entries: dict[str, bytes | Command] = dict(zip(names, map(bytes, iter_entries(snapshot.payload)), strict=True))
+    info = ReplicaInfo(snapshot.info.version, snapshot.info.content_hash, len(entries))
+    return CatalogView(info, entries, tuple(sorted(entries)))
 
 
 class Replica:
@@ -170,7 +193,11 @@ class Replica:
 
         None rather than KeyError: an editor looks up every word typed, and most are not commands.
         """
-        return self._view.commands.get(name)
+        view = self._view
+        found = view._entries.get(name)  # CatalogView.get, inline: this is the hot path
+        if isinstance(found, bytes):
+            return view.parse(name, found)
+        return found
 
     def names(self, prefix: str = "") -> list[str]:
         """The sorted names, of the newest version held, that start with ``prefix``."""
