@@ -305,13 +305,16 @@ def _publish(store: Remote, folder: Path) -> str | None:
     """Publish the folder's newest version to the store, under the folder's lock (so retention agrees).
 
     Returns:
-        None, or the line saying why the store was not reached (exit 10; the next run completes it).
+        None, or the line saying why the store was not reached (exit 10; the next run completes it) or
+        holds another exporter's versions (exit 10; the next run does not complete it).
     """
-    from avapdefs.remote import RemoteError
+    from avapdefs.remote import PublishConflictError, RemoteError
 
     try:
         with folder_lock(folder):
             published = store.publish(folder)
+    except PublishConflictError as exc:
+        return f"{exc}; published locally only, and running again does not change that (one exporter per store URL)"
     except RemoteError as exc:
         return f"{exc}; published locally only (the next run completes it)"
     announcement = published.announcement

@@ -96,6 +96,24 @@ class NoAnnouncementError(RemoteError):
     """The store holds no announcement: nothing has been published there yet."""
 
 
+class PublishConflictError(RemoteError):
+    """The store holds another publisher's versions: an object of this version with other bytes, or an
+    announced version as new as this one or newer. Publishing the same folder again does not help."""
+
+
+class RefusedAnnouncementError(RemoteError):
+    """The announcement was read, but an object it names is missing, differs from it or does not verify.
+
+    Attributes:
+        etag: the refused announcement's ETag (None when the store gave none), so that a follower
+            can poll on it (a conditional GET) instead of downloading the same objects again.
+    """
+
+    def __init__(self, url: str, reason: str, etag: str | None) -> None:
+        super().__init__(url, reason)
+        self.etag = etag
+
+
 # obstore's answers that mean something to the caller; they pass through ``Remote._call`` as they are.
 _ANSWERS = (
     FileNotFoundError,
@@ -341,7 +359,7 @@ class Remote:
         except store_errors.AlreadyExistsError:
             existing, _ = self._get(key, len(data))
             if existing is None or hashlib.sha256(existing).hexdigest() != ref.sha256:
-                raise RemoteError(
+                raise PublishConflictError(
                     self.url, f"{key} is already in the store with other content; a version is never overwritten"
                 ) from None
             return ref, False
@@ -387,8 +405,9 @@ class Remote:
 
         Raises:
             NoSnapshotError: ``folder`` holds no valid snapshot.
-            RemoteError: an object of that name with other bytes is in the store, the store announces a
-                newer version than ``folder`` holds, or another publisher announced meanwhile.
+            PublishConflictError: an object of that name with other bytes is in the store, or the store
+                announces a newer version than ``folder`` holds (or did so meanwhile).
+            RemoteError: another publisher announced an older version meanwhile, or the store refused a request.
             StoreUnavailableError: the store could not be reached; nothing was announced.
         """
         current, etag = self._current()
@@ -399,7 +418,7 @@ class Remote:
         newest = read_newest(folder)
         info = newest.snapshot.info
         if current is not None and current.version > info.version:
-            raise RemoteError(
+            raise PublishConflictError(
                 self.url,
                 f"the store announces version {current.version}, newer than this folder's newest "
                 f"({info.version}); refusing to announce an older one",
@@ -446,6 +465,12 @@ class Remote:
                 # and the exporter's folder lock already keeps a second publisher out.
                 self._call(f"writing {ANNOUNCEMENT_KEY}", obstore.put, ANNOUNCEMENT_KEY, data)
         except (store_errors.PreconditionError, store_errors.AlreadyExistsError) as exc:
+            # Whether running again helps depends on what the other publisher announced.
+            latest, _ = self._current()
+            if latest is not None and latest.version >= announcement.version:
+                raise PublishConflictError(
+                    self.url, f"another publisher announced version {latest.version} meanwhile; nothing announced"
+                ) from exc
             raise RemoteError(
                 self.url, f"another publisher changed {ANNOUNCEMENT_KEY} meanwhile; nothing announced, run again"
             ) from exc
@@ -488,7 +513,8 @@ class Remote:
             keep: how many versions the folder keeps, the new one included.
 
         Raises:
-            RemoteError: no announcement, or an object that does not match it (the folder is unchanged).
+            RefusedAnnouncementError: an object the announcement names does not match it (the folder is unchanged).
+            RemoteError: no announcement, or one that is not valid (the folder is unchanged).
             StoreUnavailableError: the store could not be reached (the folder is unchanged).
             OSError: ``folder`` cannot be written.
         """
@@ -496,12 +522,30 @@ class Remote:
         announcement, new_etag = self.read_announcement(etag)
         if announcement is None:
             return PullResult(etag, None)
+        try:
+            return self._install(folder, announcement, new_etag, accept_delta=accept_delta, keep=keep, started=started)
+        except StoreUnavailableError:
+            raise
+        except RemoteError as exc:
+            raise RefusedAnnouncementError(self.url, exc.reason, new_etag) from exc
+
+    def _install(
+        self,
+        folder: Path,
+        announcement: Announcement,
+        etag: str | None,
+        *,
+        accept_delta: bool,
+        keep: int,
+        started: float,
+    ) -> PullResult:
+        """Install the announced version into ``folder`` (a delta when it can), unless the folder has it."""
         folder.mkdir(parents=True, exist_ok=True)
         for stale in remove_temp_files(folder, dead_writers_only=True):
             logger.info("removed %s, left by a pull that was killed", stale.name)
         local = _newest_local(folder)
         if local is not None and local.snapshot.info.version >= announcement.version:
-            return PullResult(new_etag, announcement)
+            return PullResult(etag, announcement)
         path = folder / snapshot_name(announcement.version)
         if accept_delta and local is not None and local.snapshot.info.version in announcement.deltas:
             ref = announcement.deltas[local.snapshot.info.version]
@@ -514,7 +558,7 @@ class Remote:
             else:
                 prune(folder, keep, current=announcement.version)
                 seconds = time.perf_counter() - started
-                return PullResult(new_etag, announcement, path, True, ref.size, seconds)
+                return PullResult(etag, announcement, path, True, ref.size, seconds)
         data = self._get_object(announcement.snapshot)
         try:
             info = verify(data, path=path).info
@@ -525,7 +569,7 @@ class Remote:
             file.write(data)
         logger.info("installed catalog version %s at %s from %s", info.version, path, self.url)
         prune(folder, keep, current=announcement.version)
-        return PullResult(new_etag, announcement, path, False, len(data), time.perf_counter() - started)
+        return PullResult(etag, announcement, path, False, len(data), time.perf_counter() - started)
 
     def _install_delta(self, ref: ObjectRef, local: VerifiedFile, path: Path, announcement: Announcement) -> None:
         delta = decode_delta(self._get_object(ref))
@@ -617,7 +661,10 @@ class Follower:
     Each poll is one conditional GET (nothing is downloaded while the
     announcement is unchanged). While the store is unreachable the folder
     keeps what it has, and that is said once, when it starts and when it ends,
-    not at every poll.
+    not at every poll. An announcement whose objects are refused is said once
+    too, and not downloaded again for ``REFUSED_RETRY_S``: until then each poll
+    is a conditional GET on its ETag, so a new announcement is still taken at
+    the next poll.
 
     Args:
         remote: the store.
@@ -631,6 +678,7 @@ class Follower:
     """
 
     RECORD_EVERY_S = 30.0
+    REFUSED_RETRY_S = 60.0  # how long an announcement whose objects were refused is not downloaded again
 
     def __init__(
         self,
@@ -652,6 +700,8 @@ class Follower:
         self._recorded: tuple[object, ...] | None = None
         self._recorded_at = 0.0
         self._etag: str | None = None
+        self._refused_etag: str | None = None  # the ETag of an announcement whose objects were refused
+        self._refused_until = 0.0  # monotonic time until which it is not downloaded again
         self._random = random.Random()
 
     def poll(self) -> PullResult | None:
@@ -683,16 +733,25 @@ class Follower:
         self._recorded, self._recorded_at = key, time.monotonic()
 
     def _pull(self) -> PullResult | None:
+        # An announcement whose objects were refused is polled on its ETag, not downloaded again at each
+        # poll (a fleet would fetch a whole bad file every few seconds); a new announcement is still seen
+        # at the next poll, and the refused one is tried again after REFUSED_RETRY_S.
+        refused = self._refused_etag if time.monotonic() < self._refused_until else None
         try:
-            result = self.remote.pull(self.folder, etag=self._etag, keep=self.keep)
+            result = self.remote.pull(self.folder, etag=refused or self._etag, keep=self.keep)
+        except RefusedAnnouncementError as exc:
+            self._refused_etag, self._refused_until = exc.etag, time.monotonic() + self.REFUSED_RETRY_S
+            self._failed(exc)
+            return None
         except (RemoteError, SnapshotError, OSError) as exc:
             self._failed(exc)
             return None
         if self.state.reachable is False:
             logger.info("reached %s again", self.remote.url)
-        self._etag = result.etag
-        self.state.reachable = True
-        self.state.last_success_unix = time.time()
+        self.state.reachable, self.state.last_success_unix = True, time.time()
+        if refused is not None and result.announcement is None:
+            return result  # the refused announcement, unchanged: the refusal stands in last_error
+        self._etag, self._refused_etag = result.etag, None
         self.state.last_error = ""
         if result.announcement is not None:
             self.state.version = result.announcement.version
