@@ -136,7 +136,7 @@ class DefinitionServer:
             max_sync_streams=settings.max_sync_streams,
             metrics=self.metrics,
         )
-        self.health = Health(Signal(loop), self.store, settings.max_age_s)
+        self.health = Health(Signal(loop), self.store, settings.max_age_s, max_watch_streams=settings.max_watch_streams)
         self._age_task: asyncio.Task[None] | None = None
         self._key = settings.api_key.encode("utf-8") if settings.api_key else None
         names = [SERVICE_NAME, HEALTH_SERVICE, REFLECTION_SERVICE]

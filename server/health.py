@@ -44,12 +44,19 @@ class Health:
         changes: wakes Watch streams when the status may have changed.
         store: the live snapshot, whose age decides staleness.
         max_age_s: a live, unpinned snapshot older than this is NOT_SERVING; None: never.
+        max_watch_streams: Watch streams open at once; beyond it RESOURCE_EXHAUSTED. A Watch
+            may stay quiet for ever (no idle timeout cuts it) and costs about 25 KiB, so
+            without a cap one client could hold any amount of memory.
     """
 
-    def __init__(self, changes: Signal, store: SnapshotStore, max_age_s: float | None = None) -> None:
+    def __init__(
+        self, changes: Signal, store: SnapshotStore, max_age_s: float | None = None, *, max_watch_streams: int = 10000
+    ) -> None:
         self._changes = changes
         self._store = store
         self._max_age_s = max_age_s
+        self._max_watch_streams = max_watch_streams
+        self.watch_streams = 0
         self._up = False  # loaded and not draining
         self.stale = False  # as of the last check
         self._services = {"", SERVICE_NAME}
@@ -113,11 +120,21 @@ class Health:
         return health_pb2.HealthCheckResponse(status=status).SerializeToString()
 
     async def watch(self, data: bytes, disconnected: asyncio.Future[None]) -> AsyncIterator[bytes]:
-        """Watch: the status now, then each change, until the client goes away."""
-        sent = None
-        while not disconnected.done():
-            status = self._status_of(data)
-            if status != sent:
-                sent = status
-                yield health_pb2.HealthCheckResponse(status=status).SerializeToString()
-            await self._changes.wait(3600.0, disconnected)
+        """Watch: the status now, then each change, until the client goes away; RESOURCE_EXHAUSTED past the cap."""
+        self._status_of(data)  # a request that does not parse is refused before it takes a slot
+        if self.watch_streams >= self._max_watch_streams:
+            raise StatusError(
+                Code.RESOURCE_EXHAUSTED,
+                f"over {self._max_watch_streams} health watch streams open here; retry later (with backoff)",
+            )
+        self.watch_streams += 1
+        try:
+            sent = None
+            while not disconnected.done():
+                status = self._status_of(data)
+                if status != sent:
+                    sent = status
+                    yield health_pb2.HealthCheckResponse(status=status).SerializeToString()
+                await self._changes.wait(3600.0, disconnected)
+        finally:
+            self.watch_streams -= 1

@@ -192,3 +192,27 @@ def test_watch_churn_gives_every_slot_back_with_flat_memory(
         stream.cancel()  # type: ignore[attr-defined]
     _answers(stub, 10, version)
     assert _errors_logged(server) == []
+
+
+def test_health_watches_past_the_cap_are_refused_and_their_slots_come_back(
+    churned: tuple[RunningServer, DefinitionServiceStub, grpc.Channel],
+) -> None:
+    # Before: health Watch streams had no cap, and no idle timeout ends a quiet one, so a client
+    # could hold any number of them (about 25 KiB each: 5,000 took 129 MB).
+    _, _, channel = churned
+    health = health_pb2_grpc.HealthStub(channel)
+
+    def health_watch() -> object:
+        return health.Watch(health_pb2.HealthCheckRequest(), timeout=60)  # type: ignore[attr-defined]
+
+    full = _open_all(health_watch, WATCH_SLOTS)
+    over = health_watch()
+    with pytest.raises(grpc.RpcError) as refused:
+        next(over)  # type: ignore[call-overload]
+    assert refused.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    for stream, _ in full:
+        stream.cancel()  # type: ignore[attr-defined]
+    again = _open_all(health_watch, WATCH_SLOTS)  # the cancelled ones' slots came back
+    assert [first.status for _, first in again] == [health_pb2.HealthCheckResponse.SERVING] * WATCH_SLOTS  # type: ignore[attr-defined]
+    for stream, _ in again:
+        stream.cancel()  # type: ignore[attr-defined]
