@@ -53,6 +53,9 @@ TEMP_PREFIX = ".tmp-"
 PIN_NAME = "PIN"
 LOCK_NAME = ".lock"
 SOURCE_STATE_NAME = ".source-state"
+# Every file of a folder: read by any user (a server may run as another user than its writer), written
+# by its writer only; never 0666 under a umask of 000. Nothing secret is ever written into a folder.
+FILE_MODE = 0o644
 _MAX_SOURCE_STATE_BYTES = 64 << 10
 _NAME = re.compile(r"^catalog-(\d{10,})\.avsnap$")
 _DELTA_NAME = re.compile(r"^catalog-(\d{10,})\.from-(\d{10,})\.avdelta$")
@@ -285,12 +288,14 @@ def atomic_file(final_path: Path) -> Iterator[BinaryIO]:
     Yields a binary file under a hidden temporary name in the same folder.
     When the block ends normally the file is flushed, fsynced, renamed onto
     ``final_path`` and the folder fsynced; when it raises, the temporary file
-    is removed and ``final_path`` is untouched.
+    is removed and ``final_path`` is untouched. The file is ``FILE_MODE``
+    whatever the umask (a writer may ``fchmod`` it otherwise inside the block).
     """
     folder = final_path.parent
     temp_path = folder / f"{TEMP_PREFIX}{final_path.name}.{os.getpid()}.{secrets.token_hex(4)}"
     try:
         with open(temp_path, "w+b") as file:
+            os.fchmod(file.fileno(), FILE_MODE)
             yield file
             file.flush()
             os.fsync(file.fileno())

@@ -24,6 +24,7 @@ from __future__ import annotations
 import hashlib
 import io
 import logging
+import os
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
@@ -51,6 +52,7 @@ from avapdefs.v1.definitions_pb2 import SyncCatalogRequest, SyncHeader
 
 logger = logging.getLogger(__name__)
 
+CACHE_FOLDER_MODE = 0o755  # a folder avap-sync creates: listed and read by any user, written by the syncing one
 _DELTA_SLACK_BYTES = 1 << 20  # a delta's own header and framing, beyond the commands and names it carries
 
 Progress = Callable[[int, int], None]
@@ -105,7 +107,7 @@ def sync_cache(
 ) -> SyncResult:
     """Bring the cache in ``dest_dir`` up to the server's version (``DefinitionClient.sync`` documents it)."""
     started = time.perf_counter()
-    dest_dir.mkdir(parents=True, exist_ok=True)
+    _make_cache_folder(dest_dir)
     for stale in remove_temp_files(dest_dir, dead_writers_only=True):
         logger.info("removed %s, left by a sync that was killed", stale.name)
     cached = current_cached(dest_dir)
@@ -142,6 +144,18 @@ def sync_cache(
     return SyncResult(
         path, info, False, header.data_size, now - started, header.kind == SyncHeader.KIND_DELTA, now - answered
     )
+
+
+def _make_cache_folder(dest_dir: Path) -> None:
+    """Create the cache folder when missing, ``CACHE_FOLDER_MODE`` whatever the umask; an existing one is left as it is.
+
+    The cache is a snapshot folder like the server's (``avap-server --snapshots DEST`` may serve it,
+    as another user too), so it is readable like one; its files are ``folder.FILE_MODE`` (0644).
+    """
+    if dest_dir.is_dir():
+        return
+    dest_dir.mkdir(parents=True, exist_ok=True)
+    os.chmod(dest_dir, CACHE_FOLDER_MODE)
 
 
 def load_cached(dest_dir: Path) -> Snapshot:
