@@ -106,6 +106,22 @@ class ImageError(Exception):
         self.path = path
 
 
+CACHE_FOLDER_MODE = 0o755  # like the snapshot folder it sits in: images are 0444, readable by any user
+
+
+def make_cache_folder(cache: Path) -> None:
+    """Create the cache folder ``cache`` when missing, ``CACHE_FOLDER_MODE`` whatever the umask.
+
+    Raises:
+        OSError: it cannot be created.
+    """
+    try:
+        cache.mkdir()
+    except FileExistsError:
+        return
+    os.chmod(cache, CACHE_FOLDER_MODE)
+
+
 def image_name(info: SnapshotInfo) -> str:
     """The file name of the image of the snapshot ``info`` describes."""
     return f"{info.version:010d}-{info.content_hash.hex()}.f{IMAGE_FORMAT}{SUFFIX}"

@@ -65,7 +65,16 @@ from avapdefs.format.snapshot import (
     read_info,
 )
 from avapdefs.v1.definitions_pb2 import CatalogInfo, SyncCatalogResponse, SyncHeader
-from server.image import CACHE_NAME, Image, ImageError, image_name, open_image, remove_stale, write_image
+from server.image import (
+    CACHE_NAME,
+    Image,
+    ImageError,
+    image_name,
+    make_cache_folder,
+    open_image,
+    remove_stale,
+    write_image,
+)
 from server.legacy.answers import LazyLegacyAnswers
 from server.legacy.codec import LegacyCodec
 from server.sync import DeltaAnswer, load_deltas
@@ -316,7 +325,7 @@ class SnapshotStore:
         # One process of a group writes the image; the others wait for it and map it.
         with contextlib.ExitStack() as locked:
             with contextlib.suppress(OSError):
-                self.serving_cache.mkdir(mode=0o755, exist_ok=True)
+                make_cache_folder(self.serving_cache)
                 locked.enter_context(folder_lock(self.serving_cache, wait=True))
                 image = self._open_image(target, info)
                 if image is not None:

@@ -48,6 +48,7 @@ def test_a_sync_cache_and_a_servers_images_have_their_chosen_modes(tmp_path: Pat
     assert _mode(cache) == 0o755  # created by the sync: a snapshot folder any user may read
     assert _mode(cache / snapshot_name(2)) == 0o644
     assert images and all(_mode(image) == 0o444 for image in images)  # the server's, never written again
+    assert _mode(folder / CACHE_NAME) == 0o755
     write_pin(cache, 2)
     assert _mode(cache / PIN_NAME) == 0o644
     write_source_state(folder, {"url": "file:///bucket", "reachable": True})
