@@ -348,7 +348,7 @@ def settings_to_json(settings: Settings) -> dict[str, Any]:
 
 def settings_from_json(values: dict[str, Any]) -> Settings:
     """The inverse of ``settings_to_json``."""
-    paths = {"snapshots_dir", "legacy_proto"}
+    paths = {"snapshots_dir", "legacy_proto", "tls_cert", "tls_key", "tls_client_ca"}
     converted: dict[str, Any] = {
         name: Path(value) if name in paths and value is not None else value for name, value in values.items()
     }

@@ -9,7 +9,8 @@ version (``avapdefs.remote``): one pull for all the processes, which serve
 the folder as ever.
 
 Exit codes: 0 stopped by SIGTERM/SIGINT after a graceful shutdown; 1 a
-serving process failed at start for another reason; 2 bad options; 3 nothing
+serving process failed at start for another reason; 2 bad options (a TLS file
+that cannot be read or used, a key that does not match its certificate); 3 nothing
 to serve (the folder does not exist, is not a folder, holds no valid
 snapshot, or lacks the pinned version; with ``--source``, the store is
 unreachable and the folder empty); 4 the address cannot be listened on.
@@ -29,9 +30,10 @@ from typing import TYPE_CHECKING, Any
 
 from avapdefs.about import add_version_option
 from avapdefs.cloud import StoreURLError, open_remote
-from avapdefs.errors import NoSnapshotError, OptionError
+from avapdefs.errors import NoSnapshotError, OptionError, TlsFileError
 from avapdefs.folder import list_snapshots, no_snapshot_error, remove_source_state
 from avapdefs.options import add_options, resolve
+from avapdefs.tls import check_server_files, warn_if_exposed
 from server import logs, processes, sample
 from server.config import DEFAULTS, OPTIONS, SettingError, Settings
 from server.store import check_folder
@@ -53,7 +55,7 @@ def _parser() -> argparse.ArgumentParser:
         epilog="exit codes:\n"
         "  0  stopped by SIGTERM/SIGINT after a graceful shutdown\n"
         "  1  a serving process failed at start\n"
-        "  2  bad options\n"
+        "  2  bad options, or a TLS file that cannot be used (unreadable, not PEM, a key not the certificate's)\n"
         "  3  nothing to serve: no such folder, no valid snapshot, or the pinned version missing\n"
         "     (--source: the store unreachable or empty and nothing in --snapshots)\n"
         "  4  the address cannot be listened on",
@@ -88,7 +90,7 @@ def _api_key(path: Path | None, env: Mapping[str, str]) -> str | None:
     return key
 
 
-def _named(exc: SettingError, args: argparse.Namespace, env: Mapping[str, str]) -> str:
+def _named(exc: SettingError | TlsFileError, args: argparse.Namespace, env: Mapping[str, str]) -> str:
     """``exc``'s message, led by the flag or the variable its value came from."""
     option = next((option for option in OPTIONS if option.field == exc.field), None)
     if option is None:
@@ -107,6 +109,7 @@ class _Program:
     log_format: str
     source: str | None = None
     source_poll_s: float = 5.0
+    api_key_file: Path | None = None
 
 
 def _settings(args: argparse.Namespace, env: Mapping[str, str]) -> tuple[dict[str, Any], _Program]:
@@ -122,11 +125,12 @@ def _settings(args: argparse.Namespace, env: Mapping[str, str]) -> tuple[dict[st
         values.pop("log_format", "plain"),
         values.pop("source", None),
         values.pop("source_poll_s", 5.0),
+        values.pop("api_key_file", None),
     )
     if program.source is not None and values.get("snapshots_dir") is None:
         raise ValueError("--source needs --snapshots DIR: the local folder the pulled versions are served from")
     processes_wanted = program.processes
-    values["api_key"] = _api_key(values.pop("api_key_file", None), env)
+    values["api_key"] = _api_key(program.api_key_file, env)
     if processes_wanted is not None and processes_wanted < 1:
         raise ValueError(f"--processes {processes_wanted} is below 1")
     port = values.get("port", DEFAULTS["port"])
@@ -177,11 +181,12 @@ def _serve(args: argparse.Namespace, values: dict[str, Any], program: _Program) 
         follower: Follower | None = None
         try:
             settings = Settings(**{**values, "snapshots_dir": folder})
+            _check_secrets(settings, program)
             follower = _follower(program, settings.snapshots_dir)
             check_folder(settings.snapshots_dir)
             if follower is not None and not list_snapshots(settings.snapshots_dir):
                 raise no_snapshot_error(settings.snapshots_dir)
-        except SettingError as exc:
+        except (SettingError, TlsFileError) as exc:
             return _usage_error(_named(exc, args, os.environ))
         except StoreURLError as exc:
             return _usage_error(str(exc))
@@ -200,6 +205,18 @@ def _serve(args: argparse.Namespace, values: dict[str, Any], program: _Program) 
             log_format=program.log_format,
             follower=follower,
         )
+
+
+def _check_secrets(settings: Settings, program: _Program) -> None:
+    """Check the TLS files before Envoy is given them; warn about a key file others may read.
+
+    Raises:
+        TlsFileError: a TLS file cannot be used (it names the file and what is wrong).
+    """
+    if program.api_key_file is not None:
+        warn_if_exposed(program.api_key_file, "the API key file")
+    if settings.tls_cert is not None and settings.tls_key is not None:
+        check_server_files(settings.tls_cert, settings.tls_key, settings.tls_client_ca)
 
 
 def _follower(program: _Program, folder: Path) -> Follower | None:

@@ -78,6 +78,9 @@ class Settings:
         max_age_s: health is NOT_SERVING while the live, unpinned snapshot is older than this; None: never.
         metrics_port: the supervisor serves Prometheus metrics on this port (0: any free one) and the
             serving processes count them; None: no metrics, and no cost per call.
+        tls_cert: the server's certificate (PEM, its chain after it): Envoy serves TLS with it; None: plaintext.
+        tls_key: the private key of ``tls_cert`` (PEM, unencrypted).
+        tls_client_ca: with it, mutual TLS: every client must present a certificate this CA (PEM) signed.
     """
 
     snapshots_dir: Path = Path("snapshots")
@@ -104,6 +107,9 @@ class Settings:
     reuse_port: bool = False
     max_age_s: float | None = None
     metrics_port: int | None = None
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    tls_client_ca: Path | None = None
 
     def __post_init__(self) -> None:
         if not 0 <= self.port <= 65535:
@@ -137,6 +143,23 @@ class Settings:
         if not MIN_CHUNK_BYTES <= self.chunk_bytes <= self.max_send_bytes // 2:
             limit = self.max_send_bytes // 2
             raise SettingError("chunk_bytes", f"chunk_bytes {self.chunk_bytes} is outside {MIN_CHUNK_BYTES}..{limit}")
+        self._check_tls()
+
+    def _check_tls(self) -> None:
+        """TLS needs a certificate and its key together; mutual TLS needs TLS (the files are ``avapdefs.tls``'s)."""
+        if self.tls_key is not None and self.tls_cert is None:
+            raise SettingError("tls_key", "a TLS key without a certificate; give --tls-cert too")
+        if self.tls_cert is not None and self.tls_key is None:
+            raise SettingError("tls_cert", "a TLS certificate without its key; give --tls-key too")
+        if self.tls_client_ca is not None and self.tls_cert is None:
+            raise SettingError("tls_client_ca", "mutual TLS needs TLS: give --tls-cert and --tls-key too")
+
+    @property
+    def tls(self) -> str:
+        """How the port is served, in words: ``plaintext``, ``TLS`` or ``mutual TLS``."""
+        if self.tls_cert is None:
+            return "plaintext"
+        return "TLS" if self.tls_client_ca is None else "mutual TLS"
 
     @property
     def address(self) -> str:
@@ -280,6 +303,21 @@ OPTIONS: tuple[Option, ...] = (
         integer,
         "serve Prometheus metrics on http://HOST:PORT/metrics, all processes together (default: off; 0 for any "
         "free port)",
+    ),
+    Option(
+        "--tls-cert",
+        "AVAP_TLS_CERT",
+        "tls_cert",
+        Path,
+        "serve TLS with this certificate (PEM, intermediates after it); needs --tls-key (default: plaintext)",
+    ),
+    Option("--tls-key", "AVAP_TLS_KEY", "tls_key", Path, "the certificate's private key (PEM, unencrypted, chmod 600)"),
+    Option(
+        "--tls-client-ca",
+        "AVAP_TLS_CLIENT_CA",
+        "tls_client_ca",
+        Path,
+        "mutual TLS: refuse every client without a certificate this CA (PEM) signed; needs --tls-cert",
     ),
     LOG_LEVEL,
     LOG_FORMAT,

@@ -8,7 +8,11 @@ taken and patched (docs/serving-stack.md):
 - ``initial_stream_window_size`` 1 MiB: Envoy's per-stream send buffer
   follows it, so a client that stops reading holds about 2.4 MB here instead
   of about 17 MB (50 stalled readers: 216 MB against 1,022 MB);
-- ``stream_idle_timeout``: a stream that moves no bytes for that long is reset;
+- ``stream_idle_timeout``: a stream that moves no bytes for that long is reset,
+  except a health Watch, which has nothing to send between changes (its own
+  route turns the timeout off);
+- with ``--tls-cert``, Envoy's own TLS on the listener (``--tls-client-ca``:
+  mutual TLS), the files named, never inlined (``ps`` shows Envoy's config);
 - keepalive pings every 60 s (20 s to answer), to drop peers that vanished;
 - ``enable_reuse_port`` only within a ``--processes`` group, so an unrelated
   server on a busy port is refused rather than handed half the connections;
@@ -121,7 +125,57 @@ def envoy_config(settings: Settings, admin_socket: Path) -> dict[str, Any]:
         "initial_stream_window_size": STREAM_WINDOW_BYTES,
         "connection_keepalive": {"interval": "60s", "timeout": "20s"},
     }
+    manager["route_config"] = _routes(manager["route_config"])
+    if settings.tls_cert is not None and settings.tls_key is not None:
+        listener["filter_chains"][0]["transport_socket"] = _tls_socket(
+            settings.tls_cert, settings.tls_key, settings.tls_client_ca
+        )
     return config
+
+
+# A route that exists only to carry a setting: pyvoy is the terminal filter, so no router ever forwards to it.
+_NO_CLUSTER = "unused"
+# Streams that may rightly stay quiet for longer than the idle timeout: a health Watch sends only changes.
+QUIET_STREAMS = ("/grpc.health.v1.Health/Watch",)
+
+
+def _routes(route_config: dict[str, Any]) -> dict[str, Any]:
+    """pyvoy's route table, with the idle timeout turned off (``0s``) on the routes of ``QUIET_STREAMS``.
+
+    A route's ``idle_timeout`` overrides the connection manager's ``stream_idle_timeout`` for
+    the streams it matches; only a forwarding route has one, hence a cluster that is never
+    used (and not validated). Every other stream keeps the manager's timeout.
+    """
+    routes = [
+        {"match": {"path": path}, "route": {"cluster": _NO_CLUSTER, "idle_timeout": "0s"}} for path in QUIET_STREAMS
+    ]
+    hosts = [{**host, "routes": [*routes, *host.get("routes", [])]} for host in route_config["virtual_hosts"]]
+    return {**route_config, "virtual_hosts": hosts, "validate_clusters": False}
+
+
+def _tls_socket(cert: Path, key: Path, client_ca: Path | None) -> dict[str, Any]:
+    """Envoy's downstream TLS for the listener: ``cert`` and ``key``; with ``client_ca``, client certificates
+    are required and must be signed by it. ALPN offers h2 only: gRPC is HTTP/2.
+
+    The files are named, not inlined: the config is on Envoy's command line, where ``ps`` shows it.
+    Absolute, not resolved: a Kubernetes secret's file is a link that a rotation points elsewhere.
+    """
+    context: dict[str, Any] = {
+        "@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext",
+        "common_tls_context": {
+            "tls_certificates": [
+                {
+                    "certificate_chain": {"filename": str(cert.absolute())},
+                    "private_key": {"filename": str(key.absolute())},
+                }
+            ],
+            "alpn_protocols": ["h2"],
+        },
+    }
+    if client_ca is not None:
+        context["common_tls_context"]["validation_context"] = {"trusted_ca": {"filename": str(client_ca.absolute())}}
+        context["require_client_certificate"] = True
+    return {"name": "envoy.transport_sockets.tls", "typed_config": context}
 
 
 # A Python exception's last line (``NotADirectoryError: [Errno 20] ...``), as pyvoy logs it through Envoy.

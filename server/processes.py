@@ -173,7 +173,7 @@ def run(
         valid snapshot can be loaded, 4 when the address cannot be listened on, 1 when a
         process failed otherwise at start.
     """
-    if not settings.is_loopback and not settings.api_key:
+    if not settings.is_loopback and not settings.api_key and settings.tls_client_ca is None:
         logger.warning("listening on %s with no API key: anyone who can reach it reads every definition", settings.host)
     if not settings.reuse_port:
         busy = port_is_free(settings.host, settings.port)
@@ -248,8 +248,9 @@ def _serve(children: list[_Child], stop: threading.Event, grace_s: float) -> int
     # port is open while it still loads, and those wait for its load to finish.
     settings = children[0].settings
     port = children[0].server.port if children[0].server is not None else settings.port
-    logger.info("serving catalog version %s (%s commands, loaded in %.0f ms) on %s:%s with %s process(es)",
-                loaded.version, loaded.commands, loaded.load_ms, settings.host, port, len(children))  # fmt: skip
+    logger.info("serving catalog version %s (%s commands, loaded in %.0f ms) on %s:%s with %s process(es), %s",
+                loaded.version, loaded.commands, loaded.load_ms, settings.host, port, len(children),
+                settings.tls)  # fmt: skip
     while not stop.wait(_POLL_S):
         for child in children:
             child.check(stop)

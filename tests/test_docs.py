@@ -66,7 +66,7 @@ DOCS = (
 )
 ADDRESS = "127.0.0.1:50051"
 # Programs the docs may call that are not the package's: checked as far as this machine can.
-OTHERS = ("python", "python3", "pip", "grpcurl", "jq", "rm")
+OTHERS = ("python", "python3", "pip", "grpcurl", "jq", "rm", "openssl", "chmod")
 _OPERATORS = ("&&", "||", "|", ";")
 _CRON = re.compile(r"^(?:[\d*/,-]+\s+){5}(?P<command>\S.*)$")
 _ASSIGNMENT = re.compile(r"^(?P<name>[A-Za-z_]\w*)=(?P<value>.*)$", re.DOTALL)

@@ -11,9 +11,11 @@
      ├── DeltaMismatchError            a delta applied to the wrong base, or its result fails the target hash
      ├── LockedError                   another writer holds a snapshot folder's lock (carries .lock_path)
      ├── OptionError                   an AVAP_* variable's value cannot be used (carries .variable)
+     ├── TlsFileError                  a TLS certificate, key or CA file cannot be used (carries .field)
      └── ServerError                   a call to a definition server failed (carries .code, .details)
           ├── CommandNotFoundError     the server holds no command of that name (carries .name)
           ├── ServerUnavailableError   the server could not be reached, retries included
+          │    └── TlsError            no secure connection: TLS on one side only, a certificate refused
           └── SyncError                a sync stream ended early or its data did not verify
 
 Foreign errors are translated once, with the original chained: OSError while
@@ -131,6 +133,14 @@ class ServerUnavailableError(ServerError):
     """The server could not be reached, after every retry."""
 
 
+class TlsError(ServerUnavailableError):
+    """No secure connection: the TLS handshake failed, or one side spoke TLS and the other did not.
+
+    Not retried by a single call (no retry changes a certificate); a loop that follows a server
+    (``follow``) retries it as it retries any unreachable server.
+    """
+
+
 class SyncError(ServerError):
     """A sync stream ended early, or the data it delivered did not verify."""
 
@@ -156,4 +166,16 @@ class OptionError(AvapDefsError, ValueError):
 
     def __init__(self, message: str, *, variable: str) -> None:
         self.variable = variable
+        super().__init__(message)
+
+
+class TlsFileError(AvapDefsError, ValueError):
+    """A TLS certificate, key or CA file cannot be used (``avapdefs.tls`` checks them before use).
+
+    Attributes:
+        field: the setting it came from (``tls_cert``, ``tls_key``, ``tls_ca``, ``tls_client_ca`` ...).
+    """
+
+    def __init__(self, field: str, message: str) -> None:
+        self.field = field
         super().__init__(message)

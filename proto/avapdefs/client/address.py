@@ -7,6 +7,13 @@ cannot be reached, grpc's first failed call says why in its details
 ("... Failed to connect to remote host: Connection refused"); the calls that
 then wait for the channel end in a bare DEADLINE_EXCEEDED, so the reason is
 taken from the first and carried to the error the caller sees.
+
+A connection that fails at TLS says so in OpenSSL's words, or not at all:
+with TLS 1.3 a server that refuses the client's certificate does so after
+the handshake, and grpc reports only "Unwrap failed (TSI_DATA_CORRUPTED)";
+a plaintext client that reaches a TLS port sees "Socket closed".
+``tls_failure`` turns each into what to do about it, knowing what this
+client sent (TLS or not, a certificate or not).
 """
 
 from __future__ import annotations
@@ -69,3 +76,47 @@ def unreachable_reason(details: str) -> str | None:
 def cannot_reach(server: str, reason: str) -> str:
     """The one wording of an unreachable server: ``cannot reach 127.0.0.1:50099 (connection refused)``."""
     return f"cannot reach {server} ({reason})"
+
+
+# grpc's details for each way a connection fails at TLS, and what it means.
+_VERIFY_FAILED = "CERTIFICATE_VERIFY_FAILED"
+_NAME_MISMATCH = "Hostname Verification Check failed"
+_NOT_TLS = ("WRONG_VERSION_NUMBER", "PACKET_LENGTH_TOO_LONG", "HTTP_REQUEST")
+_REFUSED_AFTER_HANDSHAKE = ("TSI_DATA_CORRUPTED", "CERTIFICATE_REQUIRED", "ALERT_UNKNOWN_CA", "ALERT_BAD_CERTIFICATE")
+_HANDSHAKE = ("Tls handshake failed", "Ssl handshake failed", "Handshake failed")
+_CLOSED = ("Socket closed", "Connection reset by peer")
+
+
+def tls_failure(details: str, *, tls: bool, client_cert: bool) -> str | None:
+    """Why a connection failed at TLS, in words that say what to do, or None when TLS is not the cause.
+
+    Args:
+        details: the details of an UNAVAILABLE status.
+        tls: whether this client spoke TLS.
+        client_cert: whether it had a certificate to present.
+    """
+    if not tls:
+        if any(marker in details for marker in _CLOSED) and "failed to connect" in details:
+            return "it closed the connection before HTTP/2 began: does it serve TLS? give --tls-ca FILE (or --tls)"
+        return None
+    if _NAME_MISMATCH in details:
+        return "its TLS certificate does not name the host dialled; give the name it holds with --tls-server-name"
+    if _VERIFY_FAILED in details:
+        why = details.split(_VERIFY_FAILED, 1)[1].strip(": ").split(":", 1)[0].strip()
+        return f"its TLS certificate is not trusted ({why or 'verify failed'}); give the CA that signed it: --tls-ca"
+    if any(marker in details for marker in _NOT_TLS):
+        return "the TLS handshake failed: it does not speak TLS (a plaintext server?); drop the --tls options"
+    if any(marker in details for marker in _REFUSED_AFTER_HANDSHAKE):
+        if not client_cert:
+            return "it wants a client certificate (mutual TLS); give --tls-cert and --tls-key"
+        return "it refused this client's certificate (mutual TLS): is it signed by the CA the server trusts?"
+    if any(marker in details for marker in _HANDSHAKE):
+        return f"the TLS handshake failed: {_last_reason(details)}"
+    return None
+
+
+def _last_reason(details: str) -> str:
+    """OpenSSL's reason in grpc's details: the clause after "OPENSSL_internal:", else the last one."""
+    if "OPENSSL_internal:" in details:
+        return details.split("OPENSSL_internal:", 1)[1].split(":", 1)[0].strip().lower().replace("_", " ")
+    return details.rsplit(": ", 1)[-1].strip()

@@ -13,13 +13,14 @@ taken as "no key".
 from __future__ import annotations
 
 import logging
-import stat
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import grpc
+
+from avapdefs.tls import warn_if_exposed
 
 logger = logging.getLogger(__name__)
 
@@ -48,16 +49,10 @@ def read_api_key_file(path: Path) -> str:
         ValueError: the file cannot be read, or it holds no usable key.
     """
     try:
-        mode = path.stat().st_mode  # of the target: a Kubernetes secret is a link
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
         raise ValueError(f"cannot read the API key file {path}: {getattr(exc, 'strerror', None) or exc}") from exc
-    if mode & (stat.S_IRGRP | stat.S_IROTH):
-        logger.warning(
-            "the API key file %s may be read by group or others (mode %s); chmod 600 it",
-            path,
-            stat.filemode(mode),
-        )
+    warn_if_exposed(path, "the API key file")
     try:
         return check_api_key(text)
     except ValueError as exc:

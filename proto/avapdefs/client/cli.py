@@ -2,7 +2,7 @@
 
 Both take the options every client tool takes (``tool.py``): ``--server``
 (``AVAP_SERVER``, default 127.0.0.1:50051), ``--api-key-file``
-(``AVAP_API_KEY_FILE``) or ``AVAP_API_KEY``, ``--log-level``; ``avap-sync
+(``AVAP_API_KEY_FILE``) or ``AVAP_API_KEY``, the TLS options, ``--log-level``; ``avap-sync
 --dest`` may come from ``AVAP_DEST``. ``avap-sync --from URL`` pulls from
 object storage instead of a server (``avapdefs.remote``; the ``cloud``
 extra), into the same cache format.
@@ -16,6 +16,7 @@ Exit codes, for both programs:
     4  the server refused the call (any other gRPC status)
     5  avap-sync: the stream broke or its data did not verify (--from: or nothing is announced); the cache is unchanged
     6  avap-sync: the destination folder cannot be written
+    7  no secure connection (TLS): the message says what to change; avap-sync --watch gives up too
     130 interrupted (Ctrl-C); the cache is unchanged
 """
 
@@ -37,7 +38,7 @@ from avapdefs.client.render import command_text, message_dict, plural
 from avapdefs.client.rpc import DefinitionClient
 from avapdefs.client.runner import Job, run
 from avapdefs.cloud import StoreURLError, open_remote
-from avapdefs.errors import AvapDefsError, CommandNotFoundError, ServerError, SyncError
+from avapdefs.errors import AvapDefsError, CommandNotFoundError, ServerError, SyncError, TlsError
 from avapdefs.options import Option
 from avapdefs.progress import ProgressBar
 
@@ -78,12 +79,14 @@ SYNC_OPTIONS: tuple[Option, ...] = (
         default=5,
     ),
     tool.API_KEY_FILE,
+    *tool.TLS_OPTIONS,
     tool.LOG_LEVEL,
 )
 GET_OPTIONS: tuple[Option, ...] = (
     tool.SERVER,
     Option("--timeout-s", "AVAP_TIMEOUT_S", "timeout_s", tool.seconds, "deadline, retries included", default=5),
     tool.API_KEY_FILE,
+    *tool.TLS_OPTIONS,
     tool.LOG_LEVEL,
 )
 
@@ -150,6 +153,9 @@ def summary(result: SyncResult, dest: Path) -> str:
 
 
 def _is_fatal(exc: AvapDefsError | OSError) -> bool:
+    # A refused key or certificate is the tool's configuration: no retry will change it.
+    if isinstance(exc, TlsError):
+        return True
     return isinstance(exc, ServerError) and not isinstance(exc, SyncError) and exc.code in tool.FATAL_CODES
 
 

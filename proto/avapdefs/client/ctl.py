@@ -27,14 +27,14 @@ from avapdefs.client.follow import FIRST_BACKOFF_S, MAX_BACKOFF_S, backoff_s, de
 from avapdefs.client.render import command_text, info_text, live_text, message_dict, snapshot_age_s
 from avapdefs.client.rpc import DefinitionClient
 from avapdefs.client.runner import Job, run
-from avapdefs.errors import ServerError, ServerUnavailableError
+from avapdefs.errors import ServerError, ServerUnavailableError, TlsError
 from avapdefs.options import Option
 
 logger = logging.getLogger(__name__)
 
 PROG = "avapctl"
 TIMEOUT = Option("--timeout-s", "AVAP_TIMEOUT_S", "timeout_s", tool.seconds, "deadline of each call", default=5)
-OPTIONS: tuple[Option, ...] = (tool.SERVER, TIMEOUT, tool.API_KEY_FILE, tool.LOG_LEVEL)
+OPTIONS: tuple[Option, ...] = (tool.SERVER, TIMEOUT, tool.API_KEY_FILE, *tool.TLS_OPTIONS, tool.LOG_LEVEL)
 
 _EXIT_CODES = f"""\
 exit codes:
@@ -110,7 +110,7 @@ def _watch(client: DefinitionClient, args: argparse.Namespace, stop: threading.E
         except ServerError as exc:
             if stop.is_set():
                 break  # the stop closed the channel under the stream
-            if exc.code in tool.FATAL_CODES:
+            if exc.code in tool.FATAL_CODES or isinstance(exc, TlsError):
                 raise
             watcher.failed(exc)
     return tool.EXIT_OK

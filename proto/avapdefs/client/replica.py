@@ -63,6 +63,7 @@ from avapdefs.errors import CorruptSnapshotError, SnapshotError
 from avapdefs.folder import read_newest, read_verified
 from avapdefs.format.snapshot import Snapshot
 from avapdefs.format.wire import iter_entries
+from avapdefs.tls import ClientTls
 from avapdefs.v1.definitions_pb2 import Catalog, Command
 
 logger = logging.getLogger(__name__)
@@ -156,6 +157,7 @@ class Replica:
         server: ``HOST:PORT`` of the definition server.
         cache_dir: the local snapshot cache (as ``avap-sync --dest``); created when missing.
         api_key: the key the server wants in ``x-avap-auth`` (started with ``AVAP_API_KEY``); None for none.
+        tls: speak TLS (``ClientTls.from_files``: the CA to trust; a certificate for mutual TLS); None: plaintext.
         on_change: called from the replica's thread with the new ``ReplicaInfo`` after each swap;
             an exception it raises is logged and ignored.
         timeout_s: the deadline of each call the sync makes to reach the server.
@@ -174,10 +176,12 @@ class Replica:
         cache_dir: Path,
         *,
         api_key: str | None = None,
+        tls: ClientTls | None = None,
         on_change: Callable[[ReplicaInfo], None] | None = None,
         timeout_s: float = 5.0,
     ) -> None:
-        client = DefinitionClient(server, api_key=api_key, timeout_s=timeout_s)  # first: it checks the arguments
+        # First: it checks the arguments.
+        client = DefinitionClient(server, api_key=api_key, tls=tls, timeout_s=timeout_s)
         self.cache_dir = cache_dir
         self._on_change = on_change
         self._changed = threading.Condition()

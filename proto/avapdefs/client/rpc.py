@@ -6,29 +6,45 @@ with backoff while the server is UNAVAILABLE; ``sync`` brings a local cache
 folder up to date (``cache.py`` installs what it receives); ``watch`` opens a
 WatchCatalog stream. Given an API key, every call carries it (``auth.py``).
 
+Given a ``ClientTls`` (``avapdefs.tls``), the channel speaks TLS, trusting its
+CA (else the system's) and presenting its certificate to a server that wants
+one (mutual TLS).
+
 grpc's RpcError is translated here, once, into ``avapdefs.errors.ServerError``
 and its subclasses. A server that cannot be reached is named, with grpc's
 reason: ``cannot reach 127.0.0.1:50099 (connection refused)`` (``address.py``).
+A connection that fails at TLS is a ``TlsError`` at once, saying what to do
+(``no secure connection to HOST:PORT: it wants a client certificate ...``):
+no retry changes a certificate.
+
+grpc's core also writes each failed TLS handshake to stderr itself, several
+lines an attempt, beside the status it returns; the error here says it once.
+So, unless the program set ``GRPC_VERBOSITY`` itself, it is set to ``NONE``
+before grpc is first imported (the core reads it then, and only then).
+
 A client is thread safe (one grpc channel, shared).
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import random
 import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import TypeVar
 
+os.environ.setdefault("GRPC_VERBOSITY", "NONE")  # before grpc's first import: see the module docstring
 import grpc
 from google.protobuf.message import Message
 from grpc_health.v1 import health_pb2
 
-from avapdefs.client.address import DEFAULT_SERVER, cannot_reach, parse_server, unreachable_reason
+from avapdefs.client.address import DEFAULT_SERVER, cannot_reach, parse_server, tls_failure, unreachable_reason
 from avapdefs.client.auth import AUTH_METADATA_KEY, KeyInterceptor, check_api_key
 from avapdefs.client.cache import Progress, SyncResult, SyncStream, sync_cache
-from avapdefs.errors import CommandNotFoundError, ServerError, ServerUnavailableError, SyncError
+from avapdefs.errors import CommandNotFoundError, ServerError, ServerUnavailableError, SyncError, TlsError
+from avapdefs.tls import ClientTls
 from avapdefs.v1.definitions_pb2 import (
     BatchGetCommandsRequest,
     BatchGetCommandsResponse,
@@ -49,7 +65,7 @@ logger = logging.getLogger(__name__)
 
 MAX_RECEIVE_BYTES = 64 << 20  # the server's own send limit
 BATCH_NAMES = 1000  # the most names the server takes in one BatchGetCommands
-CHANNEL_OPTIONS: list[tuple[str, int]] = [
+CHANNEL_OPTIONS: list[tuple[str, int | str]] = [
     ("grpc.max_receive_message_length", MAX_RECEIVE_BYTES),
     # Ping every 30 s, calls or not (the server permits exactly that), so a
     # dead server or a NAT that forgot the connection is noticed.
@@ -67,11 +83,27 @@ _HEALTH_CHECK = "/grpc.health.v1.Health/Check"
 _T = TypeVar("_T")
 
 
-def _translate(exc: grpc.RpcError, name: str | None = None, server: str | None = None) -> ServerError:
+TlsWords = Callable[[str], str | None]
+"""What a connection failure's details say about TLS (``address.tls_failure`` for one client), or None."""
+
+
+def _tls_error(server: str, details: str, tls_words: TlsWords) -> TlsError | None:
+    """A TlsError naming ``server`` when an UNAVAILABLE's ``details`` say the connection failed at TLS."""
+    why = tls_words(details)
+    return None if why is None else TlsError("UNAVAILABLE", f"no secure connection to {server}: {why}")
+
+
+def _translate(
+    exc: grpc.RpcError, name: str | None = None, server: str | None = None, tls_words: TlsWords | None = None
+) -> ServerError:
     code = exc.code() if isinstance(exc, grpc.Call) else grpc.StatusCode.UNKNOWN
     details = (exc.details() if isinstance(exc, grpc.Call) else None) or str(exc)
     if code == grpc.StatusCode.NOT_FOUND and name is not None:
         return CommandNotFoundError(name, details)
+    if tls_words is not None and server is not None and code == grpc.StatusCode.UNAVAILABLE:
+        tls_error = _tls_error(server, details, tls_words)
+        if tls_error is not None:
+            return tls_error
     if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
         reason = unreachable_reason(details) if server is not None else None
         return ServerUnavailableError(code.name, cannot_reach(server, reason) if server and reason else details)
@@ -85,15 +117,18 @@ class WatchStream:
     ``ServerUnavailableError`` naming the server when it cannot be reached.
     """
 
-    def __init__(self, call: grpc._CallIterator[WatchCatalogResponse], server: str) -> None:
+    def __init__(
+        self, call: grpc._CallIterator[WatchCatalogResponse], server: str, tls_words: TlsWords | None = None
+    ) -> None:
         self._call = call
         self._server = server
+        self._tls_words = tls_words
 
     def __iter__(self) -> Iterator[WatchCatalogResponse]:
         try:
             yield from self._call
         except grpc.RpcError as exc:
-            raise _translate(exc, server=self._server) from exc
+            raise _translate(exc, server=self._server, tls_words=self._tls_words) from exc
 
     def cancel(self) -> None:
         """End the stream; an iteration in progress raises ServerError CANCELLED."""
@@ -106,6 +141,7 @@ class DefinitionClient:
     Args:
         server: ``HOST:PORT`` of the server (``[IPv6]:PORT``).
         api_key: the key a server started with ``AVAP_API_KEY`` wants in ``x-avap-auth``; None for none.
+        tls: speak TLS, trusting its CA and presenting its certificate (``ClientTls.from_files``); None: plaintext.
         timeout_s: the deadline of one call (a sync's reaching the server), retries included.
         retries: how many times a call is retried while the server is UNAVAILABLE.
         backoff_s: the first retry's delay; it doubles each retry, with jitter.
@@ -120,6 +156,7 @@ class DefinitionClient:
         server: str = DEFAULT_SERVER,
         *,
         api_key: str | None = None,
+        tls: ClientTls | None = None,
         timeout_s: float = 5.0,
         retries: int = 3,
         backoff_s: float = 0.1,
@@ -131,7 +168,8 @@ class DefinitionClient:
         self._retries = retries
         self._backoff_s = backoff_s
         self._sleep = sleep
-        self._channel = grpc.insecure_channel(self.server, options=CHANNEL_OPTIONS)
+        self._tls = tls
+        self._channel = _channel(self.server, tls)
         self._stub = DefinitionServiceStub(self._channel)
         # Our calls pass the key as metadata. The stub handed out adds it by an interceptor, which
         # costs about 180 us a call in grpcio's Python (1,980 -> 1,460 GetCommand calls/s, loopback).
@@ -159,6 +197,10 @@ class DefinitionClient:
     def __enter__(self) -> DefinitionClient:
         return self
 
+    def _tls_words(self, details: str) -> str | None:
+        tls = self._tls
+        return tls_failure(details, tls=tls is not None, client_cert=tls is not None and tls.cert is not None)
+
     def __exit__(self, *exc_info: object) -> None:
         self.close()
 
@@ -177,6 +219,11 @@ class DefinitionClient:
                 return call(max(deadline - time.monotonic(), 0.0), attempt > 0)
             except grpc.RpcError as exc:
                 error = _translate(exc, name)
+                tls_error = (
+                    _tls_error(self.server, error.details, self._tls_words) if error.code == "UNAVAILABLE" else None
+                )
+                if tls_error is not None:
+                    raise tls_error from exc
                 if error.code != "DEADLINE_EXCEEDED":
                     unreachable = unreachable_reason(error.details) if error.code == "UNAVAILABLE" else None
                 pause = delay * random.uniform(0.5, 1.0)
@@ -294,7 +341,7 @@ class DefinitionClient:
         The stream has no deadline and is not retried: a caller that wants to keep watching opens another.
         """
         call = self._stub.WatchCatalog(WatchCatalogRequest(have_version=have_version), metadata=self._metadata)
-        return WatchStream(call, self.server)
+        return WatchStream(call, self.server, self._tls_words)
 
     def _open_sync(self, request: SyncCatalogRequest, timeout_s: float) -> SyncStream:
         def start(left: float, wait: bool) -> SyncStream:
@@ -349,6 +396,15 @@ class DefinitionClient:
             keep=keep,
             accept_delta=accept_delta,
         )
+
+
+def _channel(server: str, tls: ClientTls | None) -> grpc.Channel:
+    """A plaintext channel to ``server``, or with ``tls`` a secure one."""
+    if tls is None:
+        return grpc.insecure_channel(server, options=CHANNEL_OPTIONS)
+    credentials = grpc.ssl_channel_credentials(tls.ca, tls.key, tls.cert)
+    named = [("grpc.ssl_target_name_override", tls.server_name)] if tls.server_name else []
+    return grpc.secure_channel(server, credentials, options=CHANNEL_OPTIONS + named)
 
 
 def _chunks(call: Iterator[SyncCatalogResponse]) -> Iterator[bytes]:

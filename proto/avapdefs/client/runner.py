@@ -10,10 +10,12 @@ cancels their streams, so a sync in progress removes its temporary file), gives
 the work a moment to unwind, and returns. A call still blocked then is left to
 the process's exit (the thread is a daemon).
 
-Endings: a bad option or variable is one line and exit 2; an unreachable
-server one line naming it and exit 3; a refusal one line and exit 4; Ctrl-C
-one line and exit 130; SIGTERM, for a tool that runs until stopped, a normal
-end (exit 0). Never a traceback, except for a bug.
+Endings: a bad option or variable (a TLS file that cannot be used included)
+is one line and exit 2; an unreachable server one line naming it and exit 3;
+a refusal one line and exit 4; no secure connection (TLS) one line saying
+what to do and exit 7; Ctrl-C one line and exit 130; SIGTERM, for a tool
+that runs until stopped, a normal end (exit 0). Never a traceback, except
+for a bug.
 """
 
 from __future__ import annotations
@@ -36,14 +38,17 @@ from avapdefs.client.tool import (
     EXIT_INTERRUPTED,
     EXIT_OK,
     EXIT_SERVER_ERROR,
+    EXIT_TLS,
     EXIT_UNAVAILABLE,
     EXIT_USAGE,
+    client_tls,
+    named,
     refusal,
     say,
     silence,
     unsilence,
 )
-from avapdefs.errors import ServerError, ServerUnavailableError
+from avapdefs.errors import ServerError, ServerUnavailableError, TlsError, TlsFileError
 from avapdefs.options import Option, resolve
 
 _SIGNAL_CHECK_S = 0.1
@@ -55,7 +60,7 @@ class Job:
     """What a tool's work is given: the resolved settings, and a stop to heed.
 
     Attributes:
-        values: the options given as a flag or a variable (absent otherwise), and ``api_key``.
+        values: the options given as a flag or a variable (absent otherwise), ``api_key`` and ``tls``.
         stop: set when the tool is told to stop (SIGTERM, Ctrl-C); the clients are closed then too.
     """
 
@@ -65,10 +70,12 @@ class Job:
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     def client(self, default_timeout_s: float, *, timeout_field: str = "timeout_s") -> DefinitionClient:
-        """A client for ``--server`` with the API key; its deadline is ``timeout_field``'s value or the default."""
+        """A client for ``--server`` with the API key and TLS; its deadline is ``timeout_field``'s value or the
+        default."""
         client = DefinitionClient(
             self.values.get("server", DEFAULT_SERVER),
             api_key=self.values.get("api_key"),
+            tls=self.values.get("tls"),
             timeout_s=self.values.get(timeout_field, default_timeout_s),
         )
         with self._lock:
@@ -106,7 +113,7 @@ def run(
     interrupted: str = "interrupted",
     until_stopped: Callable[[argparse.Namespace], bool] = lambda args: False,
 ) -> int:
-    """Parse ``argv``, resolve ``options`` and the API key, configure logging, run ``body``; return the exit code.
+    """Parse ``argv``, resolve ``options``, the API key and TLS, configure logging, run ``body``; return the exit code.
 
     Args:
         prog: the tool's name, the prefix of its messages.
@@ -127,6 +134,10 @@ def run(
             values = resolve(args, os.environ, options)
             handler = _configure_logging(prog, values.pop("log_level", "WARNING"))
             values["api_key"] = api_key_from(values.pop("api_key_file", None), os.environ)
+            values["tls"] = client_tls(values)
+        except TlsFileError as exc:
+            say(prog, named(exc.field, str(exc), options, args))
+            return EXIT_USAGE
         except ValueError as exc:  # OptionError included
             say(prog, str(exc))
             return EXIT_USAGE
@@ -189,6 +200,9 @@ def _stop(job: Job, worker: threading.Thread) -> None:
 def _guarded(prog: str, body: Body, args: argparse.Namespace, job: Job) -> int:
     try:
         return body(args, job)
+    except TlsError as exc:
+        say(prog, exc.details)
+        return EXIT_TLS
     except ServerUnavailableError as exc:
         say(prog, exc.details)
         return EXIT_UNAVAILABLE

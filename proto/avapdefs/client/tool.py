@@ -3,7 +3,9 @@
 ``avap-sync``, ``avap-get`` and ``avapctl`` read the same options the same
 way (``avapdefs.options``: the flag, then its ``AVAP_*`` variable, then the
 default): ``--server``/``AVAP_SERVER``, ``--api-key-file``/``AVAP_API_KEY_FILE``
-or the key itself in ``AVAP_API_KEY``, ``--log-level``/``AVAP_LOG_LEVEL``.
+or the key itself in ``AVAP_API_KEY``, the TLS options (``--tls``,
+``--tls-ca``, ``--tls-cert``, ``--tls-key``, ``--tls-server-name``: any of them
+turns TLS on), ``--log-level``/``AVAP_LOG_LEVEL``.
 ``runner.run`` is the one frame around each tool's work.
 """
 
@@ -20,13 +22,15 @@ from typing import Any
 
 from avapdefs.client.address import DEFAULT_SERVER, parse_server
 from avapdefs.errors import ServerError
-from avapdefs.options import Option, add_options, parse_log_level
+from avapdefs.options import Option, add_options, parse_bool, parse_log_level
+from avapdefs.tls import ClientTls
 
 EXIT_OK = 0
 EXIT_NOT_FOUND = 1
 EXIT_USAGE = 2
 EXIT_UNAVAILABLE = 3
 EXIT_SERVER_ERROR = 4
+EXIT_TLS = 7
 EXIT_INTERRUPTED = 130
 
 # Statuses that no retry will change: a tool that runs until stopped gives up on them at once.
@@ -83,15 +87,64 @@ API_KEY_FILE = Option(
     "file holding the API key a server started with one wants in x-avap-auth; the key itself may be "
     "given as AVAP_API_KEY (never as a flag, so it does not show in ps)",
 )
+TLS_OPTIONS = (
+    Option(
+        "--tls",
+        "AVAP_TLS",
+        "tls",
+        parse_bool,
+        "speak TLS, trusting the system's CAs (any other --tls option turns TLS on too)",
+        switch=True,
+    ),
+    Option("--tls-ca", "AVAP_TLS_CA", "tls_ca", Path, "speak TLS, trusting the CA certificates (PEM) in this file"),
+    Option(
+        "--tls-cert",
+        "AVAP_TLS_CERT",
+        "tls_cert",
+        Path,
+        "mutual TLS: this client's certificate (PEM), for a server that wants one; needs --tls-key",
+    ),
+    Option("--tls-key", "AVAP_TLS_KEY", "tls_key", Path, "the client certificate's private key (PEM, unencrypted)"),
+    Option(
+        "--tls-server-name",
+        "AVAP_TLS_SERVER_NAME",
+        "tls_server_name",
+        str,
+        "the name the server's certificate must hold (default: the host of --server)",
+    ),
+)
 LOG_LEVEL = Option("--log-level", "AVAP_LOG_LEVEL", "log_level", parse_log_level, "logging level", default="warning")
-COMMON_OPTIONS = (SERVER, API_KEY_FILE, LOG_LEVEL)
+COMMON_OPTIONS = (SERVER, API_KEY_FILE, *TLS_OPTIONS, LOG_LEVEL)
 COMMON_DEFAULTS: dict[str, object] = {"server": DEFAULT_SERVER, "log_level": "warning"}
 
 SERVER_EXIT_CODES = """\
    2  bad usage: an unknown option, a malformed --server, a blank API key
    3  the server could not be reached (retries and deadline included); the message names it
    4  the server refused the call (any other gRPC status, e.g. UNAUTHENTICATED: give the API key)
+   7  no secure connection: TLS on one side only, the server's certificate not trusted,
+      or a client certificate missing or refused (mutual TLS); the message says which
  130  interrupted (Ctrl-C)"""
+
+
+def client_tls(values: dict[str, Any]) -> ClientTls | None:
+    """The TLS a tool's clients speak, from its TLS options (taken out of ``values``); None: plaintext.
+
+    Raises:
+        TlsFileError: a file cannot be used; its ``field`` names the option.
+    """
+    wanted = bool(values.pop("tls", False))
+    ca, cert, key, name = (values.pop(field, None) for field in ("tls_ca", "tls_cert", "tls_key", "tls_server_name"))
+    if not wanted and ca is None and cert is None and key is None and name is None:
+        return None
+    return ClientTls.from_files(ca, cert, key, name)
+
+
+def named(field: str, message: str, options: Sequence[Option], args: argparse.Namespace) -> str:
+    """``message`` led by the flag, or the variable, the value of ``field`` came from."""
+    option = next((option for option in options if option.field == field), None)
+    if option is None:
+        return message
+    return f"{option.flag if getattr(args, field, None) is not None else option.env}: {message}"
 
 
 def add_common_options(parser: argparse.ArgumentParser, options: Sequence[Option] = COMMON_OPTIONS) -> None:
