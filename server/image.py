@@ -320,18 +320,15 @@ def _write_payload(
     checksum = xxhash.xxh3_128()
     entries: list[tuple[bytes, int, int]] = []
     pending = bytearray()
-    position = HEADER_BYTES
+    position = HEADER_BYTES  # where pending starts in the image
     for piece in inflate_frame(frame.read, info, path):
         hasher.update(piece)
         checksum.update(piece)
         out.write(piece)
         pending += piece
-        bodies, used = wire.split_entries(pending, path=path)
+        used = wire.entry_spans(pending, position, entries, path=path)
         del pending[:used]
-        for body in bodies:
-            end = position + 1 + len(wire.varint(len(body))) + len(body)
-            entries.append((wire.command_name(body), position, end))
-            position = end
+        position += used
     if pending:
         raise CorruptSnapshotError("the last command entry runs past the end of the payload", path=path)
     if hasher.digest() != info.content_hash:
