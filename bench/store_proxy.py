@@ -37,7 +37,7 @@ class Request:
     Attributes:
         client: the label of the listener it came in on.
         method: GET, PUT, HEAD, DELETE, POST.
-        kind: ``announcement``, ``object`` (a snapshot or a delta), ``list`` or ``other``.
+        kind: ``announcement``, ``object`` (a snapshot or a delta), ``list``, ``delete`` or ``other``.
         key: the object key (the path after the bucket), empty for a listing.
         status: the store's HTTP status (502 when the store could not be reached).
         sent_bytes: the request body's bytes.
@@ -61,6 +61,8 @@ def kind_of(path: str) -> tuple[str, str]:
     """(kind, key) of a path-style S3 request: ``/bucket/prefix/announcement.json`` is the announcement."""
     parts = urllib.parse.urlsplit(path)
     key = urllib.parse.unquote(parts.path).lstrip("/").partition("/")[2]
+    if "delete" in urllib.parse.parse_qs(parts.query, keep_blank_values=True):
+        return "delete", key  # DeleteObjects: POST /bucket?delete
     if not key or "list-type" in parts.query:
         return "list", key
     if key.endswith("announcement.json"):

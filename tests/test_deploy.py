@@ -9,13 +9,16 @@ exporter's health check runs on real snapshot folders.
 
 Kubernetes: every manifest file that is a whole object is validated against
 the Kubernetes schemas (kubernetes-validate, strict: an unknown field fails)
-on every run. ``kubectl kustomize`` renders the two variants, and their
+on every run. ``kubectl kustomize`` renders the three variants, and their
 objects are validated the same way and checked for consistency, only where
 kubectl is installed (CI has it; without it the checks that need the rendered
 variants run on the base alone). ``kubectl apply --dry-run=client`` needs an
 API server even in client mode (it asks the server which kinds exist: "unable
 to recognize ... connection refused" with none), so it runs only where kubectl
-has a current context.
+has a current context. The bucket variant's exporter and server run here as
+deployed (their commands, and the variables its ConfigMap and Secrets give
+them) against the tests' PostgreSQL and SeaweedFS: the exporter announces a
+version in the bucket and the server serves it, answering the probes.
 """
 
 from __future__ import annotations
@@ -38,12 +41,13 @@ import yaml
 from grpc_health.v1 import health_pb2
 
 from tests.helpers import MakeSnapshot
+from tests.objectstore import SeaweedS3
 from tests.server.helpers import health_status, log_lines, wait_for_line
 
 ROOT = Path(__file__).resolve().parents[1]
 COMPOSE = ROOT / "docker-compose.yml"
 K8S = ROOT / "deploy" / "k8s"
-VARIANTS = ("shared-volume", "sidecar")
+VARIANTS = ("shared-volume", "sidecar", "bucket")
 BIN = Path(sys.executable).parent
 SCRIPTS: dict[str, str] = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]
 # The oldest Kubernetes the manifests are for (preStop's sleep action is on by default from 1.30),
@@ -295,7 +299,7 @@ def test_every_kustomization_names_files_that_exist() -> None:
 
 def test_manifests_validate_against_the_kubernetes_schemas() -> None:
     files = {path for variant in VARIANTS for path in resource_files(K8S / variant)}
-    assert len(files) == 6
+    assert len(files) == 8
     for path in sorted(files):
         validate(yaml.safe_load(path.read_text()), str(path.relative_to(ROOT)))
     objects = {(doc["kind"], doc["metadata"]["name"]) for path in files for doc in [yaml.safe_load(path.read_text())]}
@@ -340,8 +344,26 @@ def containers(pod: dict[str, Any]) -> list[dict[str, Any]]:
     return found
 
 
+def pod_labels(documents: list[dict[str, Any]], pod: dict[str, Any]) -> dict[str, str]:
+    """The labels of the pod template whose spec is ``pod``."""
+    for document in documents:
+        if document["kind"] == "Deployment" and document["spec"]["template"]["spec"] is pod:
+            labels: dict[str, str] = document["spec"]["template"]["metadata"]["labels"]
+            return labels
+        if document["kind"] == "CronJob" and document["spec"]["jobTemplate"]["spec"]["template"]["spec"] is pod:
+            labels = document["spec"]["jobTemplate"]["spec"]["template"]["metadata"]["labels"]
+            return labels
+    raise AssertionError("no such pod template")
+
+
 def by_kind(documents: list[dict[str, Any]], kind: str) -> list[dict[str, Any]]:
     return [document for document in documents if document["kind"] == kind]
+
+
+def server_deployment(documents: list[dict[str, Any]]) -> dict[str, Any]:
+    """The avap-server Deployment (the bucket variant has the exporter's beside it)."""
+    (deployment,) = [d for d in by_kind(documents, "Deployment") if d["metadata"]["name"] == "avap-server"]
+    return deployment
 
 
 def server_container(pod: dict[str, Any]) -> dict[str, Any]:
@@ -359,7 +381,7 @@ def mount_of(container: dict[str, Any], path: str | None) -> str:
 
 def test_server_deployment_service_budget_and_autoscaler_hang_together() -> None:
     for variant, documents in variants().items():
-        (deployment,) = by_kind(documents, "Deployment")
+        deployment = server_deployment(documents)
         labels = deployment["spec"]["template"]["metadata"]["labels"]
         assert deployment["spec"]["selector"]["matchLabels"].items() <= labels.items()
         assert "replicas" not in deployment["spec"], "the autoscaler owns the replica count"
@@ -375,6 +397,8 @@ def test_server_deployment_service_budget_and_autoscaler_hang_together() -> None
             assert server[probe]["grpc"]["port"] == port, f"{variant}: {probe} asks another port"
         (service,) = by_kind(documents, "Service")
         assert service["spec"]["selector"].items() <= labels.items()
+        for _, pod in pod_specs([d for d in documents if d is not deployment]):
+            assert not service["spec"]["selector"].items() <= pod_labels(documents, pod).items(), "only servers"
         assert {p["targetPort"] for p in service["spec"]["ports"]} <= {p["name"] for p in server["ports"]}
         (budget,) = by_kind(documents, "PodDisruptionBudget")
         assert budget["spec"]["selector"]["matchLabels"].items() <= labels.items()
@@ -425,6 +449,36 @@ def test_each_variant_fills_the_folder_the_server_serves() -> None:
     (origin,) = by_kind(sidecar, "ConfigMap")
     assert "AVAP_SERVER" in origin["data"]
     assert not by_kind(sidecar, "CronJob") and not by_kind(sidecar, "PersistentVolumeClaim")
+    _check_bucket(rendered_variants["bucket"])
+
+
+def _check_bucket(documents: list[dict[str, Any]]) -> None:
+    """The servers pull from the bucket the exporter publishes to, each into its own folder; no shared volume."""
+    (bucket,) = by_kind(documents, "ConfigMap")
+    assert set(bucket["data"]) == {"AVAP_SOURCE", "AWS_REGION"} and bucket["data"]["AVAP_SOURCE"].startswith("s3://")
+    pod = server_deployment(documents)["spec"]["template"]["spec"]
+    server = server_container(pod)
+    assert [c["name"] for c in containers(pod)] == ["server"], "no sidecar: the server's supervisor pulls"
+    (folder,) = [v for v in pod["volumes"] if v["name"] == mount_of(server, option(server["command"], "--snapshots"))]
+    assert "emptyDir" in folder and "persistentVolumeClaim" not in folder, "each pod's own folder"
+    sources = server["envFrom"]
+    assert {"configMapRef": {"name": bucket["metadata"]["name"]}} in sources
+    assert {"secretRef": {"name": "avap-bucket-reader", "optional": True}} in sources
+    assert {"secretRef": {"name": "avap-api-key", "optional": True}} in sources, "the base's key is kept"
+    (exporter,) = [d for d in by_kind(documents, "Deployment") if d["metadata"]["name"] == "avap-exporter"]
+    assert exporter["spec"]["replicas"] == 1 and exporter["spec"]["strategy"] == {"type": "Recreate"}
+    (container,) = containers(exporter["spec"]["template"]["spec"])
+    assert option(container["command"], "--every"), "one long-lived exporter on a schedule"
+    env = {item["name"]: item["valueFrom"]["configMapKeyRef"] for item in container["env"]}
+    assert env["AVAP_EXPORT_PUBLISH"] == {"name": bucket["metadata"]["name"], "key": "AVAP_SOURCE"}
+    assert env["AWS_REGION"] == {"name": bucket["metadata"]["name"], "key": "AWS_REGION"}
+    assert {"secretRef": {"name": "avap-bucket-writer", "optional": True}} in container["envFrom"]
+    (claim,) = by_kind(documents, "PersistentVolumeClaim")
+    assert claim["spec"]["accessModes"] == ["ReadWriteOnce"], "one exporter pod"
+    volume = mount_of(container, option(container["command"], "--snapshots"))
+    (source,) = [v for v in exporter["spec"]["template"]["spec"]["volumes"] if v["name"] == volume]
+    assert source["persistentVolumeClaim"]["claimName"] == claim["metadata"]["name"]
+    assert not by_kind(documents, "CronJob")
 
 
 def manifest_containers() -> Iterator[tuple[str, dict[str, Any]]]:
@@ -457,6 +511,10 @@ def test_manifests_run_only_entry_points_with_options_they_take() -> None:
     assert {container["command"][0] for container in whole.values()} == {"avap-server", "avap-export", "avap-sync"}
     generated = kustomization(K8S / "sidecar")["configMapGenerator"][0]["literals"]
     check_entry_point(["avap-sync", "--watch"], {literal.split("=", 1)[0] for literal in generated})
+    bucket = {
+        literal.split("=", 1)[0] for literal in kustomization(K8S / "bucket")["configMapGenerator"][0]["literals"]
+    }
+    check_entry_point(["avap-server"], {name for name in bucket if name.startswith("AVAP_")})
 
 
 # ---- the checks against a server started as deployed ---------------------------------------
@@ -495,3 +553,58 @@ def _local(argv: list[str], folder: Path) -> list[str]:
 def _run(health: list[str], port: int) -> int:
     argv = [word.replace(":50051", f":{port}") for word in health]
     return subprocess.run([BIN / argv[0], *argv[1:]], capture_output=True, timeout=60, check=False).returncode
+
+
+def bucket_values() -> dict[str, str]:
+    """The bucket variant's ConfigMap, as its kustomization generates it."""
+    literals = kustomization(K8S / "bucket")["configMapGenerator"][0]["literals"]
+    return dict(literal.split("=", 1) for literal in literals)
+
+
+def test_the_bucket_variants_exporter_and_server_run_as_deployed(
+    pg_dsn: str, seaweed: SeaweedS3, s3_url: str, tmp_path: Path
+) -> None:
+    """The exporter's command publishes into the bucket; the server's command, given the same variables, serves it.
+
+    The test's store and a fresh prefix stand for the ConfigMap's bucket; the store's AWS_* (the Secrets' keys
+    and the endpoint) are in the environment. The exporter's --every run is stopped, as Kubernetes stops it,
+    with SIGTERM (exit 0) once it has announced.
+    """
+    values = bucket_values()
+    assert values["AVAP_SOURCE"].startswith("s3://")
+    exporter = yaml.safe_load((K8S / "bucket" / "exporter-deployment.yaml").read_text())
+    (container,) = exporter["spec"]["template"]["spec"]["containers"]
+    argv = _local(container["command"], tmp_path / "exporter")
+    loaded = subprocess.run([BIN / "avap-export", "load-sample", "--dsn", pg_dsn], capture_output=True, timeout=60)
+    assert loaded.returncode == 0, loaded.stderr
+    env = {**seaweed.env(), "PATH": f"{BIN}:/usr/bin:/bin", "AVAP_PG_DSN": pg_dsn, "AVAP_EXPORT_PUBLISH": s3_url}
+    process = subprocess.Popen([BIN / argv[0], *argv[1:]], env=env, stdout=subprocess.PIPE, text=True)
+    try:
+        assert process.stdout is not None
+        wait_for_line(iter(process.stdout), rf"announced version 1 in {re.escape(s3_url)}", [])
+    finally:
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(60) == 0
+        assert process.stdout is not None
+        process.stdout.close()
+    deployment = yaml.safe_load((K8S / "base" / "server-deployment.yaml").read_text())
+    server = server_container(deployment["spec"]["template"]["spec"])
+    argv = _local(server["command"], tmp_path / "server")
+    env = {**seaweed.env(), "PATH": f"{BIN}:/usr/bin:/bin", **values, "AVAP_SOURCE": s3_url}
+    process = subprocess.Popen([BIN / argv[0], *argv[1:]], env=env, stderr=subprocess.PIPE, text=True)
+    lines, seen = log_lines(process), list[str]()  # held: dropping the generator would close the server's stderr
+    try:
+        port = int(wait_for_line(lines, r"serving catalog version 1 .* on 127\.0\.0\.1:(\d+)", seen)[1])
+        for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+            service = server[probe]["grpc"].get("service", "")
+            assert health_status(port, service) == health_pb2.HealthCheckResponse.SERVING, probe
+    finally:
+        process.send_signal(signal.SIGTERM)
+        seen.extend(lines)  # to the end of its log: it has stopped
+        code = process.wait(30)
+        assert process.stderr is not None
+        process.stderr.close()
+    assert code == 0, "".join(seen)
+    assert (tmp_path / "server" / "catalog-0000000001.avsnap").read_bytes() == (
+        tmp_path / "exporter" / "catalog-0000000001.avsnap"
+    ).read_bytes(), "the server serves the exporter's file, pulled from the bucket"

@@ -138,7 +138,7 @@ def test_the_cron_line_runs_an_entry_point_with_options_it_takes() -> None:
 
 def test_the_cluster_blocks_call_only_the_package_inside_containers() -> None:
     cluster = [block for block in blocks("bash") if needs_a_cluster(block)]
-    assert len(cluster) == 5
+    assert len(cluster) == 6
     for block in cluster:
         for line in block.splitlines():
             words = shlex.split(line, comments=True)
