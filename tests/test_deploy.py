@@ -18,7 +18,9 @@ to recognize ... connection refused" with none), so it runs only where kubectl
 has a current context. The bucket variant's exporter and server run here as
 deployed (their commands, and the variables its ConfigMap and Secrets give
 them) against the tests' PostgreSQL and SeaweedFS: the exporter announces a
-version in the bucket and the server serves it, answering the probes.
+version in the bucket and the server serves it, answering the probes; and
+the exporter's claim, once lost, is refilled from the bucket as
+docs/deploy.md says.
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ from pathlib import Path
 from typing import Any
 
 import kubernetes_validate  # type: ignore[import-untyped]
+import psycopg
 import pytest
 import yaml
 from grpc_health.v1 import health_pb2
@@ -608,3 +611,24 @@ def test_the_bucket_variants_exporter_and_server_run_as_deployed(
     assert (tmp_path / "server" / "catalog-0000000001.avsnap").read_bytes() == (
         tmp_path / "exporter" / "catalog-0000000001.avsnap"
     ).read_bytes(), "the server serves the exporter's file, pulled from the bucket"
+
+
+def test_the_bucket_variants_exporter_claim_once_lost_is_refilled_from_the_bucket(
+    pg_dsn: str, seaweed: SeaweedS3, s3_url: str, tmp_path: Path
+) -> None:
+    """docs/deploy.md, "The bucket variant": an empty folder is refused by the bucket; avap-sync --from refills it."""
+    env = {**seaweed.env(), "PATH": f"{BIN}:/usr/bin:/bin", "AVAP_PG_DSN": pg_dsn, "AVAP_EXPORT_PUBLISH": s3_url}
+
+    def run(*argv: str | Path) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([BIN / argv[0], *argv[1:]], env=env, capture_output=True, text=True, timeout=60)
+
+    assert run("avap-export", "load-sample", "--dsn", pg_dsn).returncode == 0
+    assert run("avap-export", "--snapshots", tmp_path / "lost").returncode == 0
+    with psycopg.connect(pg_dsn, autocommit=True) as conn:
+        conn.execute("UPDATE obex_dapl_functions SET code = code || '-- changed' WHERE id = 1")
+    assert "announced version 2" in run("avap-export", "--snapshots", tmp_path / "lost").stdout
+    empty = run("avap-export", "--snapshots", tmp_path / "claim")
+    assert empty.returncode == 10 and "newer than this folder's newest (1)" in empty.stderr
+    assert run("avap-sync", "--from", s3_url, "--dest", tmp_path / "refilled").returncode == 0
+    again = run("avap-export", "--snapshots", tmp_path / "refilled")
+    assert again.returncode == 0 and f"{s3_url} already announces version 2" in again.stdout
