@@ -8,9 +8,12 @@ and exit 2.
 
 from __future__ import annotations
 
+import contextlib
 import os
+import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -19,7 +22,8 @@ from pathlib import Path
 import pytest
 
 from avapdefs.client import DefinitionClient, Replica
-from avapdefs.errors import TlsError, TlsFileError
+from avapdefs.client.address import speaks_tls
+from avapdefs.errors import ServerUnavailableError, TlsError, TlsFileError
 from avapdefs.folder import list_snapshots
 from avapdefs.tls import ClientTls
 from tests.certificates import Certificates, make_certificates
@@ -96,8 +100,8 @@ def test_each_tls_failure_says_what_to_do(servers: Servers) -> None:
     failures = {
         "plaintext client, TLS server": (
             _client(servers, servers.tls, None),
-            f"no secure connection to {address(servers.tls)}: it closed the connection before HTTP/2 began: "
-            "does it serve TLS? give --tls-ca FILE (or --tls)",
+            f"no secure connection to {address(servers.tls)}: it serves TLS, and this client speaks plaintext: "
+            "give --tls-ca FILE (or --tls)",
         ),
         "TLS client, plaintext server": (
             _client(servers, servers.plain, trusting),
@@ -127,6 +131,38 @@ def test_each_tls_failure_says_what_to_do(servers: Servers) -> None:
     }
     said = {case: _tls_error(client) for case, (client, _) in failures.items()}
     assert said == {case: expected for case, (_, expected) in failures.items()}
+
+
+@contextlib.contextmanager
+def _closing_listener() -> Iterator[str]:
+    """A plaintext port that accepts each connection and closes it at once (a server at its connection limit)."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    listener.settimeout(0.2)
+    stop = threading.Event()
+
+    def serve() -> None:
+        while not stop.is_set():
+            with contextlib.suppress(TimeoutError):
+                listener.accept()[0].close()
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    try:
+        yield f"127.0.0.1:{listener.getsockname()[1]}"
+    finally:
+        stop.set()
+        thread.join(5)
+        listener.close()
+
+
+def test_a_port_that_closes_connections_is_not_taken_for_tls(servers: Servers) -> None:
+    assert speaks_tls(servers.address(servers.tls)) and speaks_tls(servers.address(servers.mutual))
+    assert not speaks_tls(servers.address(servers.plain))
+    with _closing_listener() as address:
+        assert not speaks_tls(address)
+        with DefinitionClient(address, timeout_s=1.0) as client, pytest.raises(ServerUnavailableError) as caught:
+            client.get_command("x")
+        assert not isinstance(caught.value, TlsError)  # retried until the deadline, as an unreachable server
 
 
 def test_bad_client_tls_files_are_refused_before_any_connection(servers: Servers, tmp_path: Path) -> None:
@@ -181,7 +217,7 @@ def test_the_tools_fail_in_one_line_with_exit_7_or_2(servers: Servers, tmp_path:
         "give --tls-cert and --tls-key\n"
     )
     code, _, err = _run("avap-sync", "--dest", str(tmp_path / "c"), "--server", servers.address(servers.tls))
-    assert code == 7 and err.count("\n") == 1 and "does it serve TLS? give --tls-ca FILE" in err
+    assert code == 7 and err.count("\n") == 1 and "it serves TLS, and this client speaks plaintext" in err
     code, _, err = _run("avapctl", "info", "--server", servers.address(servers.plain), "--tls")
     assert code == 7 and err.count("\n") == 1 and "it does not speak TLS" in err
     code, _, err = _run("avap-sync", "--dest", str(tmp_path / "c"), "--watch", "--server", mutual, "--tls")

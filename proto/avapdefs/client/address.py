@@ -13,13 +13,17 @@ with TLS 1.3 a server that refuses the client's certificate does so after
 the handshake, and grpc reports only "Unwrap failed (TSI_DATA_CORRUPTED)";
 a plaintext client that reaches a TLS port sees "Socket closed".
 ``tls_failure`` turns each into what to do about it, knowing what this
-client sent (TLS or not, a certificate or not).
+client sent (TLS or not, a certificate or not). "Socket closed" is also what
+a server at its connection limit says, so before a plaintext client blames
+TLS, ``speaks_tls`` asks the port itself: one TLS handshake, nothing verified.
 """
 
 from __future__ import annotations
 
 import ipaddress
 import re
+import socket
+import ssl
 
 DEFAULT_SERVER = "127.0.0.1:50051"
 
@@ -97,7 +101,7 @@ def tls_failure(details: str, *, tls: bool, client_cert: bool) -> str | None:
     """
     if not tls:
         if any(marker in details for marker in _CLOSED) and "failed to connect" in details:
-            return "it closed the connection before HTTP/2 began: does it serve TLS? give --tls-ca FILE (or --tls)"
+            return "it serves TLS, and this client speaks plaintext: give --tls-ca FILE (or --tls)"
         return None
     if _NAME_MISMATCH in details:
         return "its TLS certificate does not name the host dialled; give the name it holds with --tls-server-name"
@@ -120,3 +124,35 @@ def _last_reason(details: str) -> str:
     if "OPENSSL_internal:" in details:
         return details.split("OPENSSL_internal:", 1)[1].split(":", 1)[0].strip().lower().replace("_", " ")
     return details.rsplit(": ", 1)[-1].strip()
+
+
+def speaks_tls(server: str, timeout_s: float = 2.0) -> bool:
+    """Whether ``server`` (``HOST:PORT``, as ``parse_server`` returns it) completes a TLS handshake.
+
+    Nothing is verified and nothing is sent after the handshake: it only tells a TLS port from a
+    plaintext one that closed the connection for another reason (its connection limit, a restart).
+    """
+    host, _, port = server.rpartition(":")
+    host = host.strip("[]")
+    context = ssl.create_default_context()
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    context.set_alpn_protocols(["h2"])
+    try:
+        with (
+            socket.create_connection((host, int(port)), timeout=timeout_s) as raw,
+            context.wrap_socket(raw, server_hostname=None if _is_ip(host) else host),
+        ):
+            return True
+    except ssl.SSLError as exc:  # an alert (it refused to go on) is TLS speaking too
+        return "ALERT" in str(exc.reason)
+    except OSError:
+        return False
+
+
+def _is_ip(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True

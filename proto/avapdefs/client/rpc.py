@@ -40,7 +40,14 @@ import grpc
 from google.protobuf.message import Message
 from grpc_health.v1 import health_pb2
 
-from avapdefs.client.address import DEFAULT_SERVER, cannot_reach, parse_server, tls_failure, unreachable_reason
+from avapdefs.client.address import (
+    DEFAULT_SERVER,
+    cannot_reach,
+    parse_server,
+    speaks_tls,
+    tls_failure,
+    unreachable_reason,
+)
 from avapdefs.client.auth import AUTH_METADATA_KEY, KeyInterceptor, check_api_key
 from avapdefs.client.cache import Progress, SyncResult, SyncStream, sync_cache
 from avapdefs.errors import CommandNotFoundError, ServerError, ServerUnavailableError, SyncError, TlsError
@@ -199,7 +206,10 @@ class DefinitionClient:
 
     def _tls_words(self, details: str) -> str | None:
         tls = self._tls
-        return tls_failure(details, tls=tls is not None, client_cert=tls is not None and tls.cert is not None)
+        words = tls_failure(details, tls=tls is not None, client_cert=tls is not None and tls.cert is not None)
+        if words is not None and tls is None and not speaks_tls(self.server):
+            return None  # closed for another reason (a connection limit, a restart): retried as unreachable
+        return words
 
     def __exit__(self, *exc_info: object) -> None:
         self.close()
