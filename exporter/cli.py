@@ -314,7 +314,10 @@ def _publish(store: Remote, folder: Path) -> str | None:
         with folder_lock(folder):
             published = store.publish(folder)
     except PublishConflictError as exc:
-        return f"{exc}; published locally only, and running again does not change that (one exporter per store URL)"
+        return (
+            f"{exc}; published locally only, and running again does not change that: one exporter per store URL, "
+            f"and a folder that lost its versions is refilled first (avap-sync --from {store.url} --dest {folder})"
+        )
     except RemoteError as exc:
         return f"{exc}; published locally only (the next run completes it)"
     announcement = published.announcement
