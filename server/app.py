@@ -258,7 +258,7 @@ class DefinitionServer:
     async def _stream(self, handler: Stream, scope: Scope, receive: Receive, send: Send) -> Code:
         request = await read_unary(receive, self._max_receive_bytes)
         deadline_s = timeout_s(scope)
-        # After the request, receive() only returns once the client goes away.
+        # Done once the client goes away (polled: see _disconnect).
         disconnected: asyncio.Future[None] = asyncio.ensure_future(_disconnect(receive))
         messages = handler(request, disconnected)
         reply = StreamReply(send)
@@ -320,14 +320,23 @@ class DefinitionServer:
         await send({"type": "http.response.body", "body": body})
 
 
+# How often a stream whose request has ended asks pyvoy whether its client is still there: a
+# WatchCatalog stream (or health Watch) that its client cancels gives up its slot within this.
+DISCONNECT_POLL_S = 0.5
+
 # Disconnect watchers of ended streams, held until pyvoy resolves them (the loop keeps only weak references).
 _pending_disconnects: set[asyncio.Future[None]] = set()
 
 
 async def _disconnect(receive: Receive) -> None:
+    # pyvoy's receive() waits for the client only while the request is open. When the whole request
+    # came before the app was called (a gRPC call's one small message, usually), it answers at once:
+    # an empty body until the stream ends, then http.disconnect. Looping on it would take a core per
+    # open stream, so an empty answer is followed by a pause (a stream's end is seen within it).
     try:
-        while (await receive())["type"] != "http.disconnect":
-            pass
+        while (message := await receive())["type"] != "http.disconnect":
+            if not message.get("body") and not message.get("more_body"):
+                await asyncio.sleep(DISCONNECT_POLL_S)
     except OSError:
         pass
 
