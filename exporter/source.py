@@ -25,7 +25,7 @@ from collections.abc import Generator, Iterable, Iterator, Sequence
 from typing import NamedTuple
 
 import psycopg
-from psycopg import sql
+from psycopg import pq, sql
 
 from exporter.errors import ConnectError, SchemaError, SourceError
 from exporter.watchdog import GRACE_S, Watchdog
@@ -94,6 +94,22 @@ def _first_line(exc: BaseException) -> str:
     return text.splitlines()[0] if text else type(exc).__name__
 
 
+def _own_options(dsn: str) -> str:
+    """The server options the connection would have without ours: the DSN's ``options``, else ``PGOPTIONS``.
+
+    A keyword argument to ``psycopg.connect`` replaces the DSN's value and libpq's default alike,
+    so they are read here (the default through libpq, which reads the variable) and passed on.
+
+    Raises:
+        psycopg.ProgrammingError: ``dsn`` does not parse.
+    """
+    given = psycopg.conninfo.conninfo_to_dict(dsn).get("options")
+    if given is not None:
+        return str(given)
+    default = next((option.val for option in pq.Conninfo.get_defaults() if option.keyword == b"options"), None)
+    return default.decode() if default else ""
+
+
 @contextlib.contextmanager
 def connect(
     dsn: str, *, connect_timeout_s: int, statement_timeout_s: int = 600, keepalive_s: int = 60
@@ -107,19 +123,23 @@ def connect(
     is given up: keepalive probes start after half of it, three of them a
     sixth apart, and data unacknowledged that long (TCP_USER_TIMEOUT) ends
     the connection too. Text is always sent as UTF-8, whatever the environment asks for.
+    Server settings the DSN (or ``PGOPTIONS``) gives in ``options``, such as
+    ``-c search_path=...``, are kept; the two timeouts follow them, so the
+    flag's value is the one in force.
 
     Raises:
-        ConnectError: the database cannot be reached or refuses the connection.
+        ConnectError: the database cannot be reached or refuses the connection (or ``dsn`` does not parse).
     """
     timeout_ms = statement_timeout_s * 1000
     idle_s = max(keepalive_s // 2, 1)
+    timeouts = f"-c statement_timeout={timeout_ms} -c idle_in_transaction_session_timeout={timeout_ms}"
     try:
         conn = psycopg.connect(
             dsn,
             connect_timeout=connect_timeout_s,
             application_name="avap-export",
             client_encoding="UTF8",
-            options=f"-c statement_timeout={timeout_ms} -c idle_in_transaction_session_timeout={timeout_ms}",
+            options=" ".join(filter(None, (_own_options(dsn), timeouts))),
             keepalives=1,
             keepalives_idle=idle_s,
             keepalives_interval=max((keepalive_s - idle_s) // _KEEPALIVE_PROBES, 1),
