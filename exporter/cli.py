@@ -10,7 +10,7 @@ Exit codes (docs/exporter.md): 0 success (published, unchanged, or loaded),
 failed, 4 table or column missing, 5 bad rows, 6 refused by a guard,
 7 another exporter holds the lock, 8 snapshot folder not writable,
 9 invalid snapshot file, 10 published locally but not to the object store
-(``--publish``; the next run completes it), 130 interrupted. With ``--every``
+(``--publish``; its line says whether running again helps), 130 interrupted. With ``--every``
 each run's code is printed with its failure line, and the process ends with 0
 on SIGTERM or 130 on SIGINT (``exporter/schedule.py``).
 """
@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from avapdefs.about import add_version_option
-from avapdefs.cloud import StoreURLError, open_remote
+from avapdefs.cloud import StoreURLError, add_store_options, open_remote, store_options
 from avapdefs.errors import LockedError, OptionError, SnapshotError
 from avapdefs.folder import folder_lock
 from avapdefs.options import Option, add_options, duration_s, parse_bool, parse_log_level, resolve
@@ -169,7 +169,8 @@ _PUBLISH = Option(
     "publish",
     str,
     "then upload the newest version and its deltas to object storage and announce it: s3://bucket/prefix, "
-    "gs://, az://, file:///path (credentials and endpoint from AWS_* and the like; needs the cloud extra)",
+    "gs://, az://, file:///path (credentials and endpoint from the --store-* options, else AWS_* and the like; "
+    "needs the cloud extra)",
 )
 
 
@@ -217,10 +218,13 @@ def _export_parser() -> argparse.ArgumentParser:
         "Other commands: 'avap-export inspect FILE [--diff OTHER]', 'avap-export load-sample'.",
         epilog="Exit codes: 0 ok or unchanged, 2 usage, 3 database, 4 missing table/column, 5 bad rows, "
         "6 refused by a guard, 7 locked by another exporter, 8 snapshot folder, 10 published locally but not to "
-        "the object store (--publish; the next run completes it), 1 unexpected. With --every: each run's code "
+        "the object store (--publish: unreachable, credentials refused, or another exporter's versions there; "
+        "the line says whether running again helps), 1 unexpected. With --every: each run's code "
         "on its failure line; 0 after SIGTERM, 130 after SIGINT.",
     )
-    add_options(parser, (*_EXPORT_OPTIONS, _NO_PROGRESS, _PUBLISH, _EVERY, _METRICS_TEXTFILE), _SHOWN_DEFAULTS)
+    add_options(parser, (*_EXPORT_OPTIONS, _NO_PROGRESS, _PUBLISH), _SHOWN_DEFAULTS)
+    add_store_options(parser)
+    add_options(parser, (_EVERY, _METRICS_TEXTFILE), _SHOWN_DEFAULTS)
     _add_logging(parser)
     add_version_option(parser)
     return parser
@@ -244,7 +248,7 @@ def _run_export(args: argparse.Namespace, env: Mapping[str, str]) -> int:
     config = ExportConfig(**values, progress=not quiet and sys.stderr.isatty())
     extra = resolve(args, env, (_PUBLISH, _EVERY, _METRICS_TEXTFILE))
     # A bad URL is refused before any work.
-    store = open_remote(extra["publish"], "--publish", env) if "publish" in extra else None
+    store = open_remote(extra["publish"], "--publish", store_options(args, env)) if "publish" in extra else None
     textfile = _metrics_textfile(extra["metrics_textfile"], config) if "metrics_textfile" in extra else None
     job = _Job(config, store, textfile)
     if "every_s" in extra:
@@ -305,10 +309,11 @@ def _publish(store: Remote, folder: Path) -> str | None:
     """Publish the folder's newest version to the store, under the folder's lock (so retention agrees).
 
     Returns:
-        None, or the line saying why the store was not reached (exit 10; the next run completes it) or
-        holds another exporter's versions (exit 10; the next run does not complete it).
+        None, or the line saying why the store does not announce the version (exit 10): it was not reached
+        (the next run completes it), refused the credentials or holds another exporter's versions (the next
+        run does not, until that changes).
     """
-    from avapdefs.remote import PublishConflictError, RemoteError
+    from avapdefs.remote import PublishConflictError, RemoteError, StoreRefusedError
 
     try:
         with folder_lock(folder):
@@ -317,6 +322,11 @@ def _publish(store: Remote, folder: Path) -> str | None:
         return (
             f"{exc}; published locally only, and running again does not change that: one exporter per store URL, "
             f"and a folder that lost its versions is refilled first (avap-sync --from {store.url} --dest {folder})"
+        )
+    except StoreRefusedError as exc:
+        return (
+            f"{exc}; published locally only, and running again does not change that until the store accepts "
+            "the credentials (--store-credentials, or AWS_* and the like)"
         )
     except RemoteError as exc:
         return f"{exc}; published locally only (the next run completes it)"

@@ -24,12 +24,12 @@ import logging
 import os
 import sys
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from avapdefs.about import add_version_option
-from avapdefs.cloud import StoreURLError, open_remote
+from avapdefs.cloud import StoreOptions, StoreURLError, add_store_options, open_remote, store_options
 from avapdefs.errors import NoSnapshotError, OptionError, TlsFileError
 from avapdefs.folder import list_snapshots, no_snapshot_error, remove_source_state
 from avapdefs.options import add_options, resolve
@@ -63,6 +63,7 @@ def _parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     add_options(parser, OPTIONS, DEFAULTS)
+    add_store_options(parser)
     add_version_option(parser)
     return parser
 
@@ -110,6 +111,7 @@ class _Program:
     source: str | None = None
     source_poll_s: float = 5.0
     api_key_file: Path | None = None
+    store: StoreOptions = field(default_factory=StoreOptions)
 
 
 def _settings(args: argparse.Namespace, env: Mapping[str, str]) -> tuple[dict[str, Any], _Program]:
@@ -126,6 +128,7 @@ def _settings(args: argparse.Namespace, env: Mapping[str, str]) -> tuple[dict[st
         values.pop("source", None),
         values.pop("source_poll_s", 5.0),
         values.pop("api_key_file", None),
+        store_options(args, env),
     )
     if program.source is not None and values.get("snapshots_dir") is None:
         raise ValueError("--source needs --snapshots DIR: the local folder the pulled versions are served from")
@@ -182,7 +185,7 @@ def _serve(args: argparse.Namespace, values: dict[str, Any], program: _Program) 
         try:
             settings = Settings(**{**values, "snapshots_dir": folder})
             _check_secrets(settings, program)
-            follower = _follower(program, settings.snapshots_dir)
+            follower = _follower(program, settings)
             check_folder(settings.snapshots_dir)
             if follower is not None and not list_snapshots(settings.snapshots_dir):
                 raise no_snapshot_error(settings.snapshots_dir)
@@ -192,12 +195,16 @@ def _serve(args: argparse.Namespace, values: dict[str, Any], program: _Program) 
             return _usage_error(str(exc))
         except NoSnapshotError as exc:
             store_error = follower.state.last_error if follower is not None else ""
-            also = f" (and {program.source}: {store_error})" if store_error else ""
+            if follower is not None and store_error and not store_error.startswith(f"{follower.remote.url}: "):
+                store_error = f"{follower.remote.url}: {store_error}"  # the store named once, not twice
+            also = f" (and {store_error})" if store_error else ""
             print(f"{PROG}: {exc}; nothing to serve{also}", file=sys.stderr, flush=True)
             return EXIT_NO_SNAPSHOT
         wanted = processes.default_processes(settings.port) if program.processes is None else program.processes
         if wanted > 1:  # from here on, every line names its process
-            logs.configure(program.log_level, program.log_format, process=logs.SUPERVISOR, secrets=[settings.api_key])
+            logs.configure(
+                program.log_level, program.log_format, process=logs.SUPERVISOR, secrets=_secrets(settings, follower)
+            )
         return processes.run(
             settings,
             processes=wanted,
@@ -219,20 +226,28 @@ def _check_secrets(settings: Settings, program: _Program) -> None:
         check_server_files(settings.tls_cert, settings.tls_key, settings.tls_client_ca)
 
 
-def _follower(program: _Program, folder: Path) -> Follower | None:
-    """With ``--source``, a follower of the store, after a first pull into ``folder`` (which it creates).
+def _secrets(settings: Settings, follower: Follower | None) -> list[str | None]:
+    """What no log line may hold: the API key, and the store's secrets (its credentials file's, or AWS_*'s)."""
+    return [settings.api_key, *(follower.remote.secrets if follower is not None else ())]
 
-    A first pull that fails is logged and the server boots from what ``folder`` holds.
+
+def _follower(program: _Program, settings: Settings) -> Follower | None:
+    """With ``--source``, a follower of the store, after a first pull into the folder (which it creates).
+
+    A first pull that fails is logged and the server boots from what the folder holds.
 
     Raises:
-        StoreURLError: the URL names no store, or obstore is not installed.
+        StoreURLError: the URL names no store, obstore is not installed, or a --store-* option cannot be used.
     """
+    folder = settings.snapshots_dir
     if program.source is None:
         remove_source_state(folder)  # an earlier run's record of a store this run does not follow
         return None
-    store = open_remote(program.source, "--source", os.environ)
+    store = open_remote(program.source, "--source", program.store)
     from avapdefs.remote import Follower  # importable: open_remote has imported it
 
+    if store.secrets:  # from here on, the store's secrets join the API key among what no log line may hold
+        logs.configure(program.log_level, program.log_format, secrets=[settings.api_key, *store.secrets])
     if folder.exists():
         check_folder(folder)  # a regular file named as the folder is refused, not made a folder of
     folder.mkdir(parents=True, exist_ok=True)

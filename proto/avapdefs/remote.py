@@ -4,8 +4,9 @@ One library, ``obstore``, speaks every store; a store is named by a URL
 (``s3://bucket/prefix``, ``gs://…``, ``az://…``, ``file:///path``,
 ``memory:///``). Credentials and the endpoint come from the standard
 variables that obstore reads itself (``AWS_ACCESS_KEY_ID``,
-``AWS_SECRET_ACCESS_KEY``, ``AWS_ENDPOINT_URL``, ``AWS_REGION``, …). Under
-the URL, a store holds:
+``AWS_SECRET_ACCESS_KEY``, ``AWS_ENDPOINT_URL``, ``AWS_REGION``, …), or
+from the ``config`` a tool's store options make (``avapdefs.cloud``), which
+wins over them. Under the URL, a store holds:
 
     catalog-<N, 10 digits>.avsnap        a snapshot, byte for byte the exporter's file; never overwritten
     catalog-<N>.from-<B>.avdelta         a delta from version B to version N; never overwritten
@@ -36,7 +37,7 @@ import re
 import threading
 import time
 import urllib.parse
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -71,6 +72,9 @@ ANNOUNCEMENT_FORMAT = 1
 MAX_ANNOUNCEMENT_BYTES = 1 << 20  # a few hundred bytes in practice; anything larger is not ours
 MAX_OBJECT_BYTES = 1 << 40  # a bound on any size read from an announcement
 _SHA256_HEX = re.compile(r"^[0-9a-f]{64}$")
+# In a refusal obstore quotes: "... status code: 403 Forbidden: <?xml ...><Error><Code>SignatureDoesNotMatch</Code>".
+_HTTP_STATUS = re.compile(r"status code: (\d{3}(?: [A-Za-z][A-Za-z ]*[A-Za-z])?)")
+_ERROR_CODE = re.compile(r"<Code>([A-Za-z]{1,64})</Code>")
 _OBJECT_KEY = re.compile(r"^catalog-(\d{10,})\.(?:avsnap|from-(\d{10,})\.avdelta)$")
 
 
@@ -90,6 +94,11 @@ class RemoteError(AvapDefsError):
 
 class StoreUnavailableError(RemoteError):
     """The object store could not be reached, retries included."""
+
+
+class StoreRefusedError(RemoteError):
+    """The object store refused the request: the credentials are wrong, or lack a permission. Running
+    again does not help until the credentials (or the store's policy) change."""
 
 
 class NoAnnouncementError(RemoteError):
@@ -219,19 +228,6 @@ def _bounded_int(value: object, low: int, high: int, what: str) -> int:
     return value
 
 
-def allow_http_from(environ: Mapping[str, str]) -> bool:
-    """Whether the standard variables let an S3, GCS or Azure endpoint be plain HTTP.
-
-    ``AWS_ALLOW_HTTP=true`` says so, and so does an ``AWS_ENDPOINT_URL``
-    (or ``AWS_ENDPOINT``) that starts with ``http://``: someone who names a
-    plain-HTTP endpoint means it.
-    """
-    if environ.get("AWS_ALLOW_HTTP", "").strip().lower() in ("1", "true", "yes"):
-        return True
-    endpoint = environ.get("AWS_ENDPOINT_URL") or environ.get("AWS_ENDPOINT") or ""
-    return endpoint.lower().startswith("http://")
-
-
 def display_url(url: str) -> str:
     """``url`` without a user name, password or query, fit for a log line."""
     parts = urllib.parse.urlsplit(url)
@@ -285,6 +281,9 @@ class Remote:
     Args:
         url: ``s3://bucket/prefix``, ``gs://…``, ``az://…``, ``file:///path`` or ``memory:///``.
         allow_http: let an S3, GCS or Azure endpoint be plain HTTP (a local test store, say).
+        config: obstore settings by the standard variables' names (``AWS_SECRET_ACCESS_KEY``); they win
+            over the variables obstore reads itself (``avapdefs.cloud`` makes them).
+        secrets: values never to quote in a message (the store's own answers included).
         timeout_s: the deadline of one request.
         connect_timeout_s: the deadline of one connection attempt.
         retries: how many times a failed request is retried.
@@ -298,13 +297,18 @@ class Remote:
         url: str,
         *,
         allow_http: bool = False,
+        config: Mapping[str, str] | None = None,
+        secrets: Iterable[str] = (),
         timeout_s: float = 60.0,
         connect_timeout_s: float = 5.0,
         retries: int = 3,
     ) -> None:
         self.url = display_url(url)
+        self.secrets = tuple(secret for secret in secrets if secret)
         scheme = urllib.parse.urlsplit(url).scheme
         options: dict[str, Any] = {}
+        if config:
+            options["config"] = dict(config)
         if scheme in ("s3", "s3a", "gs", "az", "azure", "abfs", "abfss", "http", "https"):
             options["client_options"] = {
                 "allow_http": allow_http,
@@ -320,7 +324,14 @@ class Remote:
         try:
             self.store = from_url(url, **options)
         except Exception as exc:  # obstore raises ValueError and its own errors for a bad URL or option
-            raise RemoteError(self.url, f"not a store URL obstore can open: {exc}") from exc
+            raise RemoteError(self.url, f"not a store URL obstore can open: {self._quote(exc)}") from exc
+
+    def _quote(self, exc: BaseException) -> str:
+        """The first line of ``exc``'s message, without any of ``secrets``: fit for a message or a log."""
+        text = _first_line(exc)
+        for secret in self.secrets:
+            text = text.replace(secret, "***")
+        return text
 
     # -- reading and writing objects; obstore's errors become ours here and only here
 
@@ -330,9 +341,18 @@ class Remote:
         except _ANSWERS:
             raise
         except (store_errors.PermissionDeniedError, store_errors.UnauthenticatedError) as exc:
-            raise RemoteError(self.url, f"{what}: refused by the store ({_first_line(exc)})") from exc
+            raise StoreRefusedError(self.url, f"{what}: refused by the store ({self._refusal(exc)})") from exc
         except (store_errors.BaseError, OSError) as exc:
-            raise StoreUnavailableError(self.url, f"{what}: {_first_line(exc)}") from exc
+            raise StoreUnavailableError(self.url, f"{what}: {self._quote(exc)}") from exc
+
+    def _refusal(self, exc: BaseException) -> str:
+        """The store's status and error code (``403 Forbidden: SignatureDoesNotMatch``) when its answer
+        has them, else the first line of ``exc``; never any of ``secrets``."""
+        text = str(exc)
+        status, code = _HTTP_STATUS.search(text), _ERROR_CODE.search(text)
+        if status is None:
+            return self._quote(exc)
+        return status.group(1) + (f": {code.group(1)}" if code else "")
 
     def _get(self, key: str, max_bytes: int, *, if_none_match: str | None = None) -> tuple[bytes | None, str | None]:
         """The object's bytes (None, unread, when it is over ``max_bytes``) and its ETag, in one request."""
@@ -407,7 +427,8 @@ class Remote:
             NoSnapshotError: ``folder`` holds no valid snapshot.
             PublishConflictError: an object of that name with other bytes is in the store, or the store
                 announces a newer version than ``folder`` holds (or did so meanwhile).
-            RemoteError: another publisher announced an older version meanwhile, or the store refused a request.
+            RemoteError: another publisher announced an older version meanwhile.
+            StoreRefusedError: the store refused the credentials; nothing was announced.
             StoreUnavailableError: the store could not be reached; nothing was announced.
         """
         current, etag = self._current()
@@ -515,6 +536,7 @@ class Remote:
         Raises:
             RefusedAnnouncementError: an object the announcement names does not match it (the folder is unchanged).
             RemoteError: no announcement, or one that is not valid (the folder is unchanged).
+            StoreRefusedError: the store refused the credentials (the folder is unchanged).
             StoreUnavailableError: the store could not be reached (the folder is unchanged).
             OSError: ``folder`` cannot be written.
         """
@@ -524,7 +546,7 @@ class Remote:
             return PullResult(etag, None)
         try:
             return self._install(folder, announcement, new_etag, accept_delta=accept_delta, keep=keep, started=started)
-        except StoreUnavailableError:
+        except (StoreUnavailableError, StoreRefusedError):
             raise
         except RemoteError as exc:
             raise RefusedAnnouncementError(self.url, exc.reason, new_etag) from exc
@@ -552,7 +574,7 @@ class Remote:
             try:
                 self._install_delta(ref, local, path, announcement)
             except (AvapDefsError, OSError) as exc:
-                if isinstance(exc, StoreUnavailableError):
+                if isinstance(exc, StoreUnavailableError | StoreRefusedError):
                     raise
                 logger.warning("delta %s failed (%s); fetching the whole file", ref.key, exc)
             else:

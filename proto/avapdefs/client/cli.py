@@ -5,7 +5,8 @@ Both take the options every client tool takes (``tool.py``): ``--server``
 (``AVAP_API_KEY_FILE``) or ``AVAP_API_KEY``, the TLS options, ``--log-level``; ``avap-sync
 --dest`` may come from ``AVAP_DEST``. ``avap-sync --from URL`` pulls from
 object storage instead of a server (``avapdefs.remote``; the ``cloud``
-extra), into the same cache format.
+extra), into the same cache format, reaching it as the ``--store-*``
+options say (``avapdefs.cloud``).
 
 Exit codes, for both programs:
 
@@ -13,7 +14,7 @@ Exit codes, for both programs:
     1  avap-get: the server has no command of that name
     2  bad usage
     3  the server could not be reached (retries and deadline included)
-    4  the server refused the call (any other gRPC status)
+    4  the server refused the call (any other gRPC status); avap-sync --from: the store refused the credentials
     5  avap-sync: the stream broke or its data did not verify (--from: or nothing is announced); the cache is unchanged
     6  avap-sync: the destination folder cannot be written
     7  no secure connection (TLS): the message says what to change; avap-sync --watch gives up too
@@ -37,7 +38,7 @@ from avapdefs.client.follow import describe, follow
 from avapdefs.client.render import command_text, message_dict, plural
 from avapdefs.client.rpc import DefinitionClient
 from avapdefs.client.runner import Job, run
-from avapdefs.cloud import StoreURLError, open_remote
+from avapdefs.cloud import StoreURLError, add_store_options, open_remote, store_options
 from avapdefs.errors import AvapDefsError, CommandNotFoundError, ServerError, SyncError, TlsError
 from avapdefs.options import Option
 from avapdefs.progress import ProgressBar
@@ -68,7 +69,7 @@ SYNC_OPTIONS: tuple[Option, ...] = (
         "source",
         str,
         "pull from object storage instead of a server: s3://bucket/prefix, gs://, az://, file:///path "
-        "(credentials and endpoint from AWS_* and the like; needs the cloud extra)",
+        "(credentials and endpoint from the --store-* options, else AWS_* and the like; needs the cloud extra)",
     ),
     Option(
         "--poll-s",
@@ -100,6 +101,7 @@ exit codes:
    0  a new version installed, or already up to date (--watch: stopped by SIGTERM)
    5  the stream broke or its data did not verify (--from: or nothing is announced yet); the cache is unchanged
    6  the destination folder cannot be written
+ 3, 4  --from: the store could not be reached (3), or refused the credentials (4)
 {tool.SERVER_EXIT_CODES}; the cache is unchanged
 """
 _GET_EPILOG = f"""\
@@ -126,6 +128,7 @@ def _parser(prog: str, description: str, epilog: str) -> argparse.ArgumentParser
 def _sync_parser() -> argparse.ArgumentParser:
     parser = _parser("avap-sync", "Bring a local snapshot cache up to date.", _SYNC_EPILOG)
     tool.add_common_options(parser, SYNC_OPTIONS)
+    add_store_options(parser)
     parser.add_argument(
         "--watch",
         action="store_true",
@@ -192,7 +195,9 @@ def _sync_once(client: DefinitionClient, dest: Path, timeout_s: float) -> int:
 
 def _pull(args: argparse.Namespace, job: Job, url: str, dest: Path) -> int:
     try:
-        store = open_remote(url, "--from", os.environ, timeout_s=job.values.get("timeout_s", 600.0))
+        store = open_remote(
+            url, "--from", store_options(args, os.environ), timeout_s=job.values.get("timeout_s", 600.0)
+        )
     except StoreURLError as exc:
         tool.say("avap-sync", str(exc))
         return tool.EXIT_USAGE
@@ -209,6 +214,9 @@ def _pull(args: argparse.Namespace, job: Job, url: str, dest: Path) -> int:
     except remote.StoreUnavailableError as exc:
         tool.say("avap-sync", f"cannot reach the store: {exc}")
         return tool.EXIT_UNAVAILABLE
+    except remote.StoreRefusedError as exc:
+        tool.say("avap-sync", f"{exc}; check the store's credentials (--store-credentials, or AWS_* and the like)")
+        return tool.EXIT_SERVER_ERROR
     except remote.RemoteError as exc:
         tool.say("avap-sync", str(exc))
         return EXIT_SYNC_FAILED
