@@ -31,13 +31,12 @@ import socket
 import threading
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, fields, replace
-from pathlib import Path
+from dataclasses import dataclass, replace
 from typing import Any
 
 from avapdefs.errors import NoSnapshotError
 from server import legacy, logs
-from server.config import Settings
+from server.config import CONTROL_FD_VARIABLE, Settings, settings_from_json
 from server.health import Health
 from server.legacy.codec import LegacyCodec, LegacyProtoError, bundled_codec, load_codec
 from server.legacy.service import LegacyService
@@ -66,7 +65,6 @@ from server.store import LoadedSnapshot, PinnedVersionMissingError, SnapshotStor
 
 logger = logging.getLogger(__name__)
 
-CONTROL_FD_VARIABLE = "AVAP_CONTROL_FD"
 AUTH_METADATA_KEY = b"x-avap-auth"
 HEALTH_SERVICE = "grpc.health.v1.Health"
 REFLECTION_SERVICE = "grpc.reflection.v1alpha.ServerReflection"
@@ -347,21 +345,6 @@ def _legacy_codec(settings: Settings) -> LegacyCodec | None:
     if settings.legacy_proto is not None:
         return load_codec(settings.legacy_proto)
     return bundled_codec()
-
-
-def settings_to_json(settings: Settings) -> dict[str, Any]:
-    """``settings`` as JSON values (paths as strings), for the control socket."""
-    values = {item.name: getattr(settings, item.name) for item in fields(Settings)}
-    return {name: str(value) if isinstance(value, Path) else value for name, value in values.items()}
-
-
-def settings_from_json(values: dict[str, Any]) -> Settings:
-    """The inverse of ``settings_to_json``."""
-    paths = {"snapshots_dir", "legacy_proto", "tls_cert", "tls_key", "tls_client_ca"}
-    converted: dict[str, Any] = {
-        name: Path(value) if name in paths and value is not None else value for name, value in values.items()
-    }
-    return Settings(**converted)
 
 
 class Application:

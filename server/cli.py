@@ -31,12 +31,11 @@ from typing import TYPE_CHECKING, Any
 from avapdefs.about import add_version_option
 from avapdefs.cloud import StoreOptions, StoreURLError, add_store_options, open_remote, store_options
 from avapdefs.errors import NoSnapshotError, OptionError, TlsFileError
-from avapdefs.folder import list_snapshots, no_snapshot_error, remove_source_state
+from avapdefs.folder import check_folder, list_snapshots, no_snapshot_error, remove_source_state
 from avapdefs.options import add_options, resolve
 from avapdefs.tls import check_server_files, warn_if_exposed
 from server import logs, processes, sample
 from server.config import DEFAULTS, OPTIONS, SettingError, Settings
-from server.store import check_folder
 
 if TYPE_CHECKING:
     from avapdefs.remote import Follower

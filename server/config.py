@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, fields
 from pathlib import Path
+from typing import Any
 
 from avapdefs.folder import MAX_VERSION
 from avapdefs.options import Option, duration_s, parse_bool, parse_log_level
@@ -322,3 +323,22 @@ OPTIONS: tuple[Option, ...] = (
     LOG_LEVEL,
     LOG_FORMAT,
 )
+
+
+# The variable naming the control socket's descriptor a serving process inherits (launch.py, app.py).
+CONTROL_FD_VARIABLE = "AVAP_CONTROL_FD"
+
+
+def settings_to_json(settings: Settings) -> dict[str, Any]:
+    """``settings`` as JSON values (paths as strings), for the control socket."""
+    values = {item.name: getattr(settings, item.name) for item in fields(Settings)}
+    return {name: str(value) if isinstance(value, Path) else value for name, value in values.items()}
+
+
+def settings_from_json(values: dict[str, Any]) -> Settings:
+    """The inverse of ``settings_to_json``."""
+    paths = {"snapshots_dir", "legacy_proto", "tls_cert", "tls_key", "tls_client_ca"}
+    converted: dict[str, Any] = {
+        name: Path(value) if name in paths and value is not None else value for name, value in values.items()
+    }
+    return Settings(**converted)

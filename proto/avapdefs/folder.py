@@ -345,6 +345,18 @@ def _writer_alive(name: str) -> bool:
     return True
 
 
+def check_folder(folder: Path) -> None:
+    """Refuse a snapshot folder that does not exist or is not a folder.
+
+    Raises:
+        NoSnapshotError: saying which.
+    """
+    if not folder.exists():
+        raise NoSnapshotError("the snapshot folder does not exist", path=folder)
+    if not folder.is_dir():
+        raise NoSnapshotError("this is not a folder: give --snapshots the folder that holds the snapshots", path=folder)
+
+
 @contextlib.contextmanager
 def folder_lock(folder: Path, *, wait: bool = False) -> Iterator[Path]:
     """Hold the exclusive writer's lock on ``folder`` for the block (two exporters never run at once).

@@ -13,7 +13,7 @@ import pytest
 from avapdefs.folder import write_pin
 from avapdefs.v1.definitions_pb2 import GetCatalogInfoRequest, GetCommandRequest
 from avapdefs.v1.definitions_pb2_grpc import DefinitionServiceStub
-from server import app, cli, launch, pin, sample
+from server import cli, config, launch, pin, sample
 from server.config import Settings
 from server.launch import ServerProcess, StartError
 from tests.helpers import MakeSnapshot
@@ -91,7 +91,7 @@ def test_a_failure_inside_a_starting_process_is_one_line_from_the_supervisor(
     make_snapshot: MakeSnapshot, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # A settings message the application cannot take: a fault of the program, not of the input.
-    real = app.settings_to_json
+    real = config.settings_to_json
     monkeypatch.setattr(launch, "settings_to_json", lambda settings: {**real(settings), "no_such_setting": 1})
     process = ServerProcess(Settings(snapshots_dir=make_snapshot().parent, port=0), stderr=subprocess.PIPE)
     try:
