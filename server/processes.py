@@ -236,7 +236,6 @@ def _metrics_endpoint(settings: Settings, follower: Follower | None) -> MetricsE
 def _serve(children: list[_Child], stop: threading.Event, grace_s: float) -> int:
     for child in children:
         child.spawn()  # all at once: they load in parallel
-    _prepare_image(children[0].settings)
     for child in children:
         try:
             loaded = child.wait_ready(stop)
@@ -259,15 +258,6 @@ def _serve(children: list[_Child], stop: threading.Event, grace_s: float) -> int
     _stop_all(children, grace_s)
     logger.info("stopped")
     return EXIT_OK
-
-
-def _prepare_image(settings: Settings) -> None:
-    # A cold start's serving image is written here, while the processes start, rather than by
-    # the first of them once it has started: 50,000 commands, 2 processes, ready in about
-    # 0.65 s instead of 0.85 (store.SnapshotStore.prepare_image).
-    from server.store import SnapshotStore
-
-    SnapshotStore(settings.snapshots_dir, chunk_bytes=settings.chunk_bytes, pin=settings.pin).prepare_image()
 
 
 def _stop_all(children: list[_Child], grace_s: float) -> None:

@@ -303,30 +303,9 @@ class SnapshotStore:
             raise
         return build(image, path, chunk_bytes=self.chunk_bytes, started=started, legacy_codec=self.legacy_codec)
 
-    def prepare_image(self) -> None:
-        """Write the serving image of the snapshot the folder calls for, when it has none yet.
-
-        The supervisor calls this while its processes start (Envoy and Python take
-        about 0.2 s), so a cold start writes the image beside that, once, and the
-        processes, waiting on the image lock, map it. A file that does not
-        verify is passed over, as the processes will (they say why); nothing is
-        written when the cache cannot be.
-        """
-        for _, path in choose(self.folder, pin=self.pin, live=None).candidates:
-            try:
-                info = _read_checked_header(path)
-                if not (self.serving_cache / image_name(info)).exists():
-                    self._image(path, in_memory=False)
-                return
-            except SnapshotError:
-                continue
-            except OSError:
-                return
-
-    def _image(self, path: Path, *, in_memory: bool = True) -> Image:
+    def _image(self, path: Path) -> Image:
         # The image of this file when one exists and checks out; otherwise the file is read,
-        # verified and written as the image (in memory when the cache cannot be written, and
-        # ``in_memory``; else OSError).
+        # verified and written as the image (in memory when the cache cannot be written).
         info = _read_checked_header(path)
         target = self.serving_cache / image_name(info)
         image = self._open_image(target, info)
@@ -340,7 +319,7 @@ class SnapshotStore:
                 image = self._open_image(target, info)
                 if image is not None:
                     return image
-            return self._write_image(path, in_memory=in_memory)
+            return self._write_image(path)
 
     def _open_image(self, target: Path, info: SnapshotInfo) -> Image | None:
         try:
@@ -355,14 +334,12 @@ class SnapshotStore:
                 target.unlink()
             return None
 
-    def _write_image(self, path: Path, *, in_memory: bool) -> Image:
+    def _write_image(self, path: Path) -> Image:
         data = read_file_bytes(path, named_version=parse_version(path.name))
         info = read_info(data, path=path)  # the file may have changed since its header was read
         try:
             image = write_image(self.serving_cache / image_name(info), data, info, path)
         except OSError as exc:
-            if not in_memory:
-                raise
             if not self._cache_failure_noted:
                 self._cache_failure_noted = True
                 logger.warning("cannot write serving images in %s (%s); each process holds its own copy in memory",
