@@ -263,8 +263,8 @@ OPTIONS: tuple[Option, ...] = (
         "source",
         str,
         "follow an object store the exporter publishes to (s3://bucket/prefix, gs://, az://, file:///path; "
-        "credentials and endpoint from the --store-* options, else AWS_* and the like): the announced version is pulled into --snapshots, "
-        "which then serves it; needs the cloud extra",
+        "credentials and endpoint from the --store-* options, else AWS_* and the like): the announced version "
+        "is pulled into --snapshots, which then serves it; needs the cloud extra",
     ),
     Option(
         "--source-poll",
