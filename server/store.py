@@ -24,12 +24,15 @@ change to the snapshot file is harmless, and SyncCatalog streams the verified
 copy. With an image present, only the snapshot file's header and size are
 read, and must match the copy's.
 
-Measured (50,000 commands, 2 processes, ``bench/bench_serve.py --quick
---scenarios startup --targets ours``, medians of 3): before, first answer
-1.28 s, RSS 803 MB (PSS 638); with the image, cold (both processes write it)
-1.10 s, image present 0.59 s, RSS 251 MB (PSS 117) after start and 277 MB
-after two full syncs. Of the 0.59 s, loading (map and check) is about 150 ms;
-the rest is starting the interpreters and Envoy.
+Measured (50,000 commands, 2 processes, ``bench/bench_serve.py
+--server-arg=--processes --server-arg=2``, 2026-11-30, quiet machine): first
+answer 0.80 s cold (one process writes the image while the other waits for
+its lock) and 0.33 s on a restart (each maps and checks the image in about
+15 ms), against the peer's 0.76 s; RSS 257 MB (PSS 176) after start and 277
+MB after two full syncs, against the peer's 316 and 409 MB. Before the image:
+first answer 1.28 s, RSS 803 MB (PSS 638). Of a restart's 0.33 s, the
+supervisor's start takes about 0.1 s and each process's Envoy and Python
+about 0.2 s.
 """
 
 from __future__ import annotations
