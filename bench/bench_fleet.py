@@ -58,6 +58,7 @@ from typing import Any
 
 import fleet_parts
 import machine
+import procs
 import report
 from store_proxy import Request, StoreProxy
 
@@ -234,7 +235,7 @@ def run(args: argparse.Namespace) -> tuple[list[Phase], dict[str, Any], list[lis
     with contextlib.ExitStack() as stack:
         scratch = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="bench-fleet-")))
         endpoint = stack.enter_context(_store(args, scratch))
-        server_dsn = stack.enter_context(fleet_parts.postgres(args.dsn))
+        server_dsn = stack.enter_context(procs.postgres(args.dsn))
         print(f"store {endpoint}; loading {args.commands:,} commands", flush=True)
         dsn = stack.enter_context(fleet_parts.table(server_dsn, args.commands))
         proxy = stack.enter_context(StoreProxy(urllib.parse.urlsplit(endpoint).port or 80))

