@@ -217,6 +217,14 @@ def server_process(*argv: str) -> subprocess.Popen[str]:
     return subprocess.Popen([sys.executable, "-m", "server", *argv], stderr=subprocess.PIPE, text=True, cwd=ROOT)
 
 
+def end_process(process: subprocess.Popen[str]) -> None:
+    """Kill ``process`` if it still runs, wait for it and close its stderr pipe: a test's last word on it."""
+    process.kill()
+    process.wait()
+    if process.stderr is not None:
+        process.stderr.close()
+
+
 def log_lines(process: subprocess.Popen[str]) -> Iterator[str]:
     """The lines ``process`` logs on stderr, as they come."""
     assert process.stderr is not None

@@ -15,7 +15,7 @@ import pytest
 
 from server import cli, logs
 from tests.helpers import MakeSnapshot
-from tests.server.helpers import ROOT, free_port, log_lines, wait_for_line
+from tests.server.helpers import ROOT, end_process, free_port, log_lines, wait_for_line
 
 KEY = 'k3y-"with\\-quotes'
 DSN = "postgresql://avap:s3cret-pw@db.example:5432/avap"
@@ -91,10 +91,7 @@ def _serve(folder: Path, *argv: str, env: dict[str, str]) -> list[str]:
         seen.extend(lines)
         assert process.wait(timeout=30) == 0
     finally:
-        process.kill()
-        process.wait()
-        assert process.stderr is not None
-        process.stderr.close()
+        end_process(process)
     return seen
 
 

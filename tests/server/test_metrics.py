@@ -18,7 +18,7 @@ from avapdefs.folder import snapshot_name
 from avapdefs.v1.definitions_pb2 import GetCommandRequest, SyncCatalogRequest, WatchCatalogRequest
 from avapdefs.v1.definitions_pb2_grpc import DefinitionServiceStub
 from server import cli
-from tests.server.helpers import free_port, log_lines, server_process, wait_for_line, write_dated_snapshot
+from tests.server.helpers import end_process, free_port, log_lines, server_process, wait_for_line, write_dated_snapshot
 
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 GET = frozenset({("grpc_type", "unary"), ("grpc_service", "avapdefs.v1.DefinitionService"),
@@ -70,10 +70,7 @@ def served(tmp_path: Path) -> Iterator[tuple[Path, int, int, list[str], Iterator
         process.send_signal(signal.SIGTERM)
         assert process.wait(timeout=60) == 0
     finally:
-        process.kill()
-        process.wait()
-        assert process.stderr is not None
-        process.stderr.close()
+        end_process(process)
 
 
 def _call_each_process(port: int) -> None:

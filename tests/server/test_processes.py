@@ -13,7 +13,7 @@ from avapdefs.v1.definitions_pb2 import GetCommandRequest
 from avapdefs.v1.definitions_pb2_grpc import DefinitionServiceStub
 from server import cli
 from tests.helpers import MakeSnapshot
-from tests.server.helpers import free_port, log_lines, server_process, wait_for_line
+from tests.server.helpers import end_process, free_port, log_lines, server_process, wait_for_line
 
 STARTED = r"server process (\d) started: pid (\d+), pinned to CPU (\d+)"
 
@@ -52,10 +52,7 @@ def test_processes_share_the_port_and_one_dying_is_restarted(make_snapshot: Make
         assert process.wait(timeout=60) == 0
         seen.extend(lines)  # the rest of the log, up to the end
     finally:
-        process.kill()
-        process.wait()
-        assert process.stderr is not None
-        process.stderr.close()
+        end_process(process)
     # Both live processes (the first and the restarted one) shut down gracefully, and none is left.
     assert len(re.findall(r"server process \d \(pid \d+\) stopped", "".join(seen))) == 2
     for pid in (children["0"], restarted):

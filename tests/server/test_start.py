@@ -17,16 +17,9 @@ from server import cli, config, launch, pin, sample
 from server.config import Settings
 from server.launch import ServerProcess, StartError
 from tests.helpers import MakeSnapshot
-from tests.server.helpers import ROOT, log_lines, wait_for_line
+from tests.server.helpers import ROOT, end_process, log_lines, wait_for_line
 
 SERVING = r"serving catalog version (\d+) \((\d+) commands.*\) on 127\.0\.0\.1:(\d+)"
-
-
-def _end(process: subprocess.Popen[str]) -> None:
-    process.kill()
-    process.wait()
-    if process.stderr is not None:
-        process.stderr.close()
 
 
 def _one_line(capsys: pytest.CaptureFixture[str]) -> str:
@@ -155,7 +148,7 @@ def test_with_no_folder_given_the_server_serves_the_sample_from_any_directory(tm
         process.terminate()
         assert process.wait(timeout=30) == 0
     finally:
-        _end(process)
+        end_process(process)
     assert any("serving the built-in sample catalog" in line for line in seen)
     assert list(tmp_path.iterdir()) == []  # nothing written where it was started
 
@@ -181,5 +174,5 @@ def test_file_events_are_not_logged_at_info(make_snapshot: MakeSnapshot) -> None
         assert process.wait(timeout=30) == 0
         seen.extend(lines)
     finally:
-        _end(process)
+        end_process(process)
     assert not [line for line in seen if "watchfiles" in line]

@@ -28,6 +28,7 @@ from tests.certificates import Certificates, make_certificates
 from tests.helpers import MakeSnapshot
 from tests.server.helpers import (
     ROOT,
+    end_process,
     free_port,
     log_lines,
     next_version,
@@ -182,10 +183,7 @@ def _stop(process: subprocess.Popen[str]) -> None:
     try:
         assert process.wait(timeout=60) == 0
     finally:
-        process.kill()
-        process.wait()
-        assert process.stderr is not None
-        process.stderr.close()
+        end_process(process)
 
 
 def _avapctl(*argv: str, cwd: Path = ROOT) -> subprocess.CompletedProcess[str]:
