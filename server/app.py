@@ -435,9 +435,11 @@ class Application:
         os.kill(os.getpid(), signal.SIGTERM)
 
     def _drain(self, done: threading.Event) -> None:
-        assert self.server is not None
-        self.server.drain()
-        done.set()
+        try:
+            assert self.server is not None
+            self.server.drain()
+        finally:
+            done.set()  # the launcher waits for the reply; it must come even if draining failed
 
 
 application = Application()

@@ -61,6 +61,7 @@ APPLICATION = "server.app:application"
 STREAM_WINDOW_BYTES = 1 << 20
 _POLL_S = 0.02
 _KILL_AFTER_S = 10.0
+_DRAIN_REPLY_S = 10.0
 
 
 @functools.cache
@@ -373,6 +374,8 @@ class ServerProcess:
     def drain(self) -> None:
         """Health NOT_SERVING, watch streams end, hot reload stops; returns once the server has done so."""
         assert self._control is not None and self._replies is not None
+        # Bounded: a process that never answers is still stopped (``stop`` goes on to SIGTERM).
+        self._control.settimeout(_DRAIN_REPLY_S)
         self._control.sendall(b'{"command": "drain"}\n')
         self._replies.readline()  # {"event": "draining"}
 
