@@ -25,7 +25,7 @@ from collections.abc import AsyncIterator, Callable
 from grpc_health.v1 import health_pb2
 
 from server.rpc import Code, StatusError
-from server.service import SERVICE_NAME, Signal, parse
+from server.service import SERVICE_NAME, Signal, StreamSlots, parse
 from server.store import SnapshotStore, snapshot_age_s
 
 logger = logging.getLogger(__name__)
@@ -55,8 +55,7 @@ class Health:
         self._changes = changes
         self._store = store
         self._max_age_s = max_age_s
-        self._max_watch_streams = max_watch_streams
-        self.watch_streams = 0
+        self._watch_slots = StreamSlots(max_watch_streams, "health watch streams open here")
         self._up = False  # loaded and not draining
         self.stale = False  # as of the last check
         self._services = {"", SERVICE_NAME}
@@ -122,13 +121,7 @@ class Health:
     async def watch(self, data: bytes, disconnected: asyncio.Future[None]) -> AsyncIterator[bytes]:
         """Watch: the status now, then each change, until the client goes away; RESOURCE_EXHAUSTED past the cap."""
         self._status_of(data)  # a request that does not parse is refused before it takes a slot
-        if self.watch_streams >= self._max_watch_streams:
-            raise StatusError(
-                Code.RESOURCE_EXHAUSTED,
-                f"over {self._max_watch_streams} health watch streams open here; retry later (with backoff)",
-            )
-        self.watch_streams += 1
-        try:
+        with self._watch_slots.take():
             sent = None
             while not disconnected.done():
                 status = self._status_of(data)
@@ -136,5 +129,3 @@ class Health:
                     sent = status
                     yield health_pb2.HealthCheckResponse(status=status).SerializeToString()
                 await self._changes.wait(3600.0, disconnected)
-        finally:
-            self.watch_streams -= 1

@@ -13,11 +13,12 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import contextlib
 import logging
 import os
 import time
 from bisect import bisect_left
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
 
@@ -125,6 +126,37 @@ class Signal:
         return bool(done)
 
 
+class StreamSlots:
+    """A cap on the streams of one kind open at once in this process; past it, RESOURCE_EXHAUSTED.
+
+    Args:
+        limit: how many may be open at once.
+        what: the refusal's words after the number, e.g. "watch streams open here".
+        on_change: told +1 and -1 as slots are taken and given back (a metrics gauge).
+    """
+
+    def __init__(self, limit: int, what: str, on_change: Callable[[int], None] | None = None) -> None:
+        self.limit = limit
+        self.taken = 0
+        self._what = what
+        self._on_change = on_change
+
+    @contextlib.contextmanager
+    def take(self) -> Iterator[None]:
+        """Hold one slot for the block (a stream's life), or raise StatusError(RESOURCE_EXHAUSTED)."""
+        if self.taken >= self.limit:
+            raise StatusError(Code.RESOURCE_EXHAUSTED, f"over {self.limit} {self._what}; retry later (with backoff)")
+        self.taken += 1
+        if self._on_change is not None:
+            self._on_change(+1)
+        try:
+            yield
+        finally:
+            self.taken -= 1
+            if self._on_change is not None:
+                self._on_change(-1)
+
+
 class StoreStatusFile:
     """The folder's ``.source-state`` (written by the supervisor's follower of an object store, ``--source``),
     as the serialized ``CatalogInfo.store`` field GetCatalogInfo appends; re-read only when the file changes."""
@@ -194,10 +226,10 @@ class DefinitionService:
         self._swaps = swaps
         self._max_send_bytes = max_send_bytes
         self._heartbeat_s = heartbeat_s
-        self._max_watch_streams = max_watch_streams
-        self._max_sync_streams = max_sync_streams
-        self.watch_streams = 0
-        self.sync_streams = 0
+        self._watch_slots = StreamSlots(
+            max_watch_streams, "watch streams open here", metrics.watch_streams if metrics is not None else None
+        )
+        self._sync_slots = StreamSlots(max_sync_streams, "catalog syncs running here")
         self._closing = False
         self._store_status = StoreStatusFile(store.folder)
 
@@ -284,13 +316,7 @@ class DefinitionService:
                 self._metrics.sync("up_to_date")
             yield snap.sync_up_to_date
             return
-        if self.sync_streams >= self._max_sync_streams:
-            raise StatusError(
-                Code.RESOURCE_EXHAUSTED,
-                f"over {self._max_sync_streams} catalog syncs running here; retry later (with backoff)",
-            )
-        self.sync_streams += 1
-        try:
+        with self._sync_slots.take():
             delta = snap.deltas.get(request.have_version) if request.accept_delta else None
             if delta is not None and delta.base_content_hash == request.have_content_hash:
                 header, chunks, kind = delta.header, delta.chunks, "delta"
@@ -308,21 +334,11 @@ class DefinitionService:
             if metrics is not None:
                 metrics.sync_bytes(kind, len(header))
             logger.debug("sync of version %s: sent %s", snap.info.version, what)
-        finally:
-            self.sync_streams -= 1
 
     async def watch_catalog(self, data: bytes, disconnected: asyncio.Future[None]) -> AsyncIterator[bytes]:
         """WatchCatalog: the live version when it differs from the client's, then each new one, with heartbeats."""
         request = parse(WatchCatalogRequest.FromString, data)
-        if self.watch_streams >= self._max_watch_streams:
-            raise StatusError(
-                Code.RESOURCE_EXHAUSTED,
-                f"over {self._max_watch_streams} watch streams open here; retry later (with backoff)",
-            )
-        self.watch_streams += 1
-        if self._metrics is not None:
-            self._metrics.watch_streams(+1)
-        try:
+        with self._watch_slots.take():
             seen = request.have_version
             while not self._closing and not disconnected.done():
                 snap = require_snapshot(self._store)
@@ -330,13 +346,9 @@ class DefinitionService:
                     seen = snap.info.version
                     yield wire.encode_entry(self._catalog_info_now(snap))  # field 1: WatchCatalogResponse.catalog
                     continue
-                # A client that goes away wakes its stream at once, so its slot is free now.
+                # A client that goes away wakes its stream (within app.DISCONNECT_POLL_S), freeing its slot.
                 if not await self._swaps.wait(self._heartbeat_s, disconnected):
                     yield WatchCatalogResponse(heartbeat_unix_ms=int(time.time() * 1000)).SerializeToString()
-        finally:
-            self.watch_streams -= 1
-            if self._metrics is not None:
-                self._metrics.watch_streams(-1)
 
     def close(self) -> None:
         """End every watch stream (the server is shutting down)."""
