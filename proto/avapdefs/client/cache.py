@@ -72,6 +72,8 @@ class SyncResult:
         delta: True when a delta from the cached version was applied instead of a full download.
         transfer_s: wall time from the server's first answer to the installed file: ``seconds``
             without the time spent reaching the server (the figure a rate is computed from).
+        snapshot: the cached snapshot, verified, payload included, so that a caller (a Replica)
+            need not read the file back and verify it again; holding the result holds it.
     """
 
     path: Path
@@ -81,6 +83,7 @@ class SyncResult:
     seconds: float
     delta: bool = False
     transfer_s: float = 0.0
+    snapshot: Snapshot | None = None
 
 
 @dataclass(frozen=True)
@@ -123,27 +126,32 @@ def sync_cache(
         if header.kind == SyncHeader.KIND_UP_TO_DATE and cached is not None:
             _follow_pin(dest_dir, cached.snapshot.info.version)
             now = time.perf_counter()
-            return SyncResult(cached.path, cached.snapshot.info, True, 0, now - started, transfer_s=now - answered)
+            return SyncResult(
+                cached.path, cached.snapshot.info, True, 0, now - started, transfer_s=now - answered,
+                snapshot=cached.snapshot,
+            )  # fmt: skip
         if header.kind == SyncHeader.KIND_DELTA and cached is not None:
             try:
-                path, info = install_delta(stream.chunks, header, dest_dir, cached, progress)
+                path, snapshot = install_delta(stream.chunks, header, dest_dir, cached, progress)
             except (AvapDefsError, OSError) as exc:
                 logger.warning("delta from version %s failed (%s); fetching the whole file", header.base_version, exc)
                 stream.cancel()
                 return sync_cache(dest_dir, open_stream, progress=progress, keep=keep, accept_delta=False)
         elif header.kind == SyncHeader.KIND_FULL:
-            path, info = install_file(stream.chunks, header, dest_dir, progress)
+            path, snapshot = install_file(stream.chunks, header, dest_dir, progress)
         else:
             raise SyncError("INTERNAL", f"unexpected sync header kind {SyncHeader.Kind.Name(header.kind)}")
     finally:
         stream.cancel()  # a no-op once the stream has ended; otherwise the server stops sending
+    info = snapshot.info
     _follow_pin(dest_dir, info.version)
     # A local avap-server reads its file once at load, so removing one it serves is harmless.
     prune(dest_dir, keep, current=info.version)
     now = time.perf_counter()
     return SyncResult(
-        path, info, False, header.data_size, now - started, header.kind == SyncHeader.KIND_DELTA, now - answered
-    )
+        path, info, False, header.data_size, now - started, header.kind == SyncHeader.KIND_DELTA, now - answered,
+        snapshot,
+    )  # fmt: skip
 
 
 def _make_cache_folder(dest_dir: Path) -> None:
@@ -204,7 +212,7 @@ def newest_cached(dest_dir: Path) -> VerifiedFile | None:
 
 def install_file(
     chunks: Iterable[bytes], header: SyncHeader, dest_dir: Path, progress: Progress | None
-) -> tuple[Path, SnapshotInfo]:
+) -> tuple[Path, Snapshot]:
     """Receive a whole snapshot file and install it in ``dest_dir`` once it verifies.
 
     Each chunk is written to the temporary file and checked as it arrives, in
@@ -218,14 +226,14 @@ def install_file(
     with atomic_file(path) as file:
         written = _Written(chunks, file, header, progress)
         try:
-            info = verify_stream(written, file_size=header.data_size, file_sha256=header.data_sha256, path=path).info
+            snapshot = verify_stream(written, file_size=header.data_size, file_sha256=header.data_sha256, path=path)
         except SnapshotError as exc:
             if isinstance(exc, TruncatedSnapshotError) and written.received < header.data_size:
                 raise written.short() from exc
             raise SyncError("DATA_LOSS", f"the received snapshot does not verify: {exc.reason}") from exc
-        _check_announced(info, header)
-    logger.info("installed catalog version %s at %s", info.version, path)
-    return path, info
+        _check_announced(snapshot.info, header)
+    logger.info("installed catalog version %s at %s", snapshot.info.version, path)
+    return path, snapshot
 
 
 class _Written:
@@ -253,7 +261,7 @@ class _Written:
 
 def install_delta(
     chunks: Iterable[bytes], header: SyncHeader, dest_dir: Path, cached: VerifiedFile, progress: Progress | None
-) -> tuple[Path, SnapshotInfo]:
+) -> tuple[Path, Snapshot]:
     """Receive a delta from the ``cached`` version, apply it, and install the result once it verifies.
 
     Raises:
@@ -270,9 +278,9 @@ def install_delta(
     with atomic_file(path) as file:
         apply_delta(cached.snapshot, delta, file)  # checks the result's content hash
         file.seek(0)
-        info = _check(file.read(), header, path)
-    logger.info("installed catalog version %s at %s from a delta", info.version, path)
-    return path, info
+        snapshot = _check(file.read(), header, path)
+    logger.info("installed catalog version %s at %s from a delta", snapshot.info.version, path)
+    return path, snapshot
 
 
 def _receive(chunks: Iterable[bytes], file: BinaryIO, header: SyncHeader, progress: Progress | None) -> None:
@@ -290,13 +298,13 @@ def _receive(chunks: Iterable[bytes], file: BinaryIO, header: SyncHeader, progre
         raise SyncError("DATA_LOSS", "the received file's sha256 differs from the one the server announced")
 
 
-def _check(data: bytes, header: SyncHeader, path: Path) -> SnapshotInfo:
+def _check(data: bytes, header: SyncHeader, path: Path) -> Snapshot:
     try:
-        info = verify(data, path=path).info
+        snapshot = verify(data, path=path)
     except SnapshotError as exc:
         raise SyncError("DATA_LOSS", f"the received snapshot does not verify: {exc.reason}") from exc
-    _check_announced(info, header)
-    return info
+    _check_announced(snapshot.info, header)
+    return snapshot
 
 
 def _check_announced(info: SnapshotInfo, header: SyncHeader) -> None:

@@ -62,13 +62,11 @@ def follow(
     failures = 0
     while not stop.is_set():
         try:
-            result = client.sync(dest_dir)
+            version = _sync(client, dest_dir, on_sync)
             if failures:
                 logger.info("reached %s again, after %d failed attempts", client.server, failures)
             failures = 0
-            if on_sync is not None:
-                on_sync(result)
-            _watch_and_sync(client, dest_dir, stop, result.info.version, on_sync)
+            _watch_and_sync(client, dest_dir, stop, version, on_sync)
         except (AvapDefsError, OSError) as exc:
             if stop.is_set():
                 return  # the failure is the stop's doing (the caller closed the channel)
@@ -95,6 +93,15 @@ def describe(exc: Exception) -> str:
     return exc.details if isinstance(exc, ServerUnavailableError) else str(exc)
 
 
+def _sync(client: DefinitionClient, dest_dir: Path, on_sync: Callable[[SyncResult], None] | None) -> int:
+    """Sync once and tell ``on_sync``; the version now cached. The result (which holds the
+    verified snapshot, payload included) is not kept while the watch waits for the next version."""
+    result = client.sync(dest_dir)
+    if on_sync is not None:
+        on_sync(result)
+    return result.info.version
+
+
 def _watch_and_sync(
     client: DefinitionClient,
     dest_dir: Path,
@@ -112,10 +119,7 @@ def _watch_and_sync(
     try:
         for message in _events(call, stop):
             if message.WhichOneof("event") == "catalog" and message.catalog.version != have_version:
-                result = client.sync(dest_dir)  # its errors are the caller's, not the stream's
-                have_version = result.info.version
-                if on_sync is not None:
-                    on_sync(result)
+                have_version = _sync(client, dest_dir, on_sync)  # its errors are the caller's, not the stream's
     finally:
         call.cancel()
     if not stop.is_set():

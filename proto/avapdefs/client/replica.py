@@ -254,7 +254,8 @@ class Replica:
     def _on_sync(self, result: SyncResult) -> None:
         current = self._view.info
         if (result.info.version, result.info.content_hash) != (current.version, current.content_hash):
-            self._swap(build_view(read_verified(result.path).snapshot))
+            snapshot = result.snapshot if result.snapshot is not None else read_verified(result.path).snapshot
+            self._swap(build_view(snapshot))  # the sync verified it: not read back and verified again
         self.synced.set()
 
     def _swap(self, view: CatalogView) -> None:
