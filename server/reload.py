@@ -16,11 +16,13 @@ from __future__ import annotations
 import logging
 import threading
 from pathlib import Path
-
-import watchfiles
+from typing import TYPE_CHECKING
 
 from avapdefs.folder import is_followed
 from server.store import SnapshotStore
+
+if TYPE_CHECKING:
+    import watchfiles
 
 logger = logging.getLogger(__name__)
 
@@ -58,6 +60,10 @@ class Reloader:
             self._thread.join(timeout_s)
 
     def _run(self) -> None:
+        # Imported here, on the watching thread, not on the way to the first answer (about 5 ms, with anyio):
+        # a snapshot published meanwhile is caught up on once the watch is in place.
+        import watchfiles
+
         folder = self._store.folder
         logger.info("watching %s for new snapshots%s", folder, " (polling)" if self._poll else "")
         try:

@@ -26,24 +26,19 @@ import json
 import logging
 import os
 import re
-import secrets
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO, TypeVar
+from typing import TYPE_CHECKING, BinaryIO, TypeVar
 
 from avapdefs import fileio
 from avapdefs.errors import LockedError, NoSnapshotError, SnapshotError
-from avapdefs.format.snapshot import (
-    MAX_HEADER_BYTES,
-    PREAMBLE,
-    Snapshot,
-    SnapshotInfo,
-    check_version,
-    read_file_bytes,
-    read_info,
-    verify,
-)
+
+# The snapshot format (and protobuf with it) is imported by read_header and read_verified when
+# called: avap-server's supervisor lists and checks folders but never reads a snapshot, and the
+# import would add about 20 ms to its start-up.
+if TYPE_CHECKING:
+    from avapdefs.format.snapshot import Snapshot, SnapshotInfo
 
 logger = logging.getLogger(__name__)
 
@@ -120,6 +115,8 @@ def read_header(path: Path) -> SnapshotInfo:
     Raises:
         SnapshotError: the file cannot be read or its header is not valid.
     """
+    from avapdefs.format.snapshot import MAX_HEADER_BYTES, PREAMBLE, check_version, read_info
+
     info = read_info(fileio.read_bytes(path, prefix_bytes=PREAMBLE.size + MAX_HEADER_BYTES), path=path)
     return check_version(info, parse_version(path.name), path)
 
@@ -139,6 +136,8 @@ def read_verified(path: Path) -> VerifiedFile:
     Raises:
         SnapshotError: the file cannot be read or is not a valid snapshot, or its name gives another version.
     """
+    from avapdefs.format.snapshot import read_file_bytes, verify
+
     data = read_file_bytes(path, named_version=parse_version(path.name))
     return VerifiedFile(path, data, verify(data, path=path))
 
@@ -292,7 +291,7 @@ def atomic_file(final_path: Path) -> Iterator[BinaryIO]:
     whatever the umask (a writer may ``fchmod`` it otherwise inside the block).
     """
     folder = final_path.parent
-    temp_path = folder / f"{TEMP_PREFIX}{final_path.name}.{os.getpid()}.{secrets.token_hex(4)}"
+    temp_path = folder / f"{TEMP_PREFIX}{final_path.name}.{os.getpid()}.{os.urandom(4).hex()}"
     try:
         with open(temp_path, "w+b") as file:
             os.fchmod(file.fileno(), FILE_MODE)

@@ -176,3 +176,11 @@ def test_file_events_are_not_logged_at_info(make_snapshot: MakeSnapshot) -> None
     finally:
         end_process(process)
     assert not [line for line in seen if "watchfiles" in line]
+
+
+def test_the_environment_given_to_envoy_is_the_one_pyvoy_would_give() -> None:
+    # launch works it out faster than pyvoy (it stops at the first libpython); the answer must be the same.
+    from pyvoy._server import get_envoy_environ
+
+    assert launch._envoy_environ() == get_envoy_environ()
+    assert Path(launch._envoy_environ()["LD_PRELOAD"]).is_file()
