@@ -61,6 +61,8 @@ EXIT_CANNOT_LISTEN = 4
 APPLICATION = "server.app:application"
 STREAM_WINDOW_BYTES = 1 << 20
 _POLL_S = 0.02
+# Between the application's "loaded" and Envoy's listener: a few ms, each of which delays the ready line.
+_LISTEN_POLL_S = 0.002
 _KILL_AFTER_S = 10.0
 _DRAIN_REPLY_S = 10.0
 
@@ -376,7 +378,7 @@ class ServerProcess:
             if self.process.poll() is not None:
                 said = last_error(self._envoy_log)
                 raise StartError(EXIT_CANNOT_LISTEN, f"cannot listen on {self.settings.address}: {said}")
-            if stop.wait(_POLL_S):
+            if stop.wait(_LISTEN_POLL_S):
                 self.kill()
                 raise StartError(EXIT_OK, "stopped while starting")
 
