@@ -75,18 +75,20 @@ Thread safety: an ``Image`` is immutable; any number of threads may read it.
 from __future__ import annotations
 
 import contextlib
-import functools
 import hashlib
+import io
 import mmap
+import operator
 import os
 import stat
 import struct
+import threading
 from array import array
 from collections import deque
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from itertools import accumulate
+from itertools import accumulate, islice
 from pathlib import Path
 from typing import IO, cast, overload
 from zlib import crc32
@@ -126,7 +128,8 @@ _STEPS_IN_FLIGHT = 4  # steps inflated but not yet written: what memory holds of
 _READ_BYTES = 1 << 20  # compressed bytes handed to zstd at once
 _FLUSH_BYTES = 16 << 20  # bytes written between two starts of writing the image to disk
 _END_BYTE = 0x5A
-_END_FRAME = zstandard.ZstdCompressor(write_checksum=True).compress(bytes((_END_BYTE,)))
+_END = bytes((_END_BYTE,))
+_END_FRAME = zstandard.ZstdCompressor(write_checksum=True).compress(_END)
 assert _STEP_BYTES <= MAX_STEP_OUTPUT_BYTES
 
 _WriteAt = Callable[[bytes | memoryview, int], None]  # write these bytes at this offset of the image
@@ -312,9 +315,9 @@ def write_image(target: Path | None, file_data: bytes, info: SnapshotInfo, sourc
         OSError: ``target`` cannot be written.
     """
     if target is None:
-        memory = bytearray()
-        sections, file_sha256 = _write(functools.partial(_put, memory), file_data, info, source)
-        return Image(info=info, file_sha256=file_sha256, **_views(bytes(memory), None, sections))  # type: ignore[arg-type]
+        memory = _MemorySink()
+        sections, file_sha256 = _write(memory.write_at, file_data, info, source)
+        return Image(info=info, file_sha256=file_sha256, **_views(memory.value(), None, sections))  # type: ignore[arg-type]
     with atomic_file(target) as out:
         sink = _FileSink(out.fileno())
         try:
@@ -337,7 +340,7 @@ class _FileSink:
     def __init__(self, fd: int) -> None:
         self._fd = fd
         self._unflushed = 0
-        self._flusher = ThreadPoolExecutor(max_workers=1, thread_name_prefix="image-flush")
+        self._flusher = ThreadPoolExecutor(max_workers=1, thread_name_prefix="image-flush", initializer=_any_cpu)
         self._flushes: list[Future[None]] = []
 
     def write_at(self, data: bytes | memoryview, offset: int) -> None:
@@ -362,10 +365,22 @@ class _FileSink:
             flush.result()
 
 
-def _put(memory: bytearray, data: bytes | memoryview, offset: int) -> None:
-    if offset > len(memory):
-        memory.extend(bytes(offset - len(memory)))  # a pad between sections
-    memory[offset : offset + len(data)] = data
+class _MemorySink:
+    """Writes at offsets of an image held in memory (when the cache cannot be written); any thread may write."""
+
+    def __init__(self) -> None:
+        self._memory = io.BytesIO()
+        self._lock = threading.Lock()
+
+    def write_at(self, data: bytes | memoryview, offset: int) -> None:
+        """Write ``data`` at ``offset``; a gap before it reads as zeros."""
+        with self._lock:
+            self._memory.seek(offset)
+            self._memory.write(data)
+
+    def value(self) -> bytes:
+        """The image (``BytesIO`` hands over its buffer, not a copy)."""
+        return self._memory.getvalue()
 
 
 def _write(write_at: _WriteAt, data: bytes, info: SnapshotInfo, path: Path) -> tuple[list[tuple[int, int]], bytes]:
@@ -378,7 +393,7 @@ def _write(write_at: _WriteAt, data: bytes, info: SnapshotInfo, path: Path) -> t
     and hashes the file while this one builds the index.
     """
     check_size(len(data), info, path)
-    helper = ThreadPoolExecutor(max_workers=1, thread_name_prefix="image-write")
+    helper = ThreadPoolExecutor(max_workers=1, thread_name_prefix="image-write", initializer=_any_cpu)
     try:
         entries, payload_xxh3 = _write_payload(write_at, data, info, path, helper)
         file_start = _aligned(HEADER_BYTES + info.uncompressed_size)
@@ -404,6 +419,17 @@ def _write(write_at: _WriteAt, data: bytes, info: SnapshotInfo, path: Path) -> t
     return sections, digest
 
 
+def _any_cpu() -> None:
+    """Let the calling thread run on any CPU, though its process is pinned to one.
+
+    The processes of a group are each pinned to a CPU, and the one writing the
+    image would otherwise share its CPU with its helper while the CPU of the
+    process waiting for the image stays idle.
+    """
+    with contextlib.suppress(AttributeError, OSError):  # the kernel keeps the CPUs of the process's cpuset
+        os.sched_setaffinity(0, range(os.cpu_count() or 1))
+
+
 def _aligned(offset: int) -> int:
     return offset + (-offset % 8)
 
@@ -418,9 +444,9 @@ def _write_payload(
 ) -> tuple[_Entries, bytes]:
     """Inflate the frame into the image, checking what ``snapshot.verify`` checks; return its entries and XXH3-128.
 
-    zstd writes each step into a buffer of ``_STEP_BYTES``, so no step makes
+    zstd writes each step into new bytes of ``_STEP_BYTES``, so no step makes
     more than that whatever the frame (``MAX_STEP_OUTPUT_BYTES`` is the bound
-    every reader keeps); the helper hashes and writes a copy of the step while
+    every reader keeps); the helper hashes and writes each step while
     the next one inflates, at most ``_STEPS_IN_FLIGHT`` behind.
     """
     size = info.uncompressed_size
@@ -429,19 +455,17 @@ def _write_payload(
     content, checksum = hashlib.sha256(), xxhash.xxh3_128()
     entries = _Entries(HEADER_BYTES, path)
     pending: deque[Future[None]] = deque()
-    with memoryview(bytearray(min(_STEP_BYTES, max(size, 1)))) as buffer:
-        written = 0
-        while written < size:
-            wanted = min(len(buffer), size - written)
-            got = _inflate_into(reader, buffer[:wanted], path)
-            if got < wanted:  # each step fills its buffer until the frame ends (a frame of our own follows it)
-                raise CorruptSnapshotError(f"payload ends before the {size} bytes the header says", path=path)
-            step = bytes(buffer[:got])
-            if len(pending) == _STEPS_IN_FLIGHT:
-                pending.popleft().result()
-            pending.append(helper.submit(_take_step, step, HEADER_BYTES + written, content, checksum, write_at))
-            entries.add(step, HEADER_BYTES + written)
-            written += got
+    written = 0
+    while written < size:
+        wanted = min(_STEP_BYTES, size - written)
+        step = _inflate(reader, wanted, path)  # zstd writes straight into the new bytes
+        if len(step) < wanted:  # each step is whole until the frame ends (a frame of our own follows it)
+            raise CorruptSnapshotError(f"payload ends before the {size} bytes the header says", path=path)
+        if len(pending) == _STEPS_IN_FLIGHT:
+            pending.popleft().result()
+        pending.append(helper.submit(_take_step, step, HEADER_BYTES + written, content, checksum, write_at))
+        entries.add(step, HEADER_BYTES + written)
+        written += wanted
     _check_frame_end(reader, size, path)
     entries.finish(HEADER_BYTES + size)
     for done in pending:
@@ -484,22 +508,20 @@ class _FrameSource:
         return b""
 
 
-def _inflate_into(reader: zstandard.ZstdDecompressionReader, buffer: memoryview, path: Path) -> int:
+def _inflate(reader: zstandard.ZstdDecompressionReader, size: int, path: Path) -> bytes:
     try:
-        return reader.readinto(buffer)
+        return reader.read(size)
     except zstandard.ZstdError as exc:
         raise CorruptSnapshotError(f"zstd frame does not decompress: {exc}", path=path) from exc
 
 
 def _check_frame_end(reader: zstandard.ZstdDecompressionReader, size: int, path: Path) -> None:
     """Refuse a frame that makes more than ``size`` bytes or does not end where the file does."""
-    with memoryview(bytearray(2)) as scratch:
-        first = _inflate_into(reader, scratch, path)
-        byte = scratch[0]
-        after = _inflate_into(reader, scratch, path)
-    if first > 1:
+    first = _inflate(reader, 2, path)
+    after = _inflate(reader, 2, path)
+    if len(first) > 1:
         raise CorruptSnapshotError(f"payload exceeds the {size} bytes the header says", path=path)
-    if (first, byte, after) != (1, _END_BYTE, 0):
+    if (first, after) != (_END, b""):
         raise CorruptSnapshotError("zstd frame is incomplete or followed by other data", path=path)
 
 
@@ -598,13 +620,15 @@ def _entry_head(view: memoryview, pos: int, path: Path) -> tuple[bytes, int] | N
 
 def _index(names: list[bytes], offsets: list[int]) -> tuple[bytes, array[int], array[int], array[int]]:
     """The names, name starts, spans and hash table of the entries ``names[k]`` at ``offsets[k]:offsets[k + 1]``."""
-    latest = dict(zip(names, range(len(names)), strict=False))  # of two entries with one name the later wins
-    keys = sorted(latest)
-    order = list(map(latest.__getitem__, keys))
-    starts = array("Q", accumulate(map(len, keys), initial=0))
+    if all(map(operator.lt, names, islice(names, 1, None))):  # as snapshots are written: sorted, no name twice
+        keys, starts, ends = names, offsets[:-1], offsets[1:]
+    else:
+        latest = dict(zip(names, range(len(names)), strict=False))  # of two entries with one name the later wins
+        keys = sorted(latest)
+        order = list(map(latest.__getitem__, keys))
+        starts, ends = list(map(offsets.__getitem__, order)), list(map(offsets.__getitem__, map((1).__add__, order)))
     spans = array("Q", bytes(16 * len(keys)))
-    spans[0::2] = array("Q", map(offsets.__getitem__, order))
-    spans[1::2] = array("Q", map(offsets.__getitem__, map((1).__add__, order)))
+    spans[0::2], spans[1::2] = array("Q", starts), array("Q", ends)
     size = 1 << max(len(keys) * 2 - 1, 1).bit_length()  # at most half full
     slots, mask = array("I", bytes(4 * size)), size - 1
     for k, name in enumerate(keys, 1):
@@ -612,7 +636,7 @@ def _index(names: list[bytes], offsets: list[int]) -> tuple[bytes, array[int], a
         while slots[slot]:
             slot = (slot + 1) & mask
         slots[slot] = k
-    return b"".join(keys), starts, spans, slots
+    return b"".join(keys), array("Q", accumulate(map(len, keys), initial=0)), spans, slots
 
 
 def open_image(path: Path, info: SnapshotInfo) -> Image:

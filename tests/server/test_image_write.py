@@ -122,16 +122,20 @@ def test_a_bad_frame_is_refused_and_nothing_is_written(
     assert list(tmp_path.iterdir()) == []
 
 
-def test_of_two_entries_with_one_name_the_later_is_served(tmp_path: Path) -> None:
-    bodies = [sample_command(name, code=f"# {k}").SerializeToString() for k, name in enumerate("abab")]
+@pytest.mark.parametrize(("names", "served"), [("abab", {"a": 2, "b": 3}), ("cab", {"a": 1, "b": 2, "c": 0})])
+def test_entries_out_of_order_or_named_twice_are_indexed_as_a_dict_would(
+    tmp_path: Path, names: str, served: dict[str, int]
+) -> None:
+    # Snapshots are written sorted with each name once; the index does not count on it: the later entry wins.
+    bodies = [sample_command(name, code=f"# {k}").SerializeToString() for k, name in enumerate(names)]
     payload = b"".join(wire.encode_entry(body) for body in bodies)
     info, data = _snapshot(payload)
     for target in (None, tmp_path / image_name(info)):
         image = write_image(target, data, info, SOURCE)
-        assert image.count == 2 and list(image.names) == ["a", "b"]
-        assert image.answers[b"a"] == wire.encode_entry(bodies[2]) and image.answers[b"b"] == wire.encode_entry(
-            bodies[3]
-        )
+        assert list(image.names) == sorted(served) and image.count == len(served)
+        assert {name.decode(): bytes(answer) for name, answer in image.answers.items()} == {
+            name: wire.encode_entry(bodies[k]) for name, k in served.items()
+        }
 
 
 @pytest.fixture(scope="module")
