@@ -322,8 +322,10 @@ def write_image(target: Path | None, file_data: bytes, info: SnapshotInfo, sourc
         sink = _FileSink(out.fileno())
         try:
             _write(sink.write_at, file_data, info, source)
-        finally:
-            sink.close()
+        except BaseException:
+            sink.close(check=False)  # the error that stopped the writing is the one to report
+            raise
+        sink.close()
         os.fchmod(out.fileno(), 0o444)  # never written again (see the module docstring)
     return _map(target, info, written=True)
 
@@ -354,14 +356,14 @@ class _FileSink:
             self._unflushed = 0
             self._flushes.append(self._flusher.submit(os.fdatasync, self._fd))
 
-    def close(self) -> None:
-        """Wait for the flushes started.
+    def close(self, *, check: bool = True) -> None:
+        """Wait for the flushes started; with ``check``, raise the error of one that failed.
 
         Raises:
-            OSError: one failed (a later fsync need not report a write error again).
+            OSError: a flush failed (a later fsync need not report a write error again).
         """
         self._flusher.shutdown(wait=True)
-        for flush in self._flushes:
+        for flush in self._flushes if check else ():
             flush.result()
 
 
@@ -420,14 +422,15 @@ def _write(write_at: _WriteAt, data: bytes, info: SnapshotInfo, path: Path) -> t
 
 
 def _any_cpu() -> None:
-    """Let the calling thread run on any CPU, though its process is pinned to one.
+    """Let the calling thread run on every CPU the server may use, though its process is pinned to one.
 
-    The processes of a group are each pinned to a CPU, and the one writing the
-    image would otherwise share its CPU with its helper while the CPU of the
-    process waiting for the image stays idle.
+    The processes of a group are each pinned to a CPU by their supervisor, whose
+    own CPUs are those the operator allows; without this, the process writing the
+    image would share its CPU with its helper while the CPU of the process
+    waiting for the image stays idle. The helpers end with the writing.
     """
-    with contextlib.suppress(AttributeError, OSError):  # the kernel keeps the CPUs of the process's cpuset
-        os.sched_setaffinity(0, range(os.cpu_count() or 1))
+    with contextlib.suppress(AttributeError, OSError):  # no such call here, or no such parent any more
+        os.sched_setaffinity(0, os.sched_getaffinity(0) | os.sched_getaffinity(os.getppid()))
 
 
 def _aligned(offset: int) -> int:

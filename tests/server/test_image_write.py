@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import os
 import resource
 import signal
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -182,3 +185,23 @@ def test_a_write_that_fails_on_the_helper_thread_fails_the_image_and_leaves_noth
     with pytest.raises(OSError, match="too large"):
         write_image(tmp_path / image_name(info), data, info, SOURCE)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_the_writers_helpers_run_on_the_cpus_of_the_parent_though_the_process_is_pinned() -> None:
+    # A group's processes are pinned, one CPU each, by their supervisor (here: this process).
+    mine = os.sched_getaffinity(0)
+    code = (
+        "import os; from concurrent.futures import ThreadPoolExecutor; from server.image import _any_cpu\n"
+        "with ThreadPoolExecutor(1, initializer=_any_cpu) as helper:\n"
+        "    print(sorted(helper.submit(os.sched_getaffinity, 0).result()), sorted(os.sched_getaffinity(0)))\n"
+    )
+    pinned = min(mine)
+    child = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+        preexec_fn=lambda: os.sched_setaffinity(0, {pinned}),
+    )
+    assert child.stdout.strip() == f"{sorted(mine)} {[pinned]}"  # the helper: every CPU; the process: its one
