@@ -9,7 +9,7 @@ brings its own decoders, which check everything they decode.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from types import ModuleType
 
@@ -17,7 +17,7 @@ from loads import Synced
 
 from avapdefs.format.stream import verify_stream
 from avapdefs.format.wire import only_field
-from avapdefs.v1.definitions_pb2 import GetCommandRequest, GetCommandResponse, SyncCatalogResponse, SyncHeader
+from avapdefs.v1.definitions_pb2 import Catalog, GetCommandRequest, GetCommandResponse, SyncCatalogResponse, SyncHeader
 
 OURS_SERVICE = "avapdefs.v1.DefinitionService"
 PEER_SERVICE = "avap.v1.DefinitionService"
@@ -36,7 +36,7 @@ class Target:
     address: str
     service: str
     command_name: Callable[[bytes], str]  # GetCommand response bytes -> the command's name
-    decode_sync: Callable[[list[bytes]], Synced]  # SyncCatalog response messages -> checked catalog
+    decode_sync: Callable[[Iterator[bytes]], Synced]  # SyncCatalog response messages, as they come -> checked catalog
     sync_request: bytes
 
     def method(self, rpc: str) -> str:
@@ -52,28 +52,39 @@ def ours(address: str, expected_commands: int) -> Target:
     def command_name(data: bytes) -> str:
         return GetCommandResponse.FromString(data).command.name
 
-    def decode_sync(messages: list[bytes]) -> Synced:
+    def decode_sync(messages: Iterator[bytes]) -> Synced:
         return _decode_ours_sync(messages, expected_commands)
 
     return Target("ours", address, OURS_SERVICE, command_name, decode_sync, b"")
 
 
-def _decode_ours_sync(messages: list[bytes], expected_commands: int) -> Synced:
-    """What ``DefinitionClient.sync`` does with a stream, in memory: check the file as its chunks come, then parse.
+def _decode_ours_sync(messages: Iterator[bytes], expected_commands: int) -> Synced:
+    """What a client that syncs into memory does with a stream: check the file and parse it as its chunks come.
 
     The chunks' data is taken out of the messages without a copy; ``verify_stream`` checks the size and
-    sha256 the header announces, the preamble, header, zstd frame, content hash and command count.
+    sha256 the header announces, the preamble, header, zstd frame, content hash and command count, and
+    hands each run of whole commands to the Catalog's parse as it is inflated (on a helper thread), so the
+    parse overlaps the inflating instead of following it. The parsed Catalog is the whole catalog.
     """
-    if not messages:
+    first_message = next(messages, None)
+    if first_message is None:
         raise CheckError("SyncCatalog sent no message")
-    first = SyncCatalogResponse.FromString(messages[0])
+    first = SyncCatalogResponse.FromString(first_message)
     if first.WhichOneof("message") != "header" or first.header.kind != SyncHeader.KIND_FULL:
         raise CheckError(f"SyncCatalog did not start with a full-sync header: {first}")
     header = first.header
+    catalog = Catalog()
+
+    def parse(entries: memoryview) -> None:
+        catalog.MergeFromString(entries)  # type: ignore[arg-type]  # any buffer parses; bytes() would copy it
+
     snapshot = verify_stream(
-        (_chunk_data(message) for message in messages[1:]), file_size=header.data_size, file_sha256=header.data_sha256
+        (_chunk_data(message) for message in messages),
+        file_size=header.data_size,
+        file_sha256=header.data_sha256,
+        on_entries=parse,
     )
-    commands = len(snapshot.catalog().commands)
+    commands = len(catalog.commands)
     if commands != expected_commands or snapshot.info.version != header.catalog.version:
         raise CheckError(f"SyncCatalog delivered {commands} commands of version {snapshot.info.version}")
     return Synced(len(snapshot.payload), commands)
@@ -90,7 +101,7 @@ def peer(address: str, expected_commands: int, messages: ModuleType) -> Target:
     def command_name(data: bytes) -> str:
         return str(messages.Command.FromString(data).name)
 
-    def decode_sync(chunks: list[bytes]) -> Synced:
+    def decode_sync(chunks: Iterator[bytes]) -> Synced:
         parsed = [messages.CatalogChunk.FromString(m) for m in chunks]
         data = b"".join(chunk.data for chunk in parsed)
         if not parsed or len(data) != parsed[0].total:

@@ -15,9 +15,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from avapdefs.errors import CorruptSnapshotError, SnapshotError, SyncError, TruncatedSnapshotError
-from avapdefs.format import snapshot
+from avapdefs.format import snapshot, wire
 from avapdefs.format.stream import verify_stream
-from avapdefs.v1.definitions_pb2 import Command
+from avapdefs.v1.definitions_pb2 import Catalog, Command
 from tests.helpers import sample_command
 
 
@@ -58,6 +58,37 @@ def test_any_cut_gives_the_snapshot_verify_gives(piece_bytes: int) -> None:
 @given(sizes=st.lists(st.integers(0, 5000), min_size=1, max_size=8).filter(any))
 def test_pieces_of_random_sizes_and_empty_ones(sizes: list[int]) -> None:
     assert verify_stream(_cut(SMALL, sizes)).payload == snapshot.verify(SMALL).payload
+
+
+@pytest.mark.parametrize("piece_bytes", [1 << 20, 65_536, 4096, 1000])
+def test_on_entries_gets_the_payload_in_runs_of_whole_commands_as_it_inflates(piece_bytes: int) -> None:
+    runs: list[bytes] = []
+    catalog = Catalog()
+
+    def on_entries(entries: memoryview) -> None:
+        runs.append(bytes(entries))
+        catalog.MergeFromString(entries)  # type: ignore[arg-type]  # any buffer parses
+
+    got = verify_stream(_cut(BIG, [piece_bytes]), on_entries=on_entries)
+    assert b"".join(runs) == got.payload
+    assert len(runs) > 1  # parsed while the rest inflated, not once at the end
+    assert all(len(list(wire.iter_entries(run))) for run in runs)  # each run is whole commands
+    assert catalog == snapshot.verify(BIG).catalog()
+
+
+def test_what_on_entries_raises_passes_through() -> None:
+    def refuse(entries: memoryview) -> None:
+        raise ValueError("not this one")
+
+    with pytest.raises(ValueError, match="not this one"):
+        verify_stream([BIG], on_entries=refuse)
+
+
+def test_on_entries_is_not_called_for_an_empty_catalog() -> None:
+    _, data = _encode([])
+    runs: list[memoryview] = []
+    verify_stream([data], on_entries=runs.append)
+    assert runs == []
 
 
 def test_the_payload_is_read_only() -> None:

@@ -94,6 +94,35 @@ def test_entry_spans_index_a_payload_cut_anywhere(commands: list[tuple[str, byte
     assert [name.decode() for name, _, _ in found] == [name for name, _ in commands]
 
 
+@given(st.lists(st.binary(max_size=20_000), max_size=8), st.integers(min_value=1, max_value=30_000))
+def test_entry_counter_says_where_the_whole_entries_end(bodies: list[bytes], piece: int) -> None:
+    # Bodies long enough for three-byte length prefixes, pieces short enough to cut one.
+    payload = b"".join(wire.encode_entry(body) for body in bodies)
+    ends, end = [0], 0
+    for body in bodies:
+        end += len(wire.encode_entry(body))
+        ends.append(end)
+    counter = wire.EntryCounter()
+    for start in range(0, len(payload), piece):
+        counter.feed(payload[start : start + piece])
+        counter.feed(b"")  # an empty piece changes nothing
+        fed = min(start + piece, len(payload))
+        assert counter.whole_bytes == max(e for e in ends if e <= fed)
+    assert counter.finish() == len(bodies)
+
+
+def test_entry_counter_whole_bytes_stay_before_an_entry_cut_in_its_header() -> None:
+    body = bytes(300)  # a two-byte length prefix
+    payload = wire.encode_entry(b"ab") + wire.encode_entry(body)
+    counter = wire.EntryCounter()
+    counter.feed(payload[:5])  # the first entry (4 bytes) and the second's tag
+    assert (counter.count, counter.whole_bytes) == (1, 4)
+    counter.feed(payload[5:6])  # half of its length prefix
+    assert counter.whole_bytes == 4
+    counter.feed(payload[6:])
+    assert (counter.count, counter.whole_bytes, counter.finish()) == (2, len(payload), 2)
+
+
 def test_command_name_of_a_command_without_one_is_empty() -> None:
     assert wire.command_name(Command(code="x").SerializeToString()) == b""
     assert wire.command_name(b"") == b""

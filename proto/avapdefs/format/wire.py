@@ -195,6 +195,8 @@ class EntryCounter:
 
     For verifying a whole file, where only the count matters: ``split_entries``
     would copy every command out. An entry may be cut anywhere, its header too.
+    ``whole_bytes`` says where the entries fed so far that are complete end, so a
+    caller can hand on (parse, say) each run of whole entries as it is counted.
 
     Raises (from ``feed`` and ``finish``):
         CorruptSnapshotError: a tag other than field 1, a bad length prefix, or an entry cut by the end.
@@ -202,7 +204,9 @@ class EntryCounter:
 
     def __init__(self, path: Path | str | None = None) -> None:
         self.count = 0
+        self.whole_bytes = 0  # payload bytes, from the start, that are complete entries
         self._path = path
+        self._fed = 0  # payload bytes fed so far
         self._skip = 0  # body bytes of the current entry still to come
         self._head = b""  # an entry's tag and length prefix, cut by the end of the last piece
 
@@ -210,15 +214,15 @@ class EntryCounter:
         """Count the entries that start in ``piece``, the next piece of the payload."""
         view = memoryview(piece)
         end = len(view)
-        if self._head:
-            pos = self._finish_head(view)
-        elif self._skip >= end:
-            self._skip -= end
+        base = self._fed
+        self._fed += end
+        pos = self._resume(view)
+        if pos is None:
             return
-        else:
-            pos = self._skip
+        entry = pos  # where the entry being read starts
         tag = ENTRY_TAG[0]
         while pos < end:
+            entry = pos
             if view[pos] != tag:
                 raise CorruptSnapshotError(f"unexpected field tag {view[pos]} in the payload", path=self._path)
             # The one- and two-byte length prefixes, inline; anything longer or cut, through peek_varint.
@@ -230,10 +234,30 @@ class EntryCounter:
                 length, start = peek_varint(view, pos + 1, self._path)
                 if start < 0:
                     self._head = bytes(view[pos:])
+                    self.whole_bytes = base + pos
                     return
                 pos = start + length
             self.count += 1
         self._skip = pos - end
+        if pos <= end:
+            self.whole_bytes = base + pos
+        elif entry < end:
+            self.whole_bytes = base + entry
+
+    def _resume(self, view: memoryview) -> int | None:
+        """Go through the entry the last piece cut: where ``view``'s first entry starts, None when it has none."""
+        if self._head:
+            pos = self._finish_head(view)
+            if self._head:  # its header is still cut
+                self._skip = 0
+                return None
+            return pos
+        if self._skip >= len(view):
+            self._skip -= len(view)
+            if not self._skip:
+                self.whole_bytes = self._fed
+            return None
+        return self._skip
 
     def _finish_head(self, view: memoryview) -> int:
         joined = self._head + bytes(view[:MAX_VARINT_BYTES])
