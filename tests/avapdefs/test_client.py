@@ -6,6 +6,7 @@ import contextlib
 import json
 import os
 import socket
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -141,6 +142,24 @@ def test_an_interrupted_sync_leaves_nothing_and_the_next_one_succeeds(
         result = client.sync(cache)
     assert result.path.read_bytes() == path.read_bytes()
     assert not [name for name in os.listdir(cache) if name.startswith(TEMP_PREFIX)]
+
+
+def test_a_sync_stopped_mid_way_ends_the_thread_that_reads_ahead(
+    served: tuple[RunningServer, Path], cache: Path
+) -> None:
+    server, _ = served
+
+    def stop_after_first_chunk(got: int, total: int) -> None:
+        raise Interrupted
+
+    with _client(server) as client:
+        with pytest.raises(Interrupted):
+            client.sync(cache, progress=stop_after_first_chunk)
+        readers = [thread for thread in threading.enumerate() if thread.name == "avap-sync-reader"]
+        for reader in readers:
+            reader.join(timeout=10)
+        assert not [reader for reader in readers if reader.is_alive()]
+        assert client.sync(cache).bytes_received
 
 
 def test_sync_replaces_an_older_cache_and_prunes_it(

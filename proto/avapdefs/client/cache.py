@@ -97,7 +97,7 @@ class SyncStream:
     """
 
     header: SyncHeader
-    chunks: Iterator[bytes]
+    chunks: Iterator[bytes | memoryview]
     cancel: Callable[[], object]
 
 
@@ -211,7 +211,7 @@ def newest_cached(dest_dir: Path) -> VerifiedFile | None:
 
 
 def install_file(
-    chunks: Iterable[bytes], header: SyncHeader, dest_dir: Path, progress: Progress | None
+    chunks: Iterable[bytes | memoryview], header: SyncHeader, dest_dir: Path, progress: Progress | None
 ) -> tuple[Path, Snapshot]:
     """Receive a whole snapshot file and install it in ``dest_dir`` once it verifies.
 
@@ -239,14 +239,16 @@ def install_file(
 class _Written:
     """The chunks of a stream, each written to ``file`` and counted as it passes."""
 
-    def __init__(self, chunks: Iterable[bytes], file: BinaryIO, header: SyncHeader, progress: Progress | None) -> None:
+    def __init__(
+        self, chunks: Iterable[bytes | memoryview], file: BinaryIO, header: SyncHeader, progress: Progress | None
+    ) -> None:
         self._chunks = chunks
         self._file = file
         self._header = header
         self._progress = progress
         self.received = 0
 
-    def __iter__(self) -> Iterator[bytes]:
+    def __iter__(self) -> Iterator[bytes | memoryview]:
         for chunk in self._chunks:
             self._file.write(chunk)
             self.received += len(chunk)
@@ -260,7 +262,11 @@ class _Written:
 
 
 def install_delta(
-    chunks: Iterable[bytes], header: SyncHeader, dest_dir: Path, cached: VerifiedFile, progress: Progress | None
+    chunks: Iterable[bytes | memoryview],
+    header: SyncHeader,
+    dest_dir: Path,
+    cached: VerifiedFile,
+    progress: Progress | None,
 ) -> tuple[Path, Snapshot]:
     """Receive a delta from the ``cached`` version, apply it, and install the result once it verifies.
 
@@ -283,7 +289,9 @@ def install_delta(
     return path, snapshot
 
 
-def _receive(chunks: Iterable[bytes], file: BinaryIO, header: SyncHeader, progress: Progress | None) -> None:
+def _receive(
+    chunks: Iterable[bytes | memoryview], file: BinaryIO, header: SyncHeader, progress: Progress | None
+) -> None:
     received = 0
     hasher = hashlib.sha256()
     for chunk in chunks:

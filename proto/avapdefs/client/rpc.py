@@ -29,7 +29,9 @@ from __future__ import annotations
 
 import logging
 import os
+import queue
 import random
+import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
@@ -37,7 +39,7 @@ from typing import TypeVar
 
 os.environ.setdefault("GRPC_VERBOSITY", "NONE")  # before grpc's first import: see the module docstring
 import grpc
-from google.protobuf.message import Message
+from google.protobuf.message import DecodeError, Message
 from grpc_health.v1 import health_pb2
 
 from avapdefs.client.address import (
@@ -51,7 +53,9 @@ from avapdefs.client.address import (
 from avapdefs.client.auth import AUTH_METADATA_KEY, KeyInterceptor, check_api_key
 from avapdefs.client.cache import Progress, SyncResult, SyncStream, sync_cache
 from avapdefs.errors import CommandNotFoundError, ServerError, ServerUnavailableError, SyncError, TlsError
+from avapdefs.format.wire import only_field
 from avapdefs.tls import ClientTls
+from avapdefs.v1 import definitions_pb2
 from avapdefs.v1.definitions_pb2 import (
     BatchGetCommandsRequest,
     BatchGetCommandsResponse,
@@ -63,6 +67,7 @@ from avapdefs.v1.definitions_pb2 import (
     ListCommandsResponse,
     SyncCatalogRequest,
     SyncCatalogResponse,
+    SyncHeader,
     WatchCatalogRequest,
     WatchCatalogResponse,
 )
@@ -87,6 +92,9 @@ CHANNEL_OPTIONS: list[tuple[str, int | str]] = [
 ]
 _RETRYABLE = (grpc.StatusCode.UNAVAILABLE,)
 _HEALTH_CHECK = "/grpc.health.v1.Health/Check"
+_SYNC_CATALOG = f"/{definitions_pb2.DESCRIPTOR.services_by_name['DefinitionService'].full_name}/SyncCatalog"
+_CHUNK_FIELD = SyncCatalogResponse.DESCRIPTOR.fields_by_name["chunk"].number
+_READ_AHEAD = 8  # sync messages read ahead of the one being checked
 _T = TypeVar("_T")
 
 
@@ -190,6 +198,10 @@ class DefinitionClient:
             _HEALTH_CHECK,
             request_serializer=health_pb2.HealthCheckRequest.SerializeToString,
             response_deserializer=health_pb2.HealthCheckResponse.FromString,
+        )
+        # Its messages as grpc hands them over: a chunk's data is then a view of the message, not two copies.
+        self._sync_catalog: grpc.UnaryStreamMultiCallable[SyncCatalogRequest, bytes] = self._channel.unary_stream(
+            _SYNC_CATALOG, request_serializer=SyncCatalogRequest.SerializeToString, response_deserializer=None
         )
 
     @property
@@ -361,12 +373,13 @@ class DefinitionClient:
                 self._stub.GetCatalogInfo(
                     GetCatalogInfoRequest(), timeout=left, wait_for_ready=True, metadata=self._metadata
                 )
-            call = self._stub.SyncCatalog(request, timeout=timeout_s, metadata=self._metadata)
-            first = next(call, None)
-            if first is None or first.WhichOneof("message") != "header":
+            call: grpc._CallIterator[bytes] = self._sync_catalog(request, timeout=timeout_s, metadata=self._metadata)
+            header = _sync_header(next(call, None))
+            if header is None:
                 call.cancel()
                 raise SyncError("INTERNAL", "the sync stream did not start with a header")
-            return SyncStream(first.header, _chunks(call), call.cancel)
+            chunks = _ReadAhead(call)
+            return SyncStream(header, iter(chunks), chunks.cancel)
 
         return self._retrying(start)
 
@@ -417,15 +430,60 @@ def _channel(server: str, tls: ClientTls | None) -> grpc.Channel:
     return grpc.secure_channel(server, credentials, options=CHANNEL_OPTIONS + named)
 
 
-def _chunks(call: Iterator[SyncCatalogResponse]) -> Iterator[bytes]:
-    """The data chunks of a sync stream after its header; a break becomes a SyncError."""
-    received = 0
+def _sync_header(message: bytes | None) -> SyncHeader | None:
+    """The header a sync stream's first message holds, or None when it is none."""
+    if message is None:
+        return None
     try:
-        for message in call:
-            if message.WhichOneof("message") != "chunk":
-                raise SyncError("INTERNAL", "a second header in the sync stream")
-            received += len(message.chunk)
-            yield message.chunk
-    except grpc.RpcError as exc:
-        error = _translate(exc)
-        raise SyncError(error.code, f"the sync stream broke after {received} bytes: {error.details}") from exc
+        first = SyncCatalogResponse.FromString(message)
+    except DecodeError:
+        return None
+    return first.header if first.WhichOneof("message") == "header" else None
+
+
+class _ReadAhead:
+    """The data chunks of a sync stream after its header, read by a thread of their own.
+
+    grpc asks the server for the next message only once the one before is taken, so a
+    reader that checked each chunk before taking the next would stall the stream while
+    it inflates; this thread keeps up to ``_READ_AHEAD`` messages coming meanwhile. Each
+    chunk is a view of its message, not a copy. A break becomes a SyncError.
+    """
+
+    def __init__(self, call: grpc._CallIterator[bytes]) -> None:
+        self._call = call
+        self._messages: queue.SimpleQueue[bytes | grpc.RpcError | None] = queue.SimpleQueue()
+        self._slots = threading.Semaphore(_READ_AHEAD)  # taken per message read, given back per message used
+        self._cancelled = False
+        threading.Thread(target=self._read, name="avap-sync-reader", daemon=True).start()
+
+    def _read(self) -> None:
+        try:
+            while self._slots.acquire() and not self._cancelled:
+                message = next(self._call, None)
+                self._messages.put(message)
+                if message is None:
+                    return
+        except grpc.RpcError as exc:
+            self._messages.put(exc)
+
+    def __iter__(self) -> Iterator[memoryview]:
+        received = 0
+        while (message := self._messages.get()) is not None:
+            if isinstance(message, grpc.RpcError):
+                error = _translate(message)
+                raise SyncError(
+                    error.code, f"the sync stream broke after {received} bytes: {error.details}"
+                ) from message
+            self._slots.release()
+            chunk = only_field(message, _CHUNK_FIELD)
+            if chunk is None:
+                raise SyncError("INTERNAL", "a sync message after the header is not a chunk")
+            received += len(chunk)
+            yield chunk
+
+    def cancel(self) -> None:
+        """End the stream and the thread (a no-op once the stream has ended)."""
+        self._cancelled = True
+        self._call.cancel()
+        self._slots.release()  # a thread waiting for a slot sees the cancel
