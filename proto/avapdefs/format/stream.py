@@ -37,7 +37,6 @@ import contextlib
 import ctypes
 import hashlib
 import mmap
-import time
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
@@ -63,9 +62,11 @@ class _Source:
     ``read`` hands out the frame's bytes, then ``_END_FRAME`` once, then nothing.
     """
 
-    def __init__(self, pieces: Iterable[bytes | memoryview], hash_file: bool) -> None:
+    def __init__(self, pieces: Iterable[bytes | memoryview], hashing: ThreadPoolExecutor | None) -> None:
         self._pieces = iter(pieces)
-        self._hasher = hashlib.sha256() if hash_file else None
+        self._hashing = hashing  # where the pieces are hashed, off the inflating thread; None: not hashed
+        self._hasher = hashlib.sha256()
+        self._hashed: Future[None] | None = None  # the last piece's hashing
         self._rest = memoryview(b"")
         self.received = 0
         self.frame_left = 0
@@ -89,8 +90,8 @@ class _Source:
             view = memoryview(piece).cast("B")
             if view:
                 self.received += len(view)
-                if self._hasher is not None:
-                    self._hasher.update(view)
+                if self._hashing is not None:
+                    self._hashed = self._hashing.submit(self._hasher.update, view)
                 self._rest = view
                 return True
         return False
@@ -118,27 +119,33 @@ class _Source:
         self._rest = memoryview(b"")
         return extra
 
-    def digest(self) -> bytes | None:
-        """The sha256 of every byte received, when asked for."""
-        return self._hasher.digest() if self._hasher is not None else None
+    def digest(self) -> bytes:
+        """The sha256 of every byte received (when they are hashed)."""
+        if self._hashed is not None:
+            self._hashed.result()  # the pieces are hashed in order, so the last one is hashed last
+        return self._hasher.digest()
 
 
 class _PayloadCheck:
     """The content hash, the command count and the runs of whole entries of a payload handed over part by part.
 
-    Two helper threads: one hashes (sha256 releases the GIL, so it runs beside zstd), the other
+    Two helper threads: ``hashing`` (sha256 releases the GIL, so it runs beside zstd), and one that
     counts the entries and hands each run of whole ones to ``on_entries``, when given.
     """
 
     def __init__(
-        self, buffer: memoryview, path: Path | str | None, on_entries: Callable[[memoryview], object] | None
+        self,
+        buffer: memoryview,
+        hashing: ThreadPoolExecutor,
+        path: Path | str | None,
+        on_entries: Callable[[memoryview], object] | None,
     ) -> None:
         self._buffer = buffer
         self._hasher = hashlib.sha256()
         self._counter = wire.EntryCounter(path)
         self._on_entries = on_entries
         self._handed = 0  # payload bytes handed to on_entries so far
-        self._hashing = ThreadPoolExecutor(max_workers=1, thread_name_prefix="snapshot-hash")
+        self._hashing = hashing
         self._framing = ThreadPoolExecutor(max_workers=1, thread_name_prefix="snapshot-count")
         self._pending: list[Future[None]] = []
 
@@ -160,8 +167,6 @@ class _PayloadCheck:
                 with whole[self._handed : whole_bytes] as entries:
                     self._on_entries(entries)
                 self._handed = whole_bytes
-                # Parsing holds the GIL; let the inflating thread take it before the next run.
-                time.sleep(0)
 
     def result(self) -> tuple[bytes, int]:
         """The content hash and the command count, once every part is done.
@@ -175,9 +180,8 @@ class _PayloadCheck:
         return self._hasher.digest(), self._counter.finish()
 
     def close(self) -> None:
-        """End the helper threads (after the part each is on)."""
+        """End the counting thread (after the part it is on)."""
         self._framing.shutdown(wait=True, cancel_futures=True)
-        self._hashing.shutdown(wait=True, cancel_futures=True)
 
 
 def verify_stream(
@@ -208,13 +212,17 @@ def verify_stream(
         SnapshotError: a subclass saying precisely what is wrong.
         Exception: what ``on_entries`` raised.
     """
-    source = _Source(pieces, hash_file=bool(file_sha256))
-    info = _read_head(source, file_size, path)
-    snapshot = _inflate(source, info, path, on_entries)
-    if source.rest_size():
-        raise CorruptSnapshotError(f"file is {source.received} bytes, header says {info.file_size}", path=path)
-    if file_sha256 and source.digest() != file_sha256:
-        raise CorruptSnapshotError("the file's sha256 differs from the one announced", path=path)
+    hashing = ThreadPoolExecutor(max_workers=1, thread_name_prefix="snapshot-hash")
+    try:
+        source = _Source(pieces, hashing if file_sha256 else None)
+        info = _read_head(source, file_size, path)
+        snapshot = _inflate(source, info, path, hashing, on_entries)
+        if source.rest_size():
+            raise CorruptSnapshotError(f"file is {source.received} bytes, header says {info.file_size}", path=path)
+        if file_sha256 and source.digest() != file_sha256:
+            raise CorruptSnapshotError("the file's sha256 differs from the one announced", path=path)
+    finally:
+        hashing.shutdown(wait=True, cancel_futures=True)
     return snapshot
 
 
@@ -232,14 +240,18 @@ def _read_head(source: _Source, file_size: int | None, path: Path | str | None) 
 
 
 def _inflate(
-    source: _Source, info: SnapshotInfo, path: Path | str | None, on_entries: Callable[[memoryview], object] | None
+    source: _Source,
+    info: SnapshotInfo,
+    path: Path | str | None,
+    hashing: ThreadPoolExecutor,
+    on_entries: Callable[[memoryview], object] | None,
 ) -> Snapshot:
     """Inflate the frame into the payload's buffer, checking each part as it is written."""
     # zstd only calls the source's read(n), which is all a _Source has of a file.
     reader = zstandard.ZstdDecompressor().stream_reader(cast("IO[bytes]", source), read_size=_READ_BYTES)
     size = info.uncompressed_size
     buffer = _payload_buffer(info, path)
-    check = _PayloadCheck(buffer, path, on_entries) if buffer is not None else None
+    check = _PayloadCheck(buffer, hashing, path, on_entries) if buffer is not None else None
     try:
         written = 0
         if buffer is not None and check is not None:
