@@ -32,7 +32,12 @@ its lock) and 0.33 s on a restart (each maps and checks the image in about
 MB after two full syncs, against the peer's 316 and 409 MB. Before the image:
 first answer 1.28 s, RSS 803 MB (PSS 638). Of a restart's 0.33 s, the
 supervisor's start takes about 0.1 s and each process's Envoy and Python
-about 0.2 s.
+about 0.2 s. Since the image is written on two threads (``image.py``), on a
+machine other programs kept busy (load 4-5), 10 cold starts alternating with
+the writer before it: the writing process loaded in 303 ms against 457 ms
+(medians) and the first answer came 0.75 s after the start against 0.92 s;
+three runs of the bench above answered first 0.54, 0.54 and 0.61 s after a
+cold start (the peer 0.70-0.82 s, our restarts 0.31-0.42 s).
 """
 
 from __future__ import annotations
