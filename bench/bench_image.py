@@ -32,7 +32,8 @@ from pathlib import Path
 from avapdefs.folder import read_header
 from avapdefs.format.snapshot import read_file_bytes
 from avapdefs.format.wire import command_name, encode_entry, iter_entries
-from server.image import Image, image_name, open_image, write_image
+from server.image import Image, image_name, open_image
+from server.image_write import write_image
 
 
 def _best_ms(action: Callable[[], object], rounds: int) -> float:

@@ -32,7 +32,7 @@ its lock) and 0.33 s on a restart (each maps and checks the image in about
 MB after two full syncs, against the peer's 316 and 409 MB. Before the image:
 first answer 1.28 s, RSS 803 MB (PSS 638). Of a restart's 0.33 s, the
 supervisor's start takes about 0.1 s and each process's Envoy and Python
-about 0.2 s. Since the image is written on two threads (``image.py``), on a
+about 0.2 s. Since the image is written on two threads (``image_write.py``), on a
 machine other programs kept busy (load 4-5), 10 cold starts alternating with
 the writer before it: the writing process loaded in 303 ms against 457 ms
 (medians) and the first answer came 0.75 s after the start against 0.92 s;
@@ -82,8 +82,8 @@ from server.image import (
     make_cache_folder,
     open_image,
     remove_stale,
-    write_image,
 )
+from server.image_write import write_image
 from server.legacy.answers import LazyLegacyAnswers
 from server.legacy.codec import LegacyCodec
 from server.sync import DeltaAnswer, load_deltas

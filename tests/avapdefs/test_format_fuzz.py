@@ -33,7 +33,8 @@ from avapdefs.folder import snapshot_name
 from avapdefs.format import delta, snapshot, wire
 from avapdefs.format.reader import iter_file_commands, verify_file
 from avapdefs.v1.definitions_pb2 import CatalogDelta
-from server.image import _CHECKSUM_BYTES, _HEADER, CACHE_NAME, HEADER_BYTES, Image, ImageError, open_image, write_image
+from server.image import _CHECKSUM_BYTES, CACHE_NAME, HEADER, HEADER_BYTES, Image, ImageError, open_image
+from server.image_write import write_image
 from server.store import SnapshotStore
 from tests.helpers import export_snapshot, sample_command
 
@@ -252,10 +253,10 @@ def test_a_mutated_serving_image_raises_only_image_errors(tmp_path: Path, data: 
 @given(field=st.sampled_from([3, *range(8, 20)]), value=st.sampled_from([*HUGE, 0, 1, 7, HEADER_BYTES]))
 def test_an_image_header_claiming_huge_sections_is_refused(tmp_path: Path, field: int, value: int) -> None:
     # The header's total size (field 3) and its six sections' offsets and sizes (fields 8 to 19).
-    fields = list(_HEADER.unpack_from(IMAGE))
+    fields = list(HEADER.unpack_from(IMAGE))
     fields[field] = value & ((1 << 64) - 1)
-    header = _HEADER.pack(*fields)  # with its checksum made again, so the checks behind it are reached
-    data = header + xxhash.xxh3_128_digest(header) + IMAGE[_HEADER.size + _CHECKSUM_BYTES :]
+    header = HEADER.pack(*fields)  # with its checksum made again, so the checks behind it are reached
+    data = header + xxhash.xxh3_128_digest(header) + IMAGE[HEADER.size + _CHECKSUM_BYTES :]
     # Refused with ImageError, or (a forged header the checks cannot tell, which image.py does not
     # claim to catch: its writer is the server) accepted; never another exception.
     _read_image(data, tmp_path, same_answers=False)

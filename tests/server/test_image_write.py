@@ -20,7 +20,8 @@ from hypothesis import strategies as st
 from avapdefs.errors import CorruptSnapshotError
 from avapdefs.format import snapshot, wire
 from avapdefs.v1.definitions_pb2 import Command
-from server.image import HEADER_BYTES, _Entries, image_name, open_image, write_image
+from server.image import HEADER_BYTES, image_name, open_image
+from server.image_write import _Entries, write_image
 from tests.helpers import sample_command
 from tests.server.helpers import big_commands
 
@@ -191,7 +192,7 @@ def test_the_writers_helpers_run_on_the_cpus_of_the_parent_though_the_process_is
     # A group's processes are pinned, one CPU each, by their supervisor (here: this process).
     mine = os.sched_getaffinity(0)
     code = (
-        "import os; from concurrent.futures import ThreadPoolExecutor; from server.image import _any_cpu\n"
+        "import os; from concurrent.futures import ThreadPoolExecutor; from server.image_write import _any_cpu\n"
         "with ThreadPoolExecutor(1, initializer=_any_cpu) as helper:\n"
         "    print(sorted(helper.submit(os.sched_getaffinity, 0).result()), sorted(os.sched_getaffinity(0)))\n"
     )
