@@ -63,8 +63,9 @@ def _decode_ours_sync(messages: Iterator[bytes], expected_commands: int) -> Sync
 
     The chunks' data is taken out of the messages without a copy; ``verify_stream`` checks the size and
     sha256 the header announces, the preamble, header, zstd frame, content hash and command count, and
-    hands each run of whole commands to the Catalog's parse as it is inflated (on a helper thread), so the
-    parse overlaps the inflating instead of following it. The parsed Catalog is the whole catalog.
+    hands each run of whole commands to the Catalog's parse as soon as it is inflated and counted, so the
+    parse follows the inflating part by part instead of the whole payload. The parsed Catalog is the
+    whole catalog, every command parsed.
     """
     first_message = next(messages, None)
     if first_message is None:

@@ -84,6 +84,17 @@ def test_what_on_entries_raises_passes_through() -> None:
         verify_stream([BIG], on_entries=refuse)
 
 
+@pytest.mark.parametrize("position", [BIG_INFO.payload_offset + 1000, len(BIG) // 2, len(BIG) - 10])
+def test_a_damaged_file_is_refused_the_same_when_parsed_as_it_comes(position: int) -> None:
+    damaged = bytearray(BIG)
+    damaged[position] ^= 0x40
+    with pytest.raises(SnapshotError) as plain:
+        verify_stream(_cut(bytes(damaged), [65_536]))
+    with pytest.raises(SnapshotError) as parsed:
+        verify_stream(_cut(bytes(damaged), [65_536]), on_entries=lambda entries: None)
+    assert type(parsed.value) is type(plain.value)
+
+
 def test_on_entries_is_not_called_for_an_empty_catalog() -> None:
     _, data = _encode([])
     runs: list[memoryview] = []

@@ -11,11 +11,12 @@ they come, never joined) and checks everything ``verify`` does, at once:
   into the space it is given, so no step can make more than the header's
   size, whatever the frame;
 - the content hash and the command count of each part of the payload just
-  written, on two helper threads while zstd inflates the next part: one
-  hashes (zstd and sha256 both release the GIL), the other counts the
-  commands and hands each run of whole ones to the caller's ``on_entries``
-  (a Catalog's parse, say), so a client parses the catalog while it inflates
-  instead of after.
+  written, on a helper thread while zstd inflates the next part (zstd and
+  sha256 both release the GIL); the file's own sha256 there too;
+- and, for a caller that wants the catalog parsed, each run of whole commands
+  handed to its ``on_entries`` (a Catalog's parse) once counted, between
+  inflating steps, so the parse follows the inflating part by part, while
+  the parts are still in the cache, instead of after the whole payload.
 
 The payload is written once and read once more, never copied or joined
 (bench/README.md has the figures).
@@ -127,10 +128,12 @@ class _Source:
 
 
 class _PayloadCheck:
-    """The content hash, the command count and the runs of whole entries of a payload handed over part by part.
+    """The content hash and the command count of a payload handed over part by part, and its runs of whole entries.
 
-    Two helper threads: ``hashing`` (sha256 releases the GIL, so it runs beside zstd), and one that
-    counts the entries and hands each run of whole ones to ``on_entries``, when given.
+    Each part is hashed and counted on the ``hashing`` thread (sha256 releases the GIL, so it runs
+    beside zstd) while the next one inflates. ``on_entries`` runs on the calling thread, on the part
+    before the one just handed over (counted by then, so its whole entries are known): a parse holds
+    the GIL, and on a thread of its own it kept the inflating thread waiting for it.
     """
 
     def __init__(
@@ -146,42 +149,44 @@ class _PayloadCheck:
         self._on_entries = on_entries
         self._handed = 0  # payload bytes handed to on_entries so far
         self._hashing = hashing
-        self._framing = ThreadPoolExecutor(max_workers=1, thread_name_prefix="snapshot-count")
-        self._pending: list[Future[None]] = []
+        self._pending: list[Future[int]] = []
 
     def add(self, start: int, end: int) -> None:
-        """Hash, count and hand on ``buffer[start:end]`` (each part after the one before it)."""
-        self._pending.append(self._framing.submit(self._count, start, end))
-        self._pending.append(self._hashing.submit(self._hash, start, end))
+        """Hash and count ``buffer[start:end]`` (each part after the one before it); hand on the part before.
 
-    def _hash(self, start: int, end: int) -> None:
+        Raises:
+            CorruptSnapshotError: the part before is not command entries.
+            Exception: what ``on_entries`` raised.
+        """
+        self._pending.append(self._hashing.submit(self._check, start, end))
+        if self._on_entries is not None and len(self._pending) > 1:
+            self._hand_on(self._pending[-2].result())
+
+    def _check(self, start: int, end: int) -> int:
+        """Hash and count a part; the payload bytes of whole entries so far."""
         with memoryview(self._buffer) as whole, whole[start:end] as part:
             self._hasher.update(part)
+            self._counter.feed(part)
+        return self._counter.whole_bytes
 
-    def _count(self, start: int, end: int) -> None:
-        with memoryview(self._buffer) as whole:
-            with whole[start:end] as part:
-                self._counter.feed(part)
-            whole_bytes = self._counter.whole_bytes
-            if self._on_entries is not None and whole_bytes > self._handed:
-                with whole[self._handed : whole_bytes] as entries:
-                    self._on_entries(entries)
-                self._handed = whole_bytes
+    def _hand_on(self, whole_bytes: int) -> None:
+        if self._on_entries is not None and whole_bytes > self._handed:
+            with memoryview(self._buffer) as whole, whole[self._handed : whole_bytes] as entries:
+                self._on_entries(entries)
+            self._handed = whole_bytes
 
     def result(self) -> tuple[bytes, int]:
-        """The content hash and the command count, once every part is done.
+        """The content hash and the command count, once every part is done (and handed on).
 
         Raises:
             CorruptSnapshotError: the payload is not a sequence of command entries.
             Exception: what ``on_entries`` raised.
         """
+        whole_bytes = 0
         for pending in self._pending:
-            pending.result()
+            whole_bytes = pending.result()
+        self._hand_on(whole_bytes)
         return self._hasher.digest(), self._counter.finish()
-
-    def close(self) -> None:
-        """End the counting thread (after the part it is on)."""
-        self._framing.shutdown(wait=True, cancel_futures=True)
 
 
 def verify_stream(
@@ -204,9 +209,9 @@ def verify_stream(
         file_sha256: the sha256 the file's bytes must have (a sync header's ``data_sha256``); None or b"": unchecked.
         path: the file, for error messages.
         on_entries: called with each run of whole command entries of the payload, in order, as soon as it is
-            inflated, on a helper thread, while the rest inflates: ``Catalog().MergeFromString`` parses the
-            catalog as it comes (messages concatenate). The payload is not verified yet when it is called:
-            drop what it built when ``verify_stream`` raises. The views it gets are valid during the call only.
+            inflated and counted, on the calling thread between inflating steps: ``Catalog().MergeFromString``
+            parses the catalog as it comes (messages concatenate). The payload is not verified yet when it is
+            called: drop what it built when ``verify_stream`` raises. Its views are valid during the call only.
 
     Raises:
         SnapshotError: a subclass saying precisely what is wrong.
@@ -252,24 +257,20 @@ def _inflate(
     size = info.uncompressed_size
     buffer = _payload_buffer(info, path)
     check = _PayloadCheck(buffer, hashing, path, on_entries) if buffer is not None else None
-    try:
-        written = 0
-        if buffer is not None and check is not None:
-            with memoryview(buffer) as view:
-                for part in _parts(reader, view, size, source, path):
-                    check.add(written, written + part)
-                    written += part
-        tail = _frame_tail(reader, source, path)
-        if source.short:
-            raise TruncatedSnapshotError("file ends inside the zstd frame", path=path)
-        if written != size:
-            raise CorruptSnapshotError(f"payload is {written} bytes, header says {size}", path=path)
-        if tail != (1, _END_BYTE, 0):
-            raise CorruptSnapshotError("zstd frame is incomplete or followed by other data", path=path)
-        content_hash, count = check.result() if check is not None else (_EMPTY_HASH, 0)
-    finally:
-        if check is not None:
-            check.close()
+    written = 0
+    if buffer is not None and check is not None:
+        with memoryview(buffer) as view:
+            for part in _parts(reader, view, size, source, path):
+                check.add(written, written + part)
+                written += part
+    tail = _frame_tail(reader, source, path)
+    if source.short:
+        raise TruncatedSnapshotError("file ends inside the zstd frame", path=path)
+    if written != size:
+        raise CorruptSnapshotError(f"payload is {written} bytes, header says {size}", path=path)
+    if tail != (1, _END_BYTE, 0):
+        raise CorruptSnapshotError("zstd frame is incomplete or followed by other data", path=path)
+    content_hash, count = check.result() if check is not None else (_EMPTY_HASH, 0)
     if content_hash != info.content_hash:
         raise CorruptSnapshotError("content hash mismatch", path=path)
     if count != info.command_count:
