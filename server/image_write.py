@@ -44,6 +44,7 @@ from avapdefs.errors import CorruptSnapshotError
 from avapdefs.folder import atomic_file
 from avapdefs.format import wire
 from avapdefs.format.snapshot import MAX_STEP_OUTPUT_BYTES, SnapshotInfo, check_size
+from avapdefs.format.stream import END_BYTE, END_FRAME
 from server.image import BYTE_ORDER, HEADER, HEADER_BYTES, IMAGE_FORMAT, MAGIC, Image, map_image, views
 
 _TAG = wire.ENTRY_TAG[0]  # a payload entry's tag, and a Command's name's
@@ -51,9 +52,7 @@ _STEP_BYTES = 1 << 20  # payload bytes inflated per step, then hashed and writte
 _STEPS_IN_FLIGHT = 4  # steps inflated but not yet written: what memory holds of the payload
 _READ_BYTES = 1 << 20  # compressed bytes handed to zstd at once
 _FLUSH_BYTES = 16 << 20  # bytes written between two starts of writing the image to disk
-_END_BYTE = 0x5A
-_END = bytes((_END_BYTE,))
-_END_FRAME = zstandard.ZstdCompressor(write_checksum=True).compress(_END)
+_END = bytes((END_BYTE,))
 assert _STEP_BYTES <= MAX_STEP_OUTPUT_BYTES
 _WriteAt = Callable[[bytes | memoryview, int], None]  # write these bytes at this offset of the image
 
@@ -244,7 +243,7 @@ def _take_step(step: bytes, offset: int, content: hashlib._Hash, checksum: xxhas
 
 
 class _FrameSource:
-    """The snapshot's zstd frame as zstd's stream reader reads it, then ``_END_FRAME`` once, then nothing.
+    """The snapshot's zstd frame as zstd's stream reader reads it, then ``END_FRAME`` once, then nothing.
 
     zstd's stream reader does not say whether its frame ended exactly where the
     data does; after the frame it decodes the tiny frame of our own only if the
@@ -262,7 +261,7 @@ class _FrameSource:
             return piece
         if not self._ended:
             self._ended = True
-            return _END_FRAME
+            return END_FRAME
         return b""
 
 

@@ -69,31 +69,6 @@ def test_split_entries_reassembles_a_payload_cut_anywhere(bodies: list[bytes], p
     assert found == bodies and not pending
 
 
-@given(
-    st.lists(st.tuples(st.text(max_size=200), st.binary(max_size=20_000)), max_size=8),
-    st.integers(min_value=1, max_value=40_000),
-    st.integers(min_value=0, max_value=1 << 40),
-)
-def test_entry_spans_index_a_payload_cut_anywhere(commands: list[tuple[str, bytes]], piece: int, base: int) -> None:
-    # Names long enough for two-byte length prefixes, bodies for three, a command without a name.
-    bodies = [Command(name=name, bytecode=code).SerializeToString() for name, code in commands]
-    payload = b"".join(wire.encode_entry(body) for body in bodies)
-    expected, position = [], base
-    for body in wire.iter_entries(payload):
-        end = position + len(wire.encode_entry(body))
-        expected.append((wire.command_name(body), position, end))
-        position = end
-    pending, offset = bytearray(), base
-    found: list[tuple[bytes, int, int]] = []
-    for start in range(0, len(payload), piece):
-        pending += payload[start : start + piece]
-        used = wire.entry_spans(pending, offset, found)
-        del pending[:used]
-        offset += used
-    assert found == expected and not pending
-    assert [name.decode() for name, _, _ in found] == [name for name, _ in commands]
-
-
 @given(st.lists(st.binary(max_size=20_000), max_size=8), st.integers(min_value=1, max_value=30_000))
 def test_entry_counter_says_where_the_whole_entries_end(bodies: list[bytes], piece: int) -> None:
     # Bodies long enough for three-byte length prefixes, pieces short enough to cut one.

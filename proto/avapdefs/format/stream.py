@@ -51,8 +51,11 @@ from avapdefs.format.snapshot import MAGIC, MAX_HEADER_BYTES, PREAMBLE, Snapshot
 
 _STEP_BYTES = 1 << 20  # payload bytes inflated per step, then hashed and counted on the helper thread
 _READ_BYTES = 1 << 18  # the most compressed bytes zstd is handed at once
-_END_BYTE = 0x5A
-_END_FRAME = zstandard.ZstdCompressor(write_checksum=True).compress(bytes((_END_BYTE,)))
+# A one-byte frame of our own, fed to zstd after a snapshot's frame: zstd's stream reader does not say
+# whether a frame ended exactly where the data does, but it decodes this one (its checksum checked) only
+# if the frame before it ended there. server/image_write.py does the same.
+END_BYTE = 0x5A
+END_FRAME = zstandard.ZstdCompressor(write_checksum=True).compress(bytes((END_BYTE,)))
 _EMPTY_HASH = hashlib.sha256().digest()
 _HUGE_PAGE_BYTES = 2 << 20
 
@@ -60,7 +63,7 @@ _HUGE_PAGE_BYTES = 2 << 20
 class _Source:
     """The file's pieces as zstd's stream reader reads them: hashed and counted as they pass, cut at the frame's end.
 
-    ``read`` hands out the frame's bytes, then ``_END_FRAME`` once, then nothing.
+    ``read`` hands out the frame's bytes, then ``END_FRAME`` once, then nothing.
     """
 
     def __init__(self, pieces: Iterable[bytes | memoryview], hashing: ThreadPoolExecutor | None) -> None:
@@ -109,7 +112,7 @@ class _Source:
             return taken
         if not self._ended:
             self._ended = True
-            return _END_FRAME
+            return END_FRAME
         return b""
 
     def rest_size(self) -> int:
@@ -268,7 +271,7 @@ def _inflate(
         raise TruncatedSnapshotError("file ends inside the zstd frame", path=path)
     if written != size:
         raise CorruptSnapshotError(f"payload is {written} bytes, header says {size}", path=path)
-    if tail != (1, _END_BYTE, 0):
+    if tail != (1, END_BYTE, 0):
         raise CorruptSnapshotError("zstd frame is incomplete or followed by other data", path=path)
     content_hash, count = check.result() if check is not None else (_EMPTY_HASH, 0)
     if content_hash != info.content_hash:
@@ -297,7 +300,7 @@ def _parts(
 def _frame_tail(
     reader: zstandard.ZstdDecompressionReader, source: _Source, path: Path | str | None
 ) -> tuple[int, int, int]:
-    """What follows the payload: (1, _END_BYTE, 0) when the frame ended where the file does, checksum checked."""
+    """What follows the payload: (1, END_BYTE, 0) when the frame ended where the file does, checksum checked."""
     scratch = bytearray(2)
     try:
         first = reader.readinto(scratch)

@@ -145,51 +145,6 @@ def split_entries(buffer: bytearray, *, path: Path | str | None = None) -> tuple
     return entries, pos
 
 
-def entry_spans(
-    buffer: bytearray, offset: int, out: list[tuple[bytes, int, int]], *, path: Path | str | None = None
-) -> int:
-    """Append (name, start, end) for each complete field-1 entry at the start of ``buffer``; return the bytes used.
-
-    For indexing a payload arriving in pieces without copying its commands:
-    ``start`` and ``end`` are the entry's tag and end, counted from ``offset``
-    (where ``buffer`` begins in the payload), and ``name`` is the Command's
-    field 1 (b"" when it has none). The caller drops the bytes used and keeps
-    the rest, an entry cut by the end of the piece, for the next one.
-
-    Raises:
-        CorruptSnapshotError: a tag other than field 1, or a bad length prefix.
-    """
-    pos, end = 0, len(buffer)
-    tag = ENTRY_TAG[0]
-    with memoryview(buffer) as view:  # released before the caller resizes the buffer
-        while pos < end:
-            if view[pos] != tag:
-                raise CorruptSnapshotError(f"unexpected field tag {view[pos]} in the payload", path=path)
-            # The one- and two-byte length prefixes, inline; anything longer or cut, through peek_varint.
-            if pos + 1 < end and view[pos + 1] < 0x80:
-                length, start = view[pos + 1], pos + 2
-            elif pos + 2 < end and view[pos + 2] < 0x80:
-                length, start = (view[pos + 1] & 0x7F) | view[pos + 2] << 7, pos + 3
-            else:
-                length, start = peek_varint(view, pos + 1, path)
-                if start < 0:
-                    break  # the rest of this entry is in the next piece
-            stop = start + length
-            if stop > end:
-                break
-            name = b""
-            if length and view[start] == tag:
-                if start + 1 < stop and view[start + 1] < 0x80:
-                    size, first = view[start + 1], start + 2
-                else:
-                    size, first = peek_varint(view, start + 1, path)
-                if 0 <= first <= stop and first + size <= stop:
-                    name = bytes(view[first : first + size])
-            out.append((name, offset + pos, offset + stop))
-            pos = stop
-    return pos
-
-
 class EntryCounter:
     """Counts the field-1 entries of a payload arriving in pieces, without copying one.
 
