@@ -14,8 +14,7 @@ taken and patched (docs/serving-stack.md):
 - with ``--tls-cert``, Envoy's own TLS on the listener (``--tls-client-ca``:
   mutual TLS), the files named, never inlined (``ps`` shows Envoy's config);
 - keepalive pings every 60 s (20 s to answer), to drop peers that vanished;
-- Envoy's allocator (Google's tcmalloc) in per-CPU mode, with its background
-  actions on (``memory_allocator_manager``, ``_allocator_environ``);
+- Envoy's allocator (Google's tcmalloc) in per-CPU mode (``_allocator_environ``);
 - ``enable_reuse_port`` only within a ``--processes`` group, so an unrelated
   server on a busy port is refused rather than handed half the connections;
 - the admin interface on a Unix socket in a private folder, never on a port;
@@ -72,16 +71,14 @@ _DRAIN_REPLY_S = 10.0
 # Envoy's tcmalloc caches freed memory per CPU only when it can register restartable sequences
 # (rseq) itself; glibc 2.35 and later register them first for every thread, and tcmalloc then falls
 # back to caches per thread, which held 11 MB in a process that had served each of 50,000 commands
-# once. With glibc's registration off (and the release below), two processes that have each served
-# every command hold 292 MB in all against 299 MB (1.21x one process's, against 1.23x: medians of 3
+# once. With glibc's registration off, two processes that have each served
+# every command hold 293 MB in all against 299 MB (1.21x one process's, against 1.23x: medians of 3
 # alternating runs, 2 cores), and h2load GetCommand's server CPU per call was lower in four of five
 # runs of 3-6 alternating rounds on a busy machine (medians 49-59 us against 53-64 us). At start
-# (nothing served yet) the memory is the same.
+# (nothing served yet) the memory is the same. tcmalloc's background release (Envoy's
+# memory_allocator_manager) gave 1 MB more and is left off: its thread sleeps for its interval, and
+# Envoy waits for it when it stops, so every stop took up to that interval longer (1 s).
 _RSEQ_TUNABLE = "glibc.pthread.rseq"
-# What tcmalloc's background actions give back to the system per second (its free pages; they also
-# reclaim idle caches). Without per-CPU mode they cost CPU per call (57 us against 47 us); with it, none
-# measurable (51 us both ways).
-RELEASE_BYTES_PER_S = 4 << 20
 
 
 def _allocator_environ(inherited: Mapping[str, str]) -> dict[str, str]:
@@ -166,7 +163,6 @@ def envoy_config(settings: Settings, admin_socket: Path) -> dict[str, Any]:
         APPLICATION, address=settings.host, port=settings.port, lifespan=True
     ).get_envoy_config()
     config["admin"] = {"address": {"pipe": {"path": str(admin_socket), "mode": 0o600}}}
-    config["memory_allocator_manager"] = {"bytes_to_release": RELEASE_BYTES_PER_S, "memory_release_interval": "1s"}
     limit_connections(config, MAX_CONNECTIONS)
     listener = config["static_resources"]["listeners"][0]
     listener["enable_reuse_port"] = settings.reuse_port
