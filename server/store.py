@@ -24,20 +24,14 @@ change to the snapshot file is harmless, and SyncCatalog streams the verified
 copy. With an image present, only the snapshot file's header and size are
 read, and must match the copy's.
 
-Measured (50,000 commands, 2 processes, ``bench/bench_serve.py
---server-arg=--processes --server-arg=2``, 2026-11-30, quiet machine): first
-answer 0.80 s cold (one process writes the image while the other waits for
-its lock) and 0.33 s on a restart (each maps and checks the image in about
-15 ms), against the peer's 0.76 s; RSS 257 MB (PSS 176) after start and 277
-MB after two full syncs, against the peer's 316 and 409 MB. Before the image:
-first answer 1.28 s, RSS 803 MB (PSS 638). Of a restart's 0.33 s, the
-supervisor's start takes about 0.1 s and each process's Envoy and Python
-about 0.2 s. Since the image is written on two threads (``image_write.py``), on a
-machine other programs kept busy (load 4-5), 10 cold starts alternating with
-the writer before it: the writing process loaded in 303 ms against 457 ms
-(medians) and the first answer came 0.75 s after the start against 0.92 s;
-three runs of the bench above answered first 0.54, 0.54 and 0.61 s after a
-cold start (the peer 0.70-0.82 s, our restarts 0.31-0.42 s).
+Measured (50,000 commands, 2 processes, ``bench/run_all.py``, 2026-11-30
+14:05, bench/README.md): first answer 0.58 s cold (one process writes the
+image, ``image_write.py``, while the other waits for its lock) and 0.27 s on
+a restart (each maps and checks the image in about 10 ms), against the
+peer's 0.76 s; RSS 254 MB (PSS 174) after start and 273 MB after two full
+syncs, against the peer's 315 and 411 MB. Before the image: first answer
+1.28 s, RSS 803 MB (PSS 638). A restart is the supervisor's start (about
+0.1 s), then each process's Envoy and Python.
 """
 
 from __future__ import annotations

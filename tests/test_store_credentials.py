@@ -84,6 +84,12 @@ def _run(command: list[str], env: dict[str, str]) -> subprocess.CompletedProcess
     return subprocess.run(command, env=env, capture_output=True, text=True, timeout=_RUN_S, check=False)
 
 
+def _server(args: list[str], env: dict[str, str]) -> ServerLog:
+    """``avap-server ARGS`` started with ``env``, its log read as it comes."""
+    command = [sys.executable, "-m", "server", *args]
+    return ServerLog(subprocess.Popen(command, env=env, stderr=subprocess.PIPE, text=True))
+
+
 def _served(log: ServerLog) -> int:
     return int(log.wait_for(r"serving catalog version 1 .* on 127\.0\.0\.1:(\d+)").group(1))
 
@@ -111,8 +117,7 @@ def test_publish_pull_and_serve_with_a_credentials_file_and_no_secret_in_any_out
     metrics_port = free_port()
     args = ["--source", url, "--snapshots", str(served), "--port", "0", "--metrics-port", str(metrics_port), *store,
             "--log-level", "debug"]  # fmt: skip
-    log = ServerLog(subprocess.Popen([sys.executable, "-m", "server", *args], env=env, stderr=subprocess.PIPE,
-                                     text=True))  # fmt: skip
+    log = _server(args, env)
     try:
         port = _served(log)
         with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
@@ -181,8 +186,7 @@ def test_a_server_refused_by_its_store_serves_its_cache_and_says_why(
     store = ["--store-endpoint", locked.endpoint,
              "--store-credentials", str(_credentials(tmp_path, identity, wrong_secret))]  # fmt: skip
     args = ["--source", url, "--snapshots", str(cache), "--port", "0", "--log-level", "debug", *store]
-    log = ServerLog(subprocess.Popen([sys.executable, "-m", "server", *args], env=env, stderr=subprocess.PIPE,
-                                     text=True))  # fmt: skip
+    log = _server(args, env)
     try:
         port = _served(log)
         with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
